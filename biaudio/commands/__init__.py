@@ -1,0 +1,12 @@
+"""CLI command modules, one per area; each exposes ``register(app, qa_app)``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register_all(app: typer.Typer, qa_app: typer.Typer) -> None:
+    from biaudio.commands import build, core, ingest, review, synth
+
+    for mod in (synth, core, ingest, build, review):
+        mod.register(app, qa_app)

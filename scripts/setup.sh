@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine (Python 3.11, root): system tools from apt, the project from PyPI.
+# `--test` adds what the test suite needs (espeak-ng for speech, Chromium for the browser tests).
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkgs=(ffmpeg)
+extras=""
+if [[ "${1:-}" == "--test" ]]; then
+  pkgs+=(espeak-ng chromium sox)
+  extras="[test]"
+fi
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if (( ${#missing[@]} )); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# torch and torchaudio first, as one pinned pair (pyannote.audio needs them to match exactly).
+python3 -m pip install -q --disable-pip-version-check torch==2.9.1 torchaudio==2.9.1
+python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+python3 - <<'PY'
+import os
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+import pyannote.audio, torch, torchaudio  # noqa: E401  the pair must import together
+print(f"setup ok: torch {torch.__version__}, torchaudio {torchaudio.__version__}, pyannote.audio {pyannote.audio.__version__}")
+PY

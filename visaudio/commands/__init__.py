@@ -1,0 +1,1 @@
+"""CLI command modules of visaudio; each exposes ``register(app)``."""
