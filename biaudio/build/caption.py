@@ -1,0 +1,356 @@
+"""Captions ``Visible sound: ..., Invisible sound: ...`` for a rendered clip, from a pluggable backend.
+
+Why pluggable: the paper captioned with Qwen2.5-Omni (describe the audio-visual clip) followed by a
+text model (Qwen3-Instruct-2507) that restructures the description into the two fields. Those
+models are tens of GB, need a GPU and are not always present, so a build can also import captions
+made elsewhere (``file``) or skip captioning (``none``). Whatever the backend, a caption enters the
+manifest only after :func:`parse_caption` split it into the visible and invisible fields, so
+downstream code never has to guess the format.
+
+No backend ever downloads anything: local models are opened with ``local_files_only=True`` from
+the paths in the recipe, and a missing path is a clear error before any work starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from biaudio.errors import BiaudioError, RejectItem
+
+STAGE = "caption"
+
+DEFAULT_AV_PROMPT = (
+    "Describe the sounds in this video. For each sound say what makes it and whether its source "
+    "is visible in the picture or not."
+)
+DEFAULT_TEXT_PROMPT = (
+    "Rewrite the following description of a video's sounds as exactly one line of the form "
+    "'Visible sound: <sounds whose source is on screen>, Invisible sound: <other sounds>'. "
+    "Write 'none' for an empty field.\n\nDescription: {description}"
+)
+
+
+class CaptionConfig(BaseModel):
+    """Recipe section ``caption``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["none", "file", "local-model"] = "none"
+    file: Path | None = None
+    """``file`` backend: a CSV (header row) or JSONL (``.jsonl``/``.ndjson``) of captions."""
+    key_column: str = "clip_id"
+    """Column holding the key; its value is matched against the clip id first, then the source id."""
+    caption_column: str = "caption"
+    """Column with the whole ``Visible sound: ..., Invisible sound: ...`` text. If the file has no such
+    column but has ``visible`` and ``invisible`` columns, those are used instead."""
+    on_missing: Literal["reject", "keep"] = "reject"
+    """A clip with no caption in the file: reject it (``no_caption``) or keep it with null captions."""
+    av_model_path: Path | None = None
+    """``local-model``: a local Qwen2.5-Omni (or other transformers image/video-text) checkpoint folder."""
+    text_model_path: Path | None = None
+    """``local-model``: a local causal-LM checkpoint folder (paper: Qwen3-Instruct-2507)."""
+    av_prompt: str = DEFAULT_AV_PROMPT
+    text_prompt: str = DEFAULT_TEXT_PROMPT
+    """Must contain ``{description}`` (the AV model's output)."""
+    max_new_tokens: int = Field(256, ge=1, le=4096)
+    device: str = "cpu"
+    """torch device for local models (``cpu``, ``cuda``, ``cuda:0``...)."""
+    av_video_fps: float = Field(1.0, gt=0)
+    """Frames per second the AV model samples from the clip."""
+
+
+@dataclass
+class Caption:
+    """One clip's caption; all ``None`` for the ``none`` backend (or a missing file entry kept)."""
+
+    caption: str | None
+    visible: str | None
+    invisible: str | None
+    backend: str
+
+    def to_row(self) -> dict[str, str | None]:
+        return {
+            "caption": self.caption,
+            "caption_visible": self.visible,
+            "caption_invisible": self.invisible,
+            "caption_backend": self.backend,
+        }
+
+
+_VIS = re.compile(r"(?<![a-z])visible\s+sounds?\s*:", re.IGNORECASE)
+_INV = re.compile(r"(?<![a-z])invisible\s+sounds?\s*:", re.IGNORECASE)
+
+
+def _clean_field(s: str) -> str:
+    s = s.strip().strip("\"'`*").strip()
+    s = re.sub(r"\s+", " ", s)
+    return s.rstrip(",;.").strip()
+
+
+def parse_caption(text: str) -> tuple[str, str]:
+    """Split ``Visible sound: A, Invisible sound: B`` into ``(A, B)``; ``ValueError`` says what is wrong.
+
+    Tolerant of case, ``sounds``, a newline or ``;`` instead of the comma, and text before the first
+    label (models like to preface); both fields must be present and non-empty (``none`` is fine).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty caption")
+    mv = _VIS.search(text)
+    mi = _INV.search(text)
+    if mv is None:
+        raise ValueError(f"no 'Visible sound:' label in {text[:80]!r}")
+    if mi is None:
+        raise ValueError(f"no 'Invisible sound:' label in {text[:80]!r}")
+    if mi.start() < mv.end():
+        raise ValueError(f"'Invisible sound:' comes before 'Visible sound:' in {text[:80]!r}")
+    visible = _clean_field(text[mv.end():mi.start()])
+    invisible = _clean_field(text[mi.end():].splitlines()[0] if text[mi.end():].strip() else "")
+    if not visible:
+        raise ValueError(f"empty visible field in {text[:80]!r}")
+    if not invisible:
+        raise ValueError(f"empty invisible field in {text[:80]!r}")
+    return visible, invisible
+
+
+def format_caption(visible: str, invisible: str) -> str:
+    """The canonical one-line caption stored in the ``caption`` column."""
+    return f"Visible sound: {visible}, Invisible sound: {invisible}"
+
+
+class Captioner:
+    """Base class: ``caption(clip_id, source_id, video_path, audio_path) -> Caption``."""
+
+    backend = "none"
+
+    def caption(self, clip_id: str, source_id: str, video_path: Path | None = None,
+                audio_path: Path | None = None) -> Caption:
+        return Caption(None, None, None, self.backend)
+
+
+class NoneCaptioner(Captioner):
+    backend = "none"
+
+
+class FileCaptioner(Captioner):
+    """Captions imported from a CSV/JSONL file, validated as a whole when the captioner is made.
+
+    Why validate everything up front: a malformed line found after hours of rendering would waste
+    the run; the error names the file and line, so it can be fixed before the build starts.
+    """
+
+    backend = "file"
+
+    def __init__(self, cfg: CaptionConfig):
+        if cfg.file is None:
+            raise BiaudioError(None, "caption_file_missing", "caption.backend=file needs caption.file", STAGE)
+        self.cfg = cfg
+        self.path = Path(cfg.file)
+        if not self.path.is_file():
+            raise BiaudioError(self.path, "caption_file_missing", "caption file not found", STAGE)
+        self.table: dict[str, tuple[str, str]] = {}
+        for line, rec in self._records():
+            self._add(line, rec)
+
+    def _records(self):
+        suffix = self.path.suffix.lower()
+        try:
+            if suffix in (".jsonl", ".ndjson", ".json"):
+                with open(self.path, encoding="utf-8") as fh:
+                    for n, raw in enumerate(fh, start=1):
+                        if not raw.strip():
+                            continue
+                        try:
+                            rec = json.loads(raw)
+                        except json.JSONDecodeError as e:
+                            raise self._err(n, f"not valid JSON ({e.msg})") from None
+                        if not isinstance(rec, dict):
+                            raise self._err(n, "a JSONL line must be an object")
+                        yield n, rec
+            else:
+                with open(self.path, encoding="utf-8", newline="") as fh:
+                    reader = csv.DictReader(fh)
+                    if reader.fieldnames is None:
+                        raise self._err(1, "empty CSV (no header row)")
+                    for rec in reader:
+                        if None in rec:
+                            raise self._err(reader.line_num, "more fields than header columns")
+                        yield reader.line_num, rec
+        except UnicodeDecodeError as e:
+            raise BiaudioError(self.path, "bad_caption_file", f"not UTF-8 text ({e})", STAGE) from None
+
+    def _err(self, line: int, why: str) -> BiaudioError:
+        return BiaudioError(self.path, "bad_caption_file", f"line {line}: {why}", STAGE)
+
+    def _add(self, line: int, rec: dict[str, Any]) -> None:
+        key = rec.get(self.cfg.key_column)
+        if key is None or not str(key).strip():
+            raise self._err(line, f"missing key column {self.cfg.key_column!r}")
+        key = str(key).strip()
+        if self.cfg.caption_column in rec and rec[self.cfg.caption_column] is not None:
+            try:
+                vis, inv = parse_caption(str(rec[self.cfg.caption_column]))
+            except ValueError as e:
+                raise self._err(line, f"malformed caption: {e}") from None
+        elif "visible" in rec and "invisible" in rec:
+            vis, inv = _clean_field(str(rec["visible"] or "")), _clean_field(str(rec["invisible"] or ""))
+            if not vis or not inv:
+                raise self._err(line, "empty 'visible' or 'invisible' field")
+        else:
+            raise self._err(line, f"no {self.cfg.caption_column!r} column (nor 'visible'/'invisible')")
+        if key in self.table:
+            raise self._err(line, f"duplicate key {key!r}")
+        self.table[key] = (vis, inv)
+
+    def caption(self, clip_id: str, source_id: str, video_path: Path | None = None,
+                audio_path: Path | None = None) -> Caption:
+        hit = self.table.get(clip_id) or self.table.get(source_id)
+        if hit is None:
+            if self.cfg.on_missing == "keep":
+                return Caption(None, None, None, self.backend)
+            raise RejectItem(self.path, "no_caption", f"no caption for {clip_id} / {source_id}", STAGE)
+        vis, inv = hit
+        return Caption(format_caption(vis, inv), vis, inv, self.backend)
+
+
+class LocalModelCaptioner(Captioner):
+    """Two local transformers models: an audio-visual describer, then a text model that restructures.
+
+    Models load lazily (first clip) and once per process; paths are checked at construction so a
+    wrong path fails before any rendering. Only ``local_files_only=True`` loads are used.
+    """
+
+    backend = "local-model"
+
+    def __init__(self, cfg: CaptionConfig):
+        self.cfg = cfg
+        if "{description}" not in cfg.text_prompt:
+            raise BiaudioError(None, "bad_caption_prompt", "caption.text_prompt must contain {description}", STAGE)
+        for name in ("av_model_path", "text_model_path"):
+            p = getattr(cfg, name)
+            if p is None:
+                raise BiaudioError(None, "model_path_missing", f"caption.{name} is required for local-model", STAGE)
+            if not Path(p).is_dir():
+                raise BiaudioError(p, "model_path_missing",
+                                   f"caption.{name} is not a local folder (models are never downloaded)", STAGE)
+        self._lock = threading.Lock()
+        self._text: tuple[Any, Any] | None = None
+        self._av: tuple[Any, Any, str] | None = None
+
+    # -- text model -------------------------------------------------------------------------------
+    def _load_text(self):
+        if self._text is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            p = str(self.cfg.text_model_path)
+            try:
+                tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise BiaudioError(p, "model_load_failed", f"text model: {e}", STAGE) from None
+            model.to(self.cfg.device).eval()
+            self._text = (tok, model)
+        return self._text
+
+    def restructure(self, description: str) -> str:
+        """Run the text model on ``text_prompt.format(description=...)``; returns the generated text."""
+        import torch
+
+        tok, model = self._load_text()
+        prompt = self.cfg.text_prompt.format(description=description)
+        if getattr(tok, "chat_template", None):
+            prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        enc = tok(prompt, return_tensors="pt").to(self.cfg.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
+                                 pad_token_id=pad)
+        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    # -- audio-visual model -----------------------------------------------------------------------
+    def _load_av(self):
+        if self._av is None:
+            import transformers
+            from transformers import AutoConfig, AutoProcessor
+
+            p = str(self.cfg.av_model_path)
+            try:
+                conf = AutoConfig.from_pretrained(p, local_files_only=True)
+                kind = getattr(conf, "model_type", "")
+                processor = AutoProcessor.from_pretrained(p, local_files_only=True)
+                if "omni" in kind:
+                    model = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(
+                        p, local_files_only=True, torch_dtype="auto")
+                    if hasattr(model, "disable_talker"):
+                        model.disable_talker()  # text only: the speech head is not needed
+                else:
+                    model = transformers.AutoModelForImageTextToText.from_pretrained(
+                        p, local_files_only=True, torch_dtype="auto")
+            except (OSError, ValueError) as e:
+                raise BiaudioError(p, "model_load_failed", f"audio-visual model: {e}", STAGE) from None
+            model.to(self.cfg.device).eval()
+            self._av = (processor, model, kind)
+        return self._av
+
+    def describe(self, video_path: Path) -> str:
+        """Free-text description of the clip (picture + binaural soundtrack) by the AV model."""
+        import torch
+
+        processor, model, kind = self._load_av()
+        omni = "omni" in kind
+        conv = [{"role": "user", "content": [{"type": "video", "video": str(video_path)},
+                                             {"type": "text", "text": self.cfg.av_prompt}]}]
+        kw: dict[str, Any] = {"video_fps": self.cfg.av_video_fps}
+        if omni:
+            kw.update(load_audio_from_video=True, use_audio_in_video=True)
+        inputs = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True, return_tensors="pt", **kw)
+        inputs = inputs.to(model.device)
+        gen_kw: dict[str, Any] = {"max_new_tokens": self.cfg.max_new_tokens, "do_sample": False}
+        if omni:
+            gen_kw.update(use_audio_in_video=True, return_audio=False)
+        with torch.no_grad():
+            out = model.generate(**inputs, **gen_kw)
+        if isinstance(out, tuple):
+            out = out[0]
+        n_in = inputs["input_ids"].shape[1]
+        return processor.batch_decode(out[:, n_in:], skip_special_tokens=True)[0].strip()
+
+    def caption(self, clip_id: str, source_id: str, video_path: Path | None = None,
+                audio_path: Path | None = None) -> Caption:
+        if video_path is None:
+            raise BiaudioError(None, "no_video", "local-model captions need the rendered clip", STAGE)
+        with self._lock:
+            description = self.describe(Path(video_path))
+            text = self.restructure(description)
+        try:
+            vis, inv = parse_caption(text)
+        except ValueError as e:
+            raise RejectItem(video_path, "caption_unparsable", f"text model output: {e}", STAGE) from None
+        return Caption(format_caption(vis, inv), vis, inv, self.backend)
+
+
+_CACHE: dict[str, Captioner] = {}
+
+
+def get_captioner(cfg: CaptionConfig) -> Captioner:
+    """One captioner per configuration per process (models and caption files load once)."""
+    key = cfg.model_dump_json()
+    cap = _CACHE.get(key)
+    if cap is None:
+        if cfg.backend == "none":
+            cap = NoneCaptioner()
+        elif cfg.backend == "file":
+            cap = FileCaptioner(cfg)
+        else:
+            cap = LocalModelCaptioner(cfg)
+        _CACHE[key] = cap
+    return cap

@@ -1,0 +1,245 @@
+"""The stage chain for one source item: fetch -> validate/clean/segment -> per window: direction,
+trajectory, binaural, spatial-cue filter, video render, caption -> manifest rows.
+
+Why this shape: the engine (``biaudio.build.executor``) runs ``process_item`` in worker processes
+or Ray tasks and treats its :class:`ItemResult` as the item's complete outcome. So every
+item-level failure becomes a reject dict here (with the stage that failed and a reason slug), a
+rejected clip leaves no files (rejected windows are cleaned up), and only bugs escape as
+exceptions. The front half (probe, validate, silence/speech/static filters, shot segmentation) is
+``biaudio.ingest.analyze_file``, which shares one video decode between the static filter and
+the shot detector; the audio is then decoded once more at the render rate (cheap next to video)
+and converted to ambiX once for all windows. Per window the binaural audio and the spatial-cue
+filter come before the video, so a clip without spatial cue never pays for a video render.
+
+Rows are manifest v1 rows without ``split``, ``schema_version``, ``recipe_hash`` and
+``tool_versions`` (the engine adds those). Times in ``trajectory`` and ``window_directions`` are
+seconds from the clip start; ``start_s``/``end_s`` are times in the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biaudio.build.render import (
+    clip_paths,
+    output_fps,
+    remove_clip_files,
+    render_binaural_along,
+    render_clip,
+)
+from biaudio.build.spatial_cue import FORMULA
+from biaudio.build.spatial_cue import check as spatial_cue_check
+from biaudio.build.trajectory import make_trajectory
+from biaudio.build.types import ItemResult, WorkItem, source_field
+from biaudio.errors import BiaudioError
+
+
+class _Timer:
+    """Accumulates seconds per stage into ``ItemResult.stats``."""
+
+    def __init__(self, stats: dict[str, float]):
+        self.stats = stats
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats[stage] = self.stats.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _as_source_item(source: Any, item_id: str):
+    from biaudio.ingest.sources import SourceItem
+
+    if isinstance(source, SourceItem):
+        return source
+    section = source_field(source, "section")
+    return SourceItem(
+        source_id=str(source_field(source, "source_id", item_id)),
+        kind=source_field(source, "kind", "file"),
+        uri=str(source_field(source, "uri", "")),
+        section=tuple(section) if section else None,
+        origin=source_field(source, "origin"),
+    )
+
+
+def _reject(item_id: str, stage: str, reason: str, detail: str, clip_id: str | None = None) -> dict:
+    d = {"item_id": item_id, "stage": stage, "reason": reason, "detail": detail}
+    if clip_id is not None:
+        d["clip_id"] = clip_id
+    return d
+
+
+def _from_error(item_id: str, e: BiaudioError, default_stage: str, clip_id: str | None = None) -> dict:
+    where = f"{e.path}: " if e.path else ""
+    return _reject(item_id, e.stage or default_stage, e.reason, f"{where}{e.detail}".strip(), clip_id)
+
+
+def _score(filters: dict, name: str) -> float | None:
+    r = filters.get(name)
+    return None if r is None else float(r.score)
+
+
+def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger) -> ItemResult:
+    """Run every stage for one source item; returns kept rows, rejects, per-stage seconds, bytes."""
+    from biaudio.ingest import analyze_file
+    from biaudio.ingest.fetch import fetch
+    from biaudio.media.audio import decode_audio
+    from biaudio.spatial.foa import to_ambix
+
+    out_dir = Path(out_dir)
+    res = ItemResult(item.item_id)
+    timer = _Timer(res.stats)
+    src = _as_source_item(item.source, item.item_id)
+    source_id = src.source_id
+
+    # -- fetch (a no-op for local files and synthetic scenes) ---------------------------------
+    try:
+        with timer("fetch"):
+            path = Path(fetch(src, out_dir / "sources" / "downloads", recipe.fetch))
+    except BiaudioError as e:
+        log.warning("fetch failed: %s", e)
+        res.rejects.append(_from_error(item.item_id, e, "fetch"))
+        return res
+    log.info("input %s", path)
+
+    # -- probe + validate + clean filters + segmentation (one shared video decode) ------------
+    a = analyze_file(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
+                     static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment)
+    for k, v in a.timings.items():
+        res.stats[k] = res.stats.get(k, 0.0) + float(v)
+    if a.reject is not None:
+        log.info("rejected at %s: %s", a.reject.stage, a.reject)
+        res.rejects.append(_from_error(item.item_id, a.reject, "clean"))
+        return res
+    probe = a.validated.probe
+    convention = a.validated.convention
+    wins = list(a.windows)
+    if src.section and src.kind == "file":  # a local file with a section: only windows inside it
+        s0, s1 = src.section
+        wins = [w for w in wins if w.start_s >= s0 - 1e-6 and w.end_s <= s1 + 1e-6]
+        if not wins:
+            res.rejects.append(_reject(item.item_id, "segment", "too_short",
+                                       f"no window inside the section {s0}-{s1} s"))
+            return res
+
+    # -- audio: decode once at the render rate, convert to ambiX once ------------------------
+    sr = int(recipe.render.sample_rate)
+    try:
+        with timer("audio_decode"):
+            audio, sr = decode_audio(path, sr=sr)
+            foa = to_ambix(audio[:4], convention, str(path)).astype(np.float32)
+            del audio
+    except BiaudioError as e:
+        res.rejects.append(_from_error(item.item_id, e, "decode"))
+        return res
+
+    speech = a.filters.get("speech")
+    speech_extra = getattr(speech, "extra", {}) or {}
+    common = {
+        "source_id": source_id,
+        "source_uri": src.uri,
+        "silence_ratio": _score(a.filters, "silence"),
+        "static_ratio": _score(a.filters, "static"),
+        "speech_ratio": _score(a.filters, "speech"),
+        "speech_backend": speech_extra.get("backend") if speech is not None else None,
+        "speech_checkpoint": speech_extra.get("checkpoint") if speech is not None else None,
+        "foa_convention": convention,
+        "hrir_set": recipe.render.hrtf,
+        "decoder": recipe.render.decoder,
+    }
+
+    for w in wins:
+        clip_id = w.clip_id(source_id)
+        try:
+            row, nbytes = _process_window(w, clip_id, source_id, path, probe, foa, sr, recipe, out_dir, timer, log)
+        except BiaudioError as e:
+            remove_clip_files(out_dir, clip_id)
+            log.info("clip %s rejected at %s: %s", clip_id, e.stage, e)
+            res.rejects.append(_from_error(item.item_id, e, "render", clip_id))
+            continue
+        except BaseException:
+            remove_clip_files(out_dir, clip_id)
+            raise
+        row.update(common)
+        res.rows.append(row)
+        res.bytes_written += nbytes
+        log.info("clip %s kept (lr_difference %.4f)", clip_id, row["lr_difference"])
+    return res
+
+
+def _process_window(w, clip_id: str, source_id: str, path: Path, probe: Any, foa: np.ndarray, sr: int, recipe: Any,
+                    out_dir: Path, timer: _Timer, log: logging.Logger) -> tuple[dict, int]:
+    """One window -> (row, bytes written); raises BiaudioError (with its stage) to reject the clip."""
+    from biaudio.build.caption import get_captioner
+    from biaudio.spatial.direction import estimate
+
+    duration = float(w.end_s - w.start_s)
+    n = int(round(duration * sr))
+    s0 = int(round(w.start_s * sr))
+    seg = foa[:, s0:s0 + n]
+    if seg.shape[1] < 0.95 * n:
+        raise BiaudioError(str(path), "audio_short", f"{seg.shape[1] / sr:.2f} s of audio for a {duration:.2f} s window",
+                           "decode")
+    if seg.shape[1] < n:  # the last few ms of a container's audio may be missing: pad silence
+        seg = np.pad(seg, ((0, 0), (0, n - seg.shape[1])))
+
+    with timer("direction"):
+        d = estimate(seg, sr, recipe.direction.to_config())
+    clip_dir = (float(d.clip_azimuth_deg), float(d.clip_elevation_deg))
+    if not all(np.isfinite(clip_dir)):
+        raise BiaudioError(str(path), "no_direction", "dominant direction is undefined (silent window?)", "direction")
+
+    rcfg = recipe.render
+    fps = output_fps(getattr(probe, "fps", None), rcfg)
+    with timer("trajectory"):
+        traj = make_trajectory(clip_id, duration, fps, clip_dir, (d.t, d.azimuth_deg, d.elevation_deg),
+                               recipe.trajectory, recipe.trajectory.seed)
+
+    with timer("binaural"):
+        binaural = render_binaural_along(seg, sr, traj, rcfg)
+    with timer("spatial_cue"):
+        lr, reason, detail = spatial_cue_check(binaural, recipe.spatial_cue)
+    if reason is not None:
+        raise BiaudioError(str(path), reason, f"{clip_id}: {detail}", "spatial_cue")
+
+    with timer("render"):
+        rendered = render_clip(path, w.start_s, duration, seg, sr, traj, rcfg, out_dir, clip_id, probe,
+                               binaural=binaural, directions=(d.azimuth_deg, d.elevation_deg), clip_dir=clip_dir)
+    with timer("caption"):
+        cap = get_captioner(recipe.caption).caption(clip_id, source_id, rendered.video_path, rendered.audio_path)
+
+    mp4, flac, jpg = clip_paths(Path("."), clip_id)  # relative to OUT
+    row = {
+        "clip_id": clip_id,
+        "start_s": float(w.start_s),
+        "end_s": float(w.end_s),
+        "duration_s": duration,
+        "video_path": mp4.as_posix(),
+        "audio_path": flac.as_posix(),
+        "preview_path": jpg.as_posix() if rendered.preview_path is not None else None,
+        "fps": float(rendered.fps),
+        "hfov_deg": float(rcfg.hfov_deg),
+        "width": int(rendered.width),
+        "height": int(rendered.height),
+        "sample_rate": int(rcfg.sample_rate),
+        "num_frames": int(rendered.num_frames),
+        "trajectory": traj.to_records(),
+        "trajectory_mode": traj.mode,
+        "clip_azimuth_deg": clip_dir[0],
+        "clip_elevation_deg": clip_dir[1],
+        "window_directions": d.to_records(),
+        "lr_difference": float(lr),
+        "lr_difference_formula": FORMULA,
+        **cap.to_row(),
+        "qa_status": "pending",
+        "qa_reason": None,
+    }
+    return row, rendered.bytes_written

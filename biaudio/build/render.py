@@ -1,0 +1,342 @@
+"""Render one clip: perspective video + binaural audio along the *same* camera trajectory, + a QA preview.
+
+Why one module for both: the dataset's value is that picture and sound agree. The video frames and
+the binaural rotation use the same per-frame poses at the same frame times (``traj.t``), so a source
+seen on the right of the image is heard louder in the right ear (CONVENTIONS §7).
+
+Memory: source frames are streamed once per clip through ``iter_frames`` (start/duration, resampled
+to the output fps and pre-downscaled by ffmpeg) and output frames are encoded as they are made; at
+no time are more than a couple of frames in memory, whatever the input size.
+
+Files (all via temporary names and ``os.replace``, so a crash never leaves a half file under a
+final name): ``clips/<clip_id>.mp4`` (H.264 + AAC binaural), ``clips/<clip_id>.flac`` (binaural,
+lossless, row 0 = left) and ``previews/<clip_id>.jpg`` (the equirect with the camera path, the view
+rectangle at the start and the dominant-direction track drawn on it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from biaudio.build.trajectory import Trajectory, frame_times
+from biaudio.errors import BiaudioError, MediaError
+from biaudio.spatial.angles import rotation_matrix, vec_to_dir
+
+STAGE = "render"
+
+
+class RenderConfig(BaseModel):
+    """Recipe section ``render`` (paper: 90° horizontal FOV; size/fps/rate are our parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(640, gt=0)
+    height: int = Field(360, gt=0)
+    hfov_deg: float = Field(90.0, gt=0, lt=180)
+    fps_cap: float = Field(30.0, gt=0)
+    """Output fps = min(source fps, fps_cap); source frames are resampled in time by ffmpeg."""
+    sample_rate: int = Field(48000, gt=0)
+    hrtf: str = "kemar"
+    """``kemar`` (MIT KEMAR from slab), a path to a .sofa file, or the Omnitone wav for ``omnitone``."""
+    decoder: str = "magls"
+    """``magls`` | ``cube`` | ``omnitone`` (biaudio.spatial.decoders)."""
+    crf: int = Field(20, ge=0, le=51)
+    preset: str = "veryfast"
+    audio_bitrate: str = "192k"
+    peak_limit: float = Field(0.99, gt=0, le=1.0)
+    """A clip whose binaural peak exceeds this is scaled down (both ears alike: cues kept, no clipping)."""
+    preview_width: int = Field(640, ge=64)
+    """Width of the QA preview (equirect thumbnail; its height follows the source aspect)."""
+    preview_quality: int = Field(85, ge=10, le=100)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be even for H.264 yuv420p, got {v}")
+        return v
+
+
+@dataclass
+class RenderedClip:
+    video_path: Path
+    audio_path: Path
+    preview_path: Path | None
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    binaural: np.ndarray
+    gain: float = 1.0
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(p.stat().st_size for p in (self.video_path, self.audio_path, self.preview_path)
+                   if p is not None and p.exists())
+
+
+def output_fps(source_fps: float | None, cfg: RenderConfig) -> float:
+    """``min(source fps, fps_cap)``; a source with unknown fps gets the cap."""
+    if not source_fps or not np.isfinite(source_fps) or source_fps <= 0:
+        return float(cfg.fps_cap)
+    return float(min(float(source_fps), cfg.fps_cap))
+
+
+def clip_paths(out_dir: Path, clip_id: str) -> tuple[Path, Path, Path]:
+    """Final ``(mp4, flac, jpg)`` paths of a clip."""
+    out_dir = Path(out_dir)
+    return (out_dir / "clips" / f"{clip_id}.mp4", out_dir / "clips" / f"{clip_id}.flac",
+            out_dir / "previews" / f"{clip_id}.jpg")
+
+
+def remove_clip_files(out_dir: Path, clip_id: str) -> None:
+    """Delete whatever a failed or rejected clip left (a rejected clip leaves no files)."""
+    for p in clip_paths(out_dir, clip_id):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def render_binaural_along(foa_ambix: np.ndarray, sr: int, traj: Trajectory, cfg: RenderConfig) -> np.ndarray:
+    """Binaural ``(2, T)`` float32 at ``cfg.sample_rate`` heard by the camera of ``traj``.
+
+    Separate from :func:`render_clip` so the pipeline can run the (cheap) spatial-cue filter before
+    spending time on video.
+    """
+    from biaudio.spatial.binaural import render_binaural
+    from biaudio.spatial.decoders import get_decoder
+
+    x = np.asarray(foa_ambix, dtype=np.float32)
+    if sr != cfg.sample_rate:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(int(sr), int(cfg.sample_rate))
+        x = resample_poly(x, cfg.sample_rate // g, int(sr) // g, axis=1).astype(np.float32)
+        sr = cfg.sample_rate
+    dec = get_decoder(cfg.hrtf, cfg.decoder, int(sr))
+    return np.asarray(render_binaural(x, int(sr), traj.t, traj.yaw, traj.pitch, traj.roll, dec), dtype=np.float32)
+
+
+def _probe_field(probe: Any, name: str, default: Any = None) -> Any:
+    if isinstance(probe, dict):
+        return probe.get(name, default)
+    return getattr(probe, name, default)
+
+
+def render_clip(
+    src_path: str | Path,
+    start_s: float,
+    duration_s: float,
+    foa_ambix: np.ndarray,
+    sr: int,
+    traj: Trajectory,
+    cfg: RenderConfig,
+    out_dir: str | Path,
+    clip_id: str,
+    probe: Any,
+    *,
+    binaural: np.ndarray | None = None,
+    directions: tuple[np.ndarray, np.ndarray] | None = None,
+    clip_dir: tuple[float, float] | None = None,
+) -> RenderedClip:
+    """Render the clip ``[start_s, start_s + duration_s)`` of ``src_path`` along ``traj``.
+
+    ``foa_ambix`` is the clip's world-frame ambiX FOA at ``sr``; ``binaural`` may be passed when
+    already computed (same trajectory). ``directions`` ``(az, el)`` arrays and ``clip_dir`` are drawn
+    on the preview. ``probe`` is the source's ProbeInfo (fps, size, projection pose).
+    """
+    from biaudio.media.audio import write_audio
+    from biaudio.media.video import VideoWriter, iter_frames, mux
+    from biaudio.spatial.projection import Projector
+
+    src_path, out_dir = Path(src_path), Path(out_dir)
+    fps = output_fps(_probe_field(probe, "fps"), cfg)
+    n_expected = len(frame_times(duration_s, fps))
+    if len(traj) != n_expected:
+        raise BiaudioError(str(src_path), "trajectory_mismatch",
+                           f"{len(traj)} poses for {n_expected} frames at {fps:g} fps", STAGE)
+    in_w, in_h = _probe_field(probe, "width"), _probe_field(probe, "height")
+    if not in_w or not in_h:
+        raise MediaError(str(src_path), "no_video", "probe has no frame size", STAGE)
+    pose = tuple(float(a) for a in (_probe_field(probe, "projection_pose") or (0.0, 0.0, 0.0)))
+
+    if binaural is None:
+        binaural = render_binaural_along(foa_ambix, sr, traj, cfg)
+    out_sr = cfg.sample_rate
+    peak = float(np.max(np.abs(binaural))) if binaural.size else 0.0
+    gain = 1.0
+    if peak > cfg.peak_limit:
+        gain = cfg.peak_limit / peak
+        binaural = (binaural * gain).astype(np.float32)
+
+    mp4, flac, jpg = clip_paths(out_dir, clip_id)
+    mp4.parent.mkdir(parents=True, exist_ok=True)
+    jpg.parent.mkdir(parents=True, exist_ok=True)
+    # Let ffmpeg do the pre-downscale (area filter) so the pipe carries only what the maps sample.
+    probe_proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, int(in_w), int(in_h), prescale=True)
+    src_w, src_h = probe_proj.source_size
+    proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, src_w, src_h, prescale=False, projection_pose=pose)
+    size = None if (src_w, src_h) == (int(in_w), int(in_h)) else (src_w, src_h)
+    preview_src: np.ndarray | None = None
+    mid = n_expected // 2
+    silent_video = mp4.with_name(f".{clip_id}.noaudio.tmp-{os.getpid()}.mp4")
+    try:
+        with VideoWriter(silent_video, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset) as vw:
+            k = 0
+            last = None
+            for frame in iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s):
+                if k >= n_expected:
+                    break
+                vw.write(proj.render(frame, traj.yaw[k], traj.pitch[k], traj.roll[k]))
+                if k == mid:
+                    preview_src = _thumb(frame, cfg.preview_width)
+                last = frame
+                k += 1
+            # ffmpeg's fps filter may deliver one or two frames fewer than floor(d * fps): repeat the last
+            if last is None or n_expected - k > max(2, int(0.05 * n_expected)):
+                raise MediaError(str(src_path), "truncated", f"decoded {k} of {n_expected} frames", STAGE)
+            while k < n_expected:
+                vw.write(proj.render(last, traj.yaw[k], traj.pitch[k], traj.roll[k]))
+                if k == mid:
+                    preview_src = _thumb(last, cfg.preview_width)
+                k += 1
+        write_audio(flac, binaural, out_sr)
+        mux(silent_video, binaural, out_sr, mp4, bitrate=cfg.audio_bitrate)
+        if preview_src is None:
+            preview_src = _thumb(last, cfg.preview_width)
+        write_preview(jpg, preview_src, traj, cfg, pose, directions, clip_dir)
+    except BaseException:
+        remove_clip_files(out_dir, clip_id)
+        raise
+    finally:
+        if silent_video.exists():
+            silent_video.unlink()
+    return RenderedClip(mp4, flac, jpg, n_expected, fps, cfg.width, cfg.height, binaural, gain)
+
+
+# -- preview --------------------------------------------------------------------------------------
+
+_PATH = (255, 220, 0)  # RGB
+_START = (0, 230, 0)
+_VIEW = (0, 200, 255)
+_DOM = (255, 0, 200)
+_CLIP = (255, 60, 60)
+
+
+def _thumb(frame: np.ndarray, width: int) -> np.ndarray:
+    import cv2
+
+    h, w = frame.shape[:2]
+    height = max(2, int(round(width * h / w)))
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _stored_pixels(vec_world: np.ndarray, pose: tuple[float, float, float], W: int, H: int):
+    """Equirect pixel of world vectors in the *stored* frame (the Projector applies ``R_pose @ d``)."""
+    from biaudio.spatial.projection import equirect_pixel
+
+    v = np.einsum("ij,...j->...i", rotation_matrix(*pose), vec_world)
+    az, el = vec_to_dir(v)
+    return equirect_pixel(az, el, W, H)
+
+
+def _polyline(img: np.ndarray, x: np.ndarray, y: np.ndarray, color, thickness: int) -> None:
+    """Draw a path on the equirect, breaking it where it crosses the ±180 seam."""
+    import cv2
+
+    W = img.shape[1]
+    pts = np.stack([x, y], 1)
+    start = 0
+    for i in range(1, len(pts) + 1):
+        if i == len(pts) or abs(pts[i, 0] - pts[i - 1, 0]) > W / 2:
+            seg = np.round(pts[start:i]).astype(np.int32)
+            if len(seg) >= 2:
+                cv2.polylines(img, [seg.reshape(-1, 1, 2)], False, color, thickness, cv2.LINE_AA)
+            elif len(seg) == 1:
+                cv2.circle(img, tuple(int(v) for v in seg[0]), thickness, color, -1, cv2.LINE_AA)
+            start = i
+
+
+def view_outline(yaw: float, pitch: float, roll: float, cfg: RenderConfig, n: int = 64) -> np.ndarray:
+    """World unit vectors ``(4n, 3)`` along the border of the perspective image (clockwise)."""
+    w, h = cfg.width, cfg.height
+    f = (w / 2) / np.tan(np.deg2rad(cfg.hfov_deg) / 2)
+    i = np.linspace(0, w, n)
+    j = np.linspace(0, h, n)
+    border = np.concatenate([
+        np.stack([i, np.zeros(n)], 1), np.stack([np.full(n, w), j], 1),
+        np.stack([i[::-1], np.full(n, h)], 1), np.stack([np.zeros(n), j[::-1]], 1),
+    ])
+    rays = np.stack([np.ones(len(border)), -(border[:, 0] - w / 2) / f, -(border[:, 1] - h / 2) / f], 1)
+    d = rays @ rotation_matrix(yaw, pitch, roll).T
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def write_preview(
+    path: Path,
+    thumb: np.ndarray,
+    traj: Trajectory,
+    cfg: RenderConfig,
+    pose: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    directions: tuple[np.ndarray, np.ndarray] | None = None,
+    clip_dir: tuple[float, float] | None = None,
+) -> Path:
+    """QA preview: equirect thumbnail + camera path (view centre per frame), start view rectangle,
+    dominant-direction track and clip direction, with a legend. JPEG via temp + ``os.replace``."""
+    import cv2
+
+    from biaudio.spatial.angles import dir_to_vec
+
+    img = np.ascontiguousarray(thumb.copy())
+    H, W = img.shape[:2]
+    R = rotation_matrix(traj.yaw, traj.pitch, traj.roll)
+    fwd = R[..., :, 0]  # camera x axis (the view centre) in world coordinates
+    if directions is not None and len(directions[0]):
+        x, y = _stored_pixels(dir_to_vec(directions[0], directions[1]), pose, W, H)
+        for xi, yi in zip(x, y, strict=True):
+            cv2.circle(img, (int(round(xi)), int(round(yi))), 2, _DOM, -1, cv2.LINE_AA)
+    if clip_dir is not None:
+        x, y = _stored_pixels(dir_to_vec(*clip_dir), pose, W, H)
+        cv2.drawMarker(img, (int(round(float(x))), int(round(float(y)))), _CLIP, cv2.MARKER_CROSS, 14, 2)
+    x, y = _stored_pixels(view_outline(traj.yaw[0], traj.pitch[0], traj.roll[0], cfg), pose, W, H)
+    _polyline(img, x, y, _VIEW, 1)
+    x, y = _stored_pixels(fwd, pose, W, H)
+    _polyline(img, x, y, _PATH, 2)
+    cv2.circle(img, (int(round(x[0])), int(round(y[0]))), 5, _START, -1, cv2.LINE_AA)
+    legend = [("camera path (view centre)", _PATH), ("start of path", _START), ("view at start", _VIEW),
+              ("dominant sound (per window)", _DOM), ("dominant sound (clip)", _CLIP)]
+    # the legend goes in a strip under the picture, never over it (small previews would lose content)
+    scale = 0.4
+    lh = 16
+    cols = 2 if W >= 480 else 1
+    rows = -(-len(legend) // cols)
+    strip = np.zeros((rows * lh + 6, W, 3), np.uint8)
+    for n, (text, color) in enumerate(legend):
+        x0 = (n % cols) * (W // cols) + 4
+        yy = (n // cols + 1) * lh
+        cv2.line(strip, (x0, yy - 4), (x0 + 14, yy - 4), color, 2)
+        cv2.putText(strip, text, (x0 + 20, yy), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    img = np.concatenate([img, strip], axis=0)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, cfg.preview_quality])
+    if not ok:
+        raise MediaError(str(path), "encode_failed", "JPEG encoding failed", STAGE)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(buf.tobytes())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
