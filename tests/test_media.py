@@ -1,0 +1,449 @@
+"""Media I/O: channel order through every decode path, probe on real 360° clips, bad input,
+SA3D/sv3d injection, streaming frames, writers. CONVENTIONS.md §6-§7.4."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biaudio.errors import MediaError
+from biaudio.media import (
+    VideoWriter,
+    decode_audio,
+    decode_foa,
+    inject_spatial_metadata,
+    iter_frames,
+    mux,
+    mux_foa,
+    parse_sa3d,
+    parse_spherical_video,
+    probe,
+    write_audio,
+)
+from biaudio.media.audio import build_decode_cmd
+
+SR = 48000
+TONES = (300.0, 700.0, 1500.0, 3100.0)  # one per channel, no harmonics of each other
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tones(seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return np.stack([0.2 * np.sin(2 * np.pi * f * t) for f in TONES]).astype(np.float32)
+
+
+def _dominant_tone(y: np.ndarray) -> list[tuple[int, float, float]]:
+    """Per output channel: (index of the loudest tone, its margin over the next in dB, its level ratio)."""
+    seg = y[:, 4800 : 4800 + SR // 2]
+    spec = np.abs(np.fft.rfft(seg * np.hanning(seg.shape[1]), axis=1))
+    freqs = np.fft.rfftfreq(seg.shape[1], 1 / SR)
+    ref = np.abs(
+        np.fft.rfft(0.2 * np.sin(2 * np.pi * 300 * np.arange(seg.shape[1]) / SR) * np.hanning(seg.shape[1]))
+    ).max()
+    out = []
+    for c in range(y.shape[0]):
+        p = np.array(
+            [
+                spec[c, np.argmin(np.abs(freqs - f)) - 2 : np.argmin(np.abs(freqs - f)) + 3].max()
+                for f in TONES
+            ]
+        )
+        k = int(np.argmax(p))
+        out.append((k, 20 * np.log10((p[k] + 1e-12) / (np.sort(p)[-2] + 1e-12)), p[k] / ref))
+    return out
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, capture_output=True)
+
+
+ENCODINGS = {
+    "wav": ("wav", None),
+    "flac": ("flac", ["-c:a", "flac"]),
+    "ogg_vorbis": ("ogg", ["-c:a", "libvorbis", "-q:a", "6"]),
+    "opus_ogg_family2": ("ogg", ["-c:a", "libopus", "-mapping_family", "2", "-b:a", "256k"]),
+    "opus_webm_family2": ("webm", ["-c:a", "libopus", "-mapping_family", "2", "-b:a", "256k"]),
+    "aac_mp4": ("mp4", ["-c:a", "aac", "-b:a", "512k"]),
+}
+
+
+@pytest.fixture(scope="module")
+def tone_wav(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tones")
+    return write_audio(d / "tones.wav", _tones(), SR)
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+def test_tone_per_channel_round_trip(name: str, tone_wav: Path, tmp_path: Path) -> None:
+    ext, args = ENCODINGS[name]
+    if args is None:
+        path = tone_wav
+    else:
+        path = tmp_path / f"tones.{ext}"
+        _ffmpeg("-i", str(tone_wav), *args, str(path))
+    y, sr = decode_audio(path)
+    assert sr == SR and y.shape[0] == 4 and y.dtype == np.float32
+    assert abs(y.shape[1] - SR) < 2048
+    for c, (k, margin_db, level) in enumerate(_dominant_tone(y)):
+        assert k == c, f"{name}: channel {c} carries tone {k}"
+        assert margin_db > 40, f"{name}: channel {c} cross-talk only {margin_db:.1f} dB down"
+        assert 0.93 < level < 1.07, f"{name}: channel {c} level ratio {level:.3f}"
+
+
+def test_tone_per_channel_through_synth_container(tone_wav: Path, tmp_path: Path) -> None:
+    """The synth container (H.264 + AAC 4.0 + SA3D/sv3d, made by mux_foa) keeps order and level."""
+    v = tmp_path / "v.mp4"
+    with VideoWriter(v, 64, 32, 10) as w:
+        for _ in range(10):
+            w.write(np.full((32, 64, 3), 128, np.uint8))
+    out = mux_foa(v, _tones(), SR, tmp_path / "foa.mp4")
+    info = probe(out)
+    assert (info.audio_codec, info.audio_channels, info.foa_hint) == ("aac", 4, "ambix")
+    y, _ = decode_foa(out)
+    for c, (k, margin_db, level) in enumerate(_dominant_tone(y)):
+        assert k == c and margin_db > 40 and 0.93 < level < 1.07
+
+
+def test_opus_family2_is_ambisonic_layout(tone_wav: Path, tmp_path: Path) -> None:
+    p = tmp_path / "t.webm"
+    _ffmpeg("-i", str(tone_wav), "-c:a", "libopus", "-mapping_family", "2", "-b:a", "256k", str(p))
+    info = probe(p)
+    assert info.audio_layout == "ambisonic 1" and info.foa_hint == "ambix"
+
+
+def test_decode_command_has_no_layout_options() -> None:
+    cmd = build_decode_cmd("x.webm", sr=16000)
+    joined = " ".join(cmd)
+    for opt in ("-ac", "-channel_layout", "-ch_layout", "-af", "-filter:a", "pan=", "-guess_layout_max"):
+        assert opt not in cmd and opt not in joined.split(), f"decode uses {opt}"
+    assert "-ar" in cmd and "0:a:0" in cmd
+
+
+def test_no_ac4_anywhere_in_sources() -> None:
+    """`-ac 4` silently remixes quad/4.0 input: it must never appear in the project's code."""
+    # list form ("-ac", "4") even split over lines by a formatter; command-string form (-ac 4, but
+    # not inside ``docs``); ffmpeg-python's ac=4
+    pat = re.compile(
+        r"""(['"]-ac['"]\s*,\s*(['"]4['"]|4\b|str\(4\)))|((?<!`)-ac\s+4\b(?!`))|(\bac\s*=\s*4\b)"""
+    )
+    hits = []
+    for root in ("biaudio", "visaudio", "benchmarks", "scripts"):
+        for f in (REPO / root).rglob("*.py"):
+            text = f.read_text(errors="replace")
+            for m in pat.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                hits.append(f"{f.relative_to(REPO)}:{line}: {m.group(0)!r}")
+    assert not hits, "\n".join(hits)
+    assert pat.search('cmd = [\n    "-ac",\n    "4",\n]') and pat.search("ffmpeg -i in.ogg -ac 4 out.mp4")
+    assert not pat.search('"-ac", "2"') and not pat.search("``-ac 4`` remixes")
+
+
+def test_ac4_really_remixes_quad(tone_wav: Path, tmp_path: Path) -> None:
+    """Why the rule exists: the trap is real in this ffmpeg (quad input + -ac 4 + AAC 4.0)."""
+    quad = tmp_path / "quad.ogg"
+    _ffmpeg("-i", str(tone_wav), "-c:a", "libvorbis", str(quad))
+    assert probe(quad).audio_layout == "quad"
+    bad = tmp_path / "bad.mp4"
+    _ffmpeg("-i", str(quad), "-ac", "4", "-c:a", "aac", "-b:a", "512k", str(bad))
+    y, _ = decode_audio(bad)
+    res = _dominant_tone(y)
+    assert any(k != c or m < 40 for c, (k, m, _) in enumerate(res)), res
+
+
+# ------------------------------------------------------------------------------- probe
+
+
+SPHERE = {
+    "0B7ds6NmVBQl_20": (1920, 960, True),
+    "JUN314mwb90_49": (1920, 1080, True),
+    "Wc_gzO9i38k_15": (1920, 1080, True),
+    "pC2WmY6bkB4_251": (1920, 1080, True),
+    "tAiVUt5vE34l_30": (1920, 960, False),
+}
+
+
+@pytest.mark.parametrize("name", list(SPHERE))
+def test_probe_sphere360(name: str, testdata_dir: Path) -> None:
+    w, h, has_meta = SPHERE[name]
+    info = probe(testdata_dir / "sphere360-erp-foa" / f"{name}.webm")
+    assert (info.width, info.height) == (w, h)
+    assert info.audio_channels == 4 and info.audio_codec == "vorbis" and info.sample_rate == 48000
+    assert info.audio_layout == "quad" and info.foa_hint is None  # no positive ambiX evidence in WebM/Vorbis
+    assert 29.0 < info.fps < 30.5 and 9.9 < info.duration_s < 10.2
+    assert 290 <= info.n_frames <= 305
+    if has_meta:
+        assert info.projection == "equirectangular" and info.projection_pose == (0.0, 0.0, 0.0)
+    else:
+        assert info.projection is None and info.is_equirect_hint  # 2:1 only: a hint
+    assert info.stereo_mode == "2D"
+    assert info.is_equirect_hint
+
+
+def test_probe_chapman_aac_no_sa3d(testdata_dir: Path) -> None:
+    info = probe(testdata_dir / "chapman-positions-foa" / "4ch_B_FuMaNorm_FuMaOrd_speech.mp4")
+    assert info.audio_codec == "aac" and info.audio_channels == 4 and not info.has_video
+    assert info.sa3d is None and info.foa_hint is None
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _small_av(tmp_path: Path, name: str = "av.mp4", frames: int = 15) -> Path:
+    v = tmp_path / f"v_{name}"
+    with VideoWriter(v, 64, 32, 15) as w:
+        for k in range(frames):
+            w.write(np.full((32, 64, 3), 8 * k % 256, np.uint8))
+    return mux_foa(v, _tones(frames / 15), SR, tmp_path / name)
+
+
+def _assert_media_error(fn, path: Path, reason: str) -> None:
+    with pytest.raises(MediaError) as ei:
+        fn(path)
+    assert ei.value.reason == reason, (ei.value.reason, str(ei.value))
+    assert str(path) in str(ei.value)
+
+
+def test_bad_missing_and_empty(tmp_path: Path) -> None:
+    _assert_media_error(probe, tmp_path / "nope.mp4", "missing")
+    empty = tmp_path / "empty.webm"
+    empty.write_bytes(b"")
+    _assert_media_error(probe, empty, "empty")
+    _assert_media_error(decode_audio, empty, "empty")
+    import soundfile as sf
+
+    zero = tmp_path / "zero.wav"
+    sf.write(zero, np.zeros((0, 4), np.float32), SR, subtype="FLOAT")
+    _assert_media_error(decode_audio, zero, "zero_length")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a media file at all" * 10)
+    with pytest.raises(MediaError) as ei:
+        probe(junk)
+    assert ei.value.reason in ("unreadable", "truncated") and str(junk) in str(ei.value)
+
+
+def test_bad_not_4_channels(tmp_path: Path) -> None:
+    st = write_audio(tmp_path / "stereo.flac", _tones()[:2], SR)
+    _assert_media_error(decode_foa, st, "not_4_channels")
+    y, _ = decode_audio(st)  # plain decode still works and keeps 2 channels
+    assert y.shape[0] == 2
+
+
+def test_bad_nan_samples(tmp_path: Path) -> None:
+    x = _tones()
+    x[2, 1000] = np.nan
+    import soundfile as sf
+
+    p = tmp_path / "nan.wav"
+    sf.write(p, x.T, SR, subtype="FLOAT")
+    _assert_media_error(decode_audio, p, "non_finite")
+    with pytest.raises(MediaError):
+        write_audio(tmp_path / "out.wav", x, SR)
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_bad_video_without_audio(tmp_path: Path) -> None:
+    v = tmp_path / "silent_video.mp4"
+    with VideoWriter(v, 64, 32, 10) as w:
+        w.write(np.zeros((32, 64, 3), np.uint8))
+    _assert_media_error(decode_audio, v, "no_audio")
+    _assert_media_error(decode_foa, v, "no_audio")
+    a = write_audio(tmp_path / "a.wav", _tones(0.1), SR)
+    _assert_media_error(lambda p: next(iter_frames(p)), a, "no_video")
+
+
+def test_bad_truncated_real_webm(testdata_dir: Path, tmp_path: Path) -> None:
+    src = testdata_dir / "sphere360-erp-foa" / "0B7ds6NmVBQl_20.webm"
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    _assert_media_error(probe, cut, "truncated")
+    _assert_media_error(decode_audio, cut, "truncated")
+    tiny = tmp_path / "tiny.webm"
+    tiny.write_bytes(src.read_bytes()[:3000])
+    _assert_media_error(probe, tiny, "truncated")
+
+
+def test_bad_truncated_mp4(tmp_path: Path) -> None:
+    good = _small_av(tmp_path)
+    data = good.read_bytes()
+    for frac in (0.5, 0.97):
+        cut = tmp_path / f"cut{frac}.mp4"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        _assert_media_error(probe, cut, "truncated")
+
+
+# ------------------------------------------------------------------------------- SA3D / sv3d
+
+
+def test_inject_and_parse_spatial_boxes(tmp_path: Path) -> None:
+    p = _small_av(tmp_path)  # mux_foa already injected
+    sa = parse_sa3d(p)
+    assert sa == {
+        "version": 0,
+        "ambisonic_type": 0,
+        "ambisonic_order": 1,
+        "channel_ordering": "ACN",
+        "normalization": "SN3D",
+        "num_channels": 4,
+        "channel_map": [0, 1, 2, 3],
+    }
+    info = probe(p)
+    assert info.projection == "equirectangular" and info.foa_hint == "ambix" and info.sa3d == sa
+    # ffprobe 5.1 itself reports the injected sv3d as side data
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(p)], capture_output=True, text=True
+    ).stdout
+    assert '"Spherical Mapping"' in out and '"equirectangular"' in out
+    assert parse_spherical_video(p)["projection"] == "equirectangular"
+
+
+@pytest.mark.parametrize("faststart", [False, True])
+def test_inject_keeps_media_bytes(tmp_path: Path, faststart: bool) -> None:
+    """moov after mdat: offsets untouched; moov before mdat (+faststart): stco/co64 shifted."""
+    v = tmp_path / "v.mp4"
+    with VideoWriter(v, 64, 32, 15) as w:
+        for k in range(15):
+            w.write(np.full((32, 64, 3), 16 * k, np.uint8))
+    plain = mux_foa(v, _tones(1.0), SR, tmp_path / "plain.mp4", spatial_metadata=False)
+    assert parse_sa3d(plain) is None and probe(plain).projection is None and probe(plain).foa_hint is None
+    src = tmp_path / "src.mp4"
+    _ffmpeg("-i", str(plain), "-c", "copy", *(["-movflags", "+faststart"] if faststart else []), str(src))
+    ref_audio, _ = decode_audio(src)
+    ref_frames = [f.copy() for f in iter_frames(src)]
+    size0 = src.stat().st_size
+    inject_spatial_metadata(src)
+    inject_spatial_metadata(src)  # idempotent: replaces, does not stack
+    assert src.stat().st_size > size0
+    assert parse_sa3d(src)["num_channels"] == 4 and probe(src).projection == "equirectangular"
+    y, _ = decode_audio(src)
+    assert np.array_equal(y, ref_audio)
+    frames = list(iter_frames(src))
+    assert len(frames) == 15 and all(np.array_equal(a, b) for a, b in zip(frames, ref_frames, strict=True))
+
+
+def test_inject_rejects_non_mp4(tmp_path: Path) -> None:
+    p = write_audio(tmp_path / "a.wav", _tones(0.1), SR)
+    with pytest.raises(MediaError) as ei:
+        inject_spatial_metadata(p)
+    assert ei.value.reason == "not_mp4"
+
+
+# ------------------------------------------------------------------------------- frames / writers
+
+
+def test_iter_frames_streams_with_bounded_memory(tmp_path: Path) -> None:
+    w_, h_, n = 128, 64, 600
+    v = tmp_path / "long.mp4"
+    with VideoWriter(v, w_, h_, 30, crf=30, preset="ultrafast") as w:
+        for k in range(n):
+            f = np.zeros((h_, w_, 3), np.uint8)
+            f[:, (k * 3) % w_] = 255
+            w.write(f)
+    frame_bytes = w_ * h_ * 3
+    tracemalloc.start()
+    count = 0
+    it = iter_frames(v)
+    first = next(it)
+    assert first.shape == (h_, w_, 3) and first.dtype == np.uint8
+    count = 1
+    for f in it:
+        count += 1
+        assert f[:, (count - 1) * 3 % w_].mean() > 150  # the moving line is where it was drawn
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == n
+    assert peak < 40 * frame_bytes, f"peak {peak} bytes for {n} frames of {frame_bytes}"  # all frames: 600x
+
+
+def test_iter_frames_options(tmp_path: Path) -> None:
+    v = tmp_path / "v.mp4"
+    with VideoWriter(v, 128, 64, 30) as w:
+        for k in range(60):
+            w.write(np.full((64, 128, 3), 4 * k, np.uint8))
+    frames = list(iter_frames(v, size=(64, 32), fps=10, start_s=0.5, duration_s=1.0))
+    assert len(frames) == 10 and frames[0].shape == (32, 64, 3)
+    assert abs(int(frames[0].mean()) - 4 * 15) <= 6  # starts at 0.5 s = frame 15
+    g = next(iter_frames(v, gray=True))
+    assert g.shape == (64, 128) and g.dtype == np.uint8
+    it = iter_frames(v)
+    next(it)
+    it.close()  # stopping early kills ffmpeg, no hang
+
+
+def test_iter_frames_truncated(tmp_path: Path) -> None:
+    v = tmp_path / "v.mp4"
+    with VideoWriter(v, 64, 32, 30) as w:
+        for k in range(60):
+            w.write(np.random.default_rng(k).integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(v.read_bytes()[:-5000])
+    with pytest.raises(MediaError) as ei:
+        list(iter_frames(cut))
+    assert ei.value.reason == "truncated" and str(cut) in str(ei.value)
+
+
+def test_video_writer_and_mux(tmp_path: Path) -> None:
+    v = tmp_path / "v.mp4"
+    with VideoWriter(v, 96, 48, 25, crf=18) as w:
+        for k in range(50):
+            w.write(np.full((48, 96, 3), (k * 5, 100, 200 - k * 2), np.uint8))
+    iv = probe(v)
+    assert (iv.video_codec, iv.width, iv.height, iv.n_frames, iv.has_audio) == ("h264", 96, 48, 50, False)
+    assert abs(iv.fps - 25) < 1e-6
+    t = np.arange(2 * SR) / SR
+    lr = np.stack([0.3 * np.sin(2 * np.pi * 500 * t), 0.3 * np.sin(2 * np.pi * 1500 * t)])
+    out = mux(v, lr, SR, tmp_path / "out.mp4")
+    info = probe(out)
+    assert (info.video_codec, info.audio_codec, info.audio_channels, info.sample_rate) == (
+        "h264",
+        "aac",
+        2,
+        48000,
+    )
+    y, _ = decode_audio(out)
+    spec = np.abs(np.fft.rfft(y[:, 4800:52800], axis=1))
+    f = np.fft.rfftfreq(48000, 1 / SR)
+    i500, i1500 = np.argmin(abs(f - 500)), np.argmin(abs(f - 1500))
+    assert spec[0, i500] > 100 * spec[0, i1500] and spec[1, i1500] > 100 * spec[1, i500]  # row 0 = left
+    with pytest.raises(MediaError):
+        mux(v, lr[:1], SR, tmp_path / "mono.mp4")
+    assert not (tmp_path / "mono.mp4").exists()
+
+
+def test_video_writer_cleans_up_on_error(tmp_path: Path) -> None:
+    d = tmp_path / "out"
+    d.mkdir()
+    with pytest.raises(RuntimeError):
+        with VideoWriter(d / "x.mp4", 64, 32, 10) as w:
+            w.write(np.zeros((32, 64, 3), np.uint8))
+            raise RuntimeError("boom")
+    assert list(d.iterdir()) == []
+    with pytest.raises(ValueError):
+        VideoWriter(d / "odd.mp4", 63, 32, 10)
+    with VideoWriter(d / "y.mp4", 64, 32, 10) as w:
+        with pytest.raises(ValueError):
+            w.write(np.zeros((30, 64, 3), np.uint8))
+        w.write(np.zeros((32, 64, 3), np.uint8))
+    assert [p.name for p in d.iterdir()] == ["y.mp4"]
+
+
+def test_write_audio_atomic_formats(tmp_path: Path) -> None:
+    x = _tones(0.2) * 2.0  # > 1 on purpose
+    w = write_audio(tmp_path / "a.wav", x, SR)
+    y, _ = decode_audio(w)
+    assert np.allclose(y, x, atol=1e-7)  # float wav keeps values above 1
+    f = write_audio(tmp_path / "a.flac", x / 2, SR)
+    y, _ = decode_audio(f)
+    assert np.allclose(y, x / 2, atol=1e-5)
+    with pytest.raises(ValueError):
+        write_audio(tmp_path / "a.mp3", x, SR)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac", "a.wav"]
+
+
+def test_ffmpeg_available() -> None:
+    assert shutil.which("ffmpeg") and shutil.which("ffprobe")
