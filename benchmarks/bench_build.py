@@ -1,0 +1,139 @@
+"""Build engine benchmark (issue 4 "Speed and memory"), reported as ratios.
+
+1. CPU: whole build of one real 10-s Sphere360 clip (a local file source, the paper recipe), one
+   worker, versus ffmpeg decode-only CPU time of the same file (target <= 3x). Both the whole
+   command (interpreter start, imports, manifest) and the item alone (from its completion record)
+   are reported.
+2. Scaling: the same build of N items with 2 workers vs 1 worker, items per wall second
+   (target >= 1.7x on 2 free cores).
+3. Memory: peak RSS of the worker (and of its largest ffmpeg child) for a 3840x1920 input made
+   from the clip with ffmpeg scaling (target < 1.5 GB): frames are streamed, never all in memory.
+
+Usage: python benchmarks/bench_build.py [--clip FILE] [--items 4] [--skip-4k] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CLIP = REPO.parent / "shared" / "testdata" / "sphere360-erp-foa" / "JUN314mwb90_49.webm"
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], **kw) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall s, CPU s of the command and all its waited-for descendants, result)."""
+    c0, t0 = _children_cpu(), time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    return time.perf_counter() - t0, _children_cpu() - c0, r
+
+
+def decode_cpu(path: Path) -> float:
+    """CPU seconds ffmpeg needs to decode every video and audio frame of the file (single thread,
+    like the build's decoders)."""
+    _, cpu, r = timed(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(path), "-map", "0:v:0", "-map", "0:a:0",
+                       "-f", "null", "-"])
+    if r.returncode:
+        raise RuntimeError(r.stderr)
+    return cpu
+
+
+def write_recipe(folder: Path, sources: list[Path], workers: int) -> Path:
+    """The paper recipe with local files as sources."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "pipelines" / "biaudio.yaml").read_text())
+    data["sources"] = [str(s) for s in sources]
+    data["execution"] = {"workers": workers}
+    data.pop("output", None)
+    p = folder / f"recipe-{workers}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def build(recipe: Path, out: Path) -> tuple[float, float, dict]:
+    wall, cpu, r = timed([sys.executable, "-m", "biaudio.cli", "build", str(recipe), "--out", str(out), "--json"])
+    if r.returncode not in (0,):
+        raise RuntimeError(f"build failed ({r.returncode}): {r.stdout[-2000:]} {r.stderr[-2000:]}")
+    records = [json.loads(p.read_text()) for p in sorted((out / ".state" / "items").glob("*.json"))]
+    return wall, cpu, {"summary": json.loads(r.stdout), "records": records}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
+    ap.add_argument("--items", type=int, default=4, help="items for the 1-vs-2 worker comparison")
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-4k", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    res: dict = {"clip": str(args.clip), "cpus": os.cpu_count()}
+    work = Path(tempfile.mkdtemp(prefix="bench-build-"))
+    try:
+        # 1. CPU: one clip, one worker, vs decode-only
+        dec = decode_cpu(args.clip)
+        wall, cpu, b = build(write_recipe(work, [args.clip], 1), work / "one")
+        rec = b["records"][0]
+        res["cpu"] = {
+            "decode_only_cpu_s": round(dec, 2), "build_cmd_cpu_s": round(cpu, 2), "build_item_cpu_s": rec["cpu_s"],
+            "build_wall_s": round(wall, 2), "clips": len(rec["result"]["rows"]),
+            "rejects": [r["reason"] for r in rec["result"]["rejects"]],
+            "ratio_cmd": round(cpu / dec, 2), "ratio_item": round(rec["cpu_s"] / dec, 2),
+            "seconds_by_stage": {k: round(v, 2) for k, v in rec["result"]["stats"].items()},
+        }
+        print(json.dumps({"cpu": res["cpu"]}, indent=1), flush=True)
+
+        # 2. 1 vs 2 workers on N copies of the clip (distinct source ids)
+        if not args.skip_scaling:
+            srcs = []
+            for i in range(args.items):
+                p = work / "src" / f"copy{i}_{args.clip.name}"
+                p.parent.mkdir(exist_ok=True)
+                shutil.copyfile(args.clip, p)
+                srcs.append(p)
+            w1, _, b1 = build(write_recipe(work, srcs, 1), work / "w1")
+            w2, _, _ = build(write_recipe(work, srcs, 2), work / "w2")
+            res["scaling"] = {"items": args.items, "wall_1_worker_s": round(w1, 2), "wall_2_workers_s": round(w2, 2),
+                              "speedup": round(w1 / w2, 2)}
+            # steady state: items after the first in one worker (models, HRIRs, imports already loaded)
+            warm = sorted(r["cpu_s"] for r in b1["records"])[: max(1, args.items - 1)]
+            res["cpu"]["warm_item_cpu_s"] = round(warm[len(warm) // 2], 2)
+            res["cpu"]["ratio_warm_item"] = round(warm[len(warm) // 2] / dec, 2)
+            print(json.dumps({"scaling": res["scaling"]}, indent=1), flush=True)
+
+        # 3. memory with a 3840x1920 input
+        if not args.skip_4k:
+            big = work / "big" / f"{args.clip.stem}_3840.mkv"
+            big.parent.mkdir(exist_ok=True)
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(args.clip), "-map", "0:v:0", "-map", "0:a:0",
+                            "-vf", "scale=3840:1920", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "28",
+                            "-c:a", "copy", str(big)], check=True)
+            wall, cpu, b = build(write_recipe(work, [big], 1), work / "big-out")
+            rec = b["records"][0]
+            res["memory_3840x1920"] = {"worker_peak_rss_mb": rec.get("max_rss_mb"),
+                                       "largest_child_peak_rss_mb": rec.get("child_max_rss_mb"),
+                                       "clips": len(rec["result"]["rows"]), "wall_s": round(wall, 2),
+                                       "item_cpu_s": rec["cpu_s"]}
+            print(json.dumps({"memory_3840x1920": res["memory_3840x1920"]}, indent=1), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

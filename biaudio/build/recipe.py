@@ -1,0 +1,376 @@
+"""Build recipes: one YAML file says everything a build does, so a dataset can be rebuilt exactly.
+
+Why pydantic with ``extra="forbid"`` at every level: a typo in a recipe (``widht: 640``) must stop
+the build with a message naming ``render.widht``, not silently build a dataset with defaults.
+
+Stage configs are owned by the stage modules (ingest/clean/segment by the ingest area,
+trajectory/render/spatial_cue/caption by the per-clip stages); this module only nests them. They
+are imported defensively: while a stage module does not exist yet, a permissive placeholder
+section stands in (listed in ``PLACEHOLDER_SECTIONS``), so the engine can be developed and tested
+independently of the stages.
+
+``recipe_hash`` is a stable hash of the canonical JSON of everything that changes the *data*
+(so it excludes ``output`` and ``execution``: the same dataset built with 1 or 16 workers, here
+or on Ray, has the same hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from biaudio.errors import RecipeError
+
+# sections that currently use a permissive placeholder (their stage module is not importable)
+PLACEHOLDER_SECTIONS: dict[str, str] = {}
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # packaged copies (biaudio/recipes)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _placeholder(qualname: str) -> type[BaseModel]:
+    """A permissive stand-in section for a stage config class that is not importable yet."""
+    cls = type(
+        f"Placeholder_{qualname.rsplit('.', 1)[-1]}",
+        (BaseModel,),
+        {"__doc__": f"Placeholder for {qualname} (module not available).", "model_config": ConfigDict(extra="allow")},
+    )
+    return cls
+
+
+def _stage_config(module: str, name: str) -> type[BaseModel]:
+    """The stage's config class; a placeholder only while the stage module does not exist at all.
+
+    Any other import failure propagates: a stage module that exists but is broken must fail
+    loudly, not silently change what a recipe accepts (and its hash).
+    """
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        PLACEHOLDER_SECTIONS[f"{module}.{name}"] = "module not found"
+        return _placeholder(f"{module}.{name}")
+    cls = getattr(mod, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+        raise ImportError(f"{module}.{name} is not a pydantic model (the recipe section needs one)")
+    return cls
+
+
+FetchConfig = _stage_config("biaudio.ingest.fetch", "FetchConfig")
+ValidateConfig = _stage_config("biaudio.ingest.validate", "ValidateConfig")
+SilenceConfig = _stage_config("biaudio.clean.silence", "SilenceConfig")
+StaticConfig = _stage_config("biaudio.clean.static", "StaticConfig")
+SpeechConfig = _stage_config("biaudio.clean.speech", "SpeechConfig")
+SegmentConfig = _stage_config("biaudio.segment", "SegmentConfig")
+TrajectoryConfig = _stage_config("biaudio.build.trajectory", "TrajectoryConfig")
+RenderConfig = _stage_config("biaudio.build.render", "RenderConfig")
+SpatialCueConfig = _stage_config("biaudio.build.spatial_cue", "SpatialCueConfig")
+CaptionConfig = _stage_config("biaudio.build.caption", "CaptionConfig")
+
+
+class SynthParams(_Strict):
+    """Synthetic 360° scenes made on the fly (the demo needs no network and no input files)."""
+
+    scenes: int = Field(12, ge=1, le=10000)
+    seed: int = 0
+    duration: float = Field(10.0, gt=0)
+    size: tuple[int, int] = (960, 480)
+    fps: float = Field(30.0, gt=0)
+
+
+class SynthSource(_Strict):
+    """``{synth: {scenes: N, seed: S, duration: 10, size: [W, H], fps: 30}}``."""
+
+    synth: SynthParams
+
+
+SourceEntry = str | SynthSource
+
+
+class CleanSection(_Strict):
+    """The Sphere360 filters (PIPELINE.md stage 3)."""
+
+    silence: SilenceConfig = Field(default_factory=SilenceConfig)  # type: ignore[valid-type]
+    static: StaticConfig = Field(default_factory=StaticConfig)  # type: ignore[valid-type]
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)  # type: ignore[valid-type]
+
+
+class DirectionSection(_Strict):
+    """Steered-power dominant-direction estimator (CONVENTIONS §4); ``to_config`` -> DirectionConfig."""
+
+    band_hz: tuple[float, float] = (200.0, 8000.0)
+    window_s: float = Field(0.2, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    grid_points: int = Field(2562, ge=12)
+    gate_db: float = Field(30.0, ge=0)
+    smooth_windows: int = Field(3, ge=1)
+
+    def to_config(self) -> Any:
+        """The ``biaudio.spatial.direction.DirectionConfig`` the estimator takes."""
+        from biaudio.spatial.direction import DirectionConfig
+
+        return DirectionConfig(**self.model_dump())
+
+
+class SplitConfig(_Strict):
+    """Train/val/test by a hash of the *source* id (never per clip: no video in two splits)."""
+
+    val_fraction: float = Field(0.1, ge=0, le=1)
+    test_fraction: float = Field(0.1, ge=0, le=1)
+    salt: str = "biaudio-v1"
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.val_fraction + self.test_fraction > 1:
+            raise ValueError("val_fraction + test_fraction must be <= 1")
+
+
+class ExecutionConfig(_Strict):
+    """How the build runs; excluded from the recipe hash (it never changes the data).
+
+    ``item_fn`` replaces ``biaudio.build.pipeline:process_item`` ("module:function" or
+    "/path/file.py:function"); it exists for the engine's tests (a fast, controllable stand-in)
+    and for experiments, and is never set by the shipped recipes.
+    """
+
+    workers: int | None = Field(None, ge=1, description="parallel items; None = number of CPUs")
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    item_fn: str | None = None
+    on_write_error: Literal["stop", "continue"] = "stop"
+    threads_per_worker: int = Field(
+        1, ge=1, description="BLAS/OpenMP/torch threads inside one worker; parallelism comes from workers "
+                             "(1 keeps N workers on N cores from oversubscribing, and results independent of N)")
+
+
+class Recipe(_Strict):
+    """A whole build: sources, every stage's parameters, the split and how to execute."""
+
+    name: str = "biaudio"
+    description: str = ""
+    sources: list[SourceEntry] = Field(default_factory=list)
+    output: str | None = None
+    fetch: FetchConfig = Field(default_factory=FetchConfig)  # type: ignore[valid-type]
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")  # type: ignore[valid-type]
+    clean: CleanSection = Field(default_factory=CleanSection)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)  # type: ignore[valid-type]
+    direction: DirectionSection = Field(default_factory=DirectionSection)
+    trajectory: TrajectoryConfig = Field(default_factory=TrajectoryConfig)  # type: ignore[valid-type]
+    render: RenderConfig = Field(default_factory=RenderConfig)  # type: ignore[valid-type]
+    spatial_cue: SpatialCueConfig = Field(default_factory=SpatialCueConfig)  # type: ignore[valid-type]
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[valid-type]
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    # where the recipe file lives: relative source paths are resolved against it first
+    _base_dir: Path | None = PrivateAttr(default=None)
+    _origin: str = PrivateAttr(default="<dict>")
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    @property
+    def origin(self) -> str:
+        """The file (or built-in name) this recipe was loaded from."""
+        return self._origin
+
+    def dump(self) -> dict:
+        """JSON-ready dict with the YAML key names (``validate``, not ``validate_``)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Recipes shipped with the package (``biaudio/recipes/*.yaml``), by name."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Stable short hash of the canonical JSON, without ``output`` and ``execution``."""
+    data = recipe.dump()
+    data.pop("output", None)
+    data.pop("execution", None)
+    canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Read a recipe YAML (a path, or a built-in name such as ``demo``) and apply ``a.b=value`` overrides.
+
+    Raises :class:`RecipeError` naming the dotted key for an unknown key or a bad value.
+    """
+    p = Path(path)
+    if p.is_file():
+        origin, base = str(p), p.resolve().parent
+    elif str(path) in builtin_recipes():
+        p = builtin_recipes()[str(path)]
+        origin, base = f"{path} (built-in)", p.parent
+    else:
+        names = ", ".join(builtin_recipes()) or "none"
+        raise RecipeError(str(path), "not_found", f"no such recipe file, and not a built-in recipe ({names})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(origin, "unreadable", str(e)) from e
+    except yaml.YAMLError as e:
+        raise RecipeError(origin, "yaml", str(e).replace("\n", " ")) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(origin, "not_a_mapping", f"top level must be a mapping of sections, got {type(data).__name__}")
+    recipe = recipe_from_dict(apply_overrides(data, overrides, origin), origin=origin)
+    recipe._base_dir = base
+    return recipe
+
+
+def recipe_from_dict(data: dict, origin: str = "<dict>") -> Recipe:
+    """Validate a recipe mapping; errors become one :class:`RecipeError` naming every bad key."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        # a union (str | SynthSource) reports one error per branch: keep the dict branch's
+        non_str = [x for x in errors if "str" not in x.get("loc", ())]
+        problems = [_describe(err, data) for err in (non_str or errors)]
+        first_key = problems[0][0]
+        detail = "; ".join(msg for _, msg in problems)
+        raise RecipeError(origin, first_key, detail) from None
+    recipe._origin = origin
+    return recipe
+
+
+def apply_overrides(data: dict, overrides: Iterable[str], origin: str = "<recipe>") -> dict:
+    """Return a copy of ``data`` with each ``a.b.c=value`` set (value parsed as YAML).
+
+    List items are addressed by index (``sources.0.synth.scenes=4``).
+    """
+    data = json.loads(json.dumps(data))  # deep copy, and a YAML-dated value fails here, early
+    for ov in overrides:
+        if "=" not in ov:
+            raise RecipeError(origin, "--set", f"override {ov!r} is not key=value (e.g. render.width=320)")
+        key, raw = ov.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise RecipeError(origin, "--set", f"override {ov!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise RecipeError(origin, key, f"bad value {raw!r} for '{key}': not valid YAML ({e})") from None
+        node: Any = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: i + 1]), origin, create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(last, node, key, origin)
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(origin, key, f"cannot set '{key}': '{'.'.join(parts[:-1])}' is not a section")
+    return data
+
+
+def _index(part: str, node: list, key: str, origin: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise RecipeError(origin, key, f"'{key}': list index {part!r} out of range (list has {len(node)} items)")
+    return int(part)
+
+
+def _child(node: Any, part: str, key: str, origin: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(part, node, key, origin)]
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            node[part] = {}
+        return node[part]
+    raise RecipeError(origin, key, f"cannot descend into '{key}': not a section")
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "tuple", "none"}
+
+
+def _describe(err: dict, data: Any) -> tuple[str, str]:
+    """(dotted key, message) for one pydantic error, with union-branch tags removed from the key."""
+    loc: list[Any] = []
+    node = data
+    value_found = True
+    for part in err.get("loc", ()):
+        if isinstance(node, dict) and part in node:
+            loc.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            loc.append(part)
+            node = node[part]
+        elif part == "validate_" and isinstance(node, dict) and "validate" in node:
+            loc.append("validate")
+            node = node["validate"]
+        elif part in _UNION_TAGS or (isinstance(part, str) and part[:1].isupper()):
+            continue  # a union-branch tag such as 'SynthSource' or 'str': not part of the user's key
+        else:
+            # a key missing from the input (a required field) or the offending extra key
+            loc.append(part)
+            value_found = False
+            node = None
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return key, f"unknown key '{key}'{hint}"
+    if err["type"] == "missing":
+        return key, f"missing required key '{key}'"
+    value = err.get("input") if not value_found else node
+    return key, f"bad value for '{key}': {value!r} ({err.get('msg', 'invalid')})"
+
+
+def _allowed_keys(loc: list[Any]) -> list[str]:
+    """Field names accepted at ``loc`` (walks the Recipe model), for the unknown-key hint."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            if model is Recipe or model is None:
+                model = SynthSource if loc and loc[0] == "sources" else None
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        f = fields.get(part)
+        if f is None:
+            return []
+        model = f.annotation
+        if model is not None and not isinstance(model, type):
+            args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = args[0] if args else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [(f.alias or n) for n, f in model.model_fields.items()]
+    return []
+
+
+def resolve_source_entry(entry: str, base_dir: Path | None) -> str:
+    """A relative path in a recipe means relative to the recipe file, else to the cwd, else the checkout.
+
+    Anything that is not an existing path (a Sphere360 id, a URL, a YouTube id) is returned as is.
+    """
+    if "://" in entry or Path(entry).is_absolute():
+        return entry
+    has_glob = any(c in entry for c in "*?[")
+    for root in [base_dir, Path.cwd(), REPO_ROOT]:
+        if root is None:
+            continue
+        cand = root / entry
+        if cand.exists() or (has_glob and any(root.glob(entry))):
+            return str(cand.resolve()) if not has_glob else str(root.resolve() / entry)
+    return entry

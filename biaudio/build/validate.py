@@ -1,0 +1,138 @@
+"""``biaudio validate OUT``: is this build folder a dataset others can trust?
+
+Checks what downstream users silently depend on: the schema version and column types, unique
+clip ids, media paths that are relative and stay inside OUT (a manifest must be movable and must
+never point a training job at ``/etc`` or ``../``), files present and non-empty, media durations
+matching the manifest (ffprobe), per-frame trajectories of the right length, and splits that are
+disjoint by *source* video (no leakage between train and test).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from biaudio.build.manifest import QA_STATUSES, SPLITS, read_manifest
+from biaudio.errors import BiaudioError
+
+
+@dataclass
+class Problem:
+    check: str
+    detail: str
+    clip_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"check": self.check, "clip_id": self.clip_id, "detail": self.detail}
+
+
+@dataclass
+class ValidationReport:
+    out_dir: str
+    n_clips: int = 0
+    n_files_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"out_dir": self.out_dir, "ok": self.ok, "n_clips": self.n_clips,
+                "n_files_checked": self.n_files_checked, "problems": [p.to_dict() for p in self.problems]}
+
+
+def ffprobe_duration(path: Path) -> float | None:
+    """Container duration in seconds (None when ffprobe cannot read the file)."""
+    try:
+        r = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        return float(json.loads(r.stdout)["format"]["duration"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _inside(out: Path, rel: str) -> tuple[bool, str]:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or rel.startswith("\\") or (len(rel) > 1 and rel[1] == ":"):
+        return False, "absolute path"
+    if ".." in p.parts:
+        return False, "path contains '..'"
+    try:
+        (out / rel).resolve().relative_to(out.resolve())
+    except ValueError:
+        return False, "resolves outside OUT (symlink?)"
+    return True, ""
+
+
+def validate(out_dir: Path | str, *, tolerance_s: float = 0.15, check_media: bool = True, jobs: int = 4) -> ValidationReport:
+    """Check a build folder; returns a report (``ok`` is False when anything is wrong)."""
+    out = Path(out_dir)
+    rep = ValidationReport(str(out))
+    try:
+        table = read_manifest(out)
+    except BiaudioError as e:
+        rep.problems.append(Problem("schema", str(e)))
+        return rep
+    rows = table.to_pylist()
+    rep.n_clips = len(rows)
+
+    ids = [r["clip_id"] for r in rows]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        rep.problems.append(Problem("unique_clip_id", "clip id appears more than once", dup))
+
+    split_of: dict[str, set[str]] = {}
+    media: list[tuple[str, str, Path, float]] = []  # (clip_id, column, path, expected duration)
+    for r in rows:
+        cid = r["clip_id"]
+        if r["split"] not in SPLITS:
+            rep.problems.append(Problem("split", f"split {r['split']!r} not one of {SPLITS}", cid))
+        split_of.setdefault(r["source_id"], set()).add(r["split"])
+        if r["qa_status"] not in QA_STATUSES:
+            rep.problems.append(Problem("qa_status", f"qa_status {r['qa_status']!r} not one of {QA_STATUSES}", cid))
+        if abs((r["end_s"] - r["start_s"]) - r["duration_s"]) > 1e-3 or r["duration_s"] <= 0:
+            rep.problems.append(Problem("times", f"start {r['start_s']} end {r['end_s']} duration {r['duration_s']}", cid))
+        traj = r["trajectory"] or []
+        if len(traj) != r["num_frames"]:
+            rep.problems.append(Problem("trajectory", f"{len(traj)} trajectory points for {r['num_frames']} frames", cid))
+        expect_frames = r["duration_s"] * r["fps"]
+        if abs(r["num_frames"] - expect_frames) > 1.5:
+            rep.problems.append(Problem("num_frames", f"{r['num_frames']} frames, duration x fps = {expect_frames:.1f}", cid))
+        for col in ("video_path", "audio_path", "preview_path"):
+            rel = r.get(col)
+            if rel is None:
+                if col != "preview_path":
+                    rep.problems.append(Problem("path", f"{col} is empty", cid))
+                continue
+            ok, why = _inside(out, rel)
+            if not ok:
+                rep.problems.append(Problem("path_outside", f"{col} {rel!r}: {why}", cid))
+                continue
+            p = out / rel
+            if not p.is_file():
+                rep.problems.append(Problem("missing_file", f"{col} {rel} does not exist", cid))
+            elif p.stat().st_size == 0:
+                rep.problems.append(Problem("empty_file", f"{col} {rel} is empty", cid))
+            elif col != "preview_path":
+                media.append((cid, col, p, float(r["duration_s"])))
+
+    for src, splits in sorted(split_of.items()):
+        if len(splits) > 1:
+            rep.problems.append(Problem("split_leak", f"source {src} is in {sorted(splits)}"))
+
+    if check_media and media:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            durations = list(pool.map(lambda m: ffprobe_duration(m[2]), media))
+        for (cid, col, p, expect), got in zip(media, durations, strict=True):
+            rep.n_files_checked += 1
+            if got is None:
+                rep.problems.append(Problem("unreadable_media", f"{col} {p.name}: ffprobe cannot read it", cid))
+            elif abs(got - expect) > tolerance_s:
+                rep.problems.append(Problem("duration", f"{col} {p.name}: {got:.3f} s, manifest {expect:.3f} s "
+                                                        f"(tolerance {tolerance_s} s)", cid))
+    return rep

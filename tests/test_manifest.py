@@ -1,0 +1,139 @@
+"""Manifest schema v1: round trip through pandas, pyarrow and duckdb; splits by source; versions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from biaudio.build import manifest as m
+from biaudio.errors import BiaudioError
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("standin", REPO / "tests" / "test_build_engine_standin.py")
+standin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(standin)
+
+
+def _rows(n_sources: int = 5) -> list[dict]:
+    """Stage rows (as process_item returns them) for n sources x 2 clips."""
+    rows = []
+    for s in range(n_sources):
+        sid = f"src{s:02d}"
+        for k, start_ms in enumerate((0, 8000)):
+            cid = f"{sid}_{start_ms}"
+            rows.append({
+                "clip_id": cid, "source_id": sid, "source_uri": f"/data/{sid}.webm",
+                "start_s": start_ms / 1000, "end_s": start_ms / 1000 + 8, "duration_s": 8.0,
+                "video_path": f"clips/{cid}.mp4", "audio_path": f"clips/{cid}.flac",
+                "preview_path": None if k else f"previews/{cid}.jpg",
+                "fps": 29.97, "hfov_deg": 90.0, "width": 640, "height": 360, "sample_rate": 48000, "num_frames": 3,
+                "trajectory": standin.trajectory_for(cid, 3, 29.97), "trajectory_mode": "paper",
+                "clip_azimuth_deg": 12.5, "clip_elevation_deg": -3.0,
+                "window_directions": [{"t": 0.1, "azimuth_deg": 12.0, "elevation_deg": -3.0, "diffuseness": 0.3,
+                                       "energy_db": -20.0}],
+                "silence_ratio": 0.1, "static_ratio": 0.2, "speech_ratio": None, "speech_backend": "silero",
+                "speech_checkpoint": None, "lr_difference": 0.12, "caption": None, "caption_visible": None,
+                "caption_invisible": None, "caption_backend": "none", "foa_convention": "ambix",
+                "hrir_set": "kemar", "decoder": "magls", "lr_difference_formula": "|L-R|/(|L|+|R|)",
+            })
+    return rows[::-1]  # unsorted on purpose
+
+
+def _complete(rows):
+    return m.complete_rows(rows, recipe_hash="abc123", split_fractions=(0.2, 0.3), salt="t")
+
+
+def test_round_trip_pandas_pyarrow_duckdb(tmp_path):
+    rows = _complete(_rows())
+    path = m.write_manifest(tmp_path, rows)
+    assert not [p for p in tmp_path.iterdir() if p.name != "manifest.parquet"]  # no temp file left
+
+    t = m.read_manifest(tmp_path)
+    assert t.schema.field("trajectory").type.equals(m.MANIFEST_SCHEMA.field("trajectory").type)
+    assert t.column_names[: len(m.MANIFEST_SCHEMA)] == m.MANIFEST_SCHEMA.names
+    assert "lr_difference_formula" in t.column_names  # a stage's extra column is kept
+    assert t.column("clip_id").to_pylist() == sorted(r["clip_id"] for r in rows)  # deterministic order
+
+    df = pd.read_parquet(path)
+    assert len(df) == 10 and set(df["split"]) <= {"train", "val", "test"}
+    assert df["schema_version"].dtype.name == "int32" and (df["schema_version"] == 1).all()
+    assert (df["qa_status"] == "pending").all()
+    first = df.iloc[0]
+    assert len(first["trajectory"]) == 3 and set(first["trajectory"][0]) == {"t", "yaw", "pitch", "roll"}
+    assert json.loads(first["tool_versions"])["pyarrow"] == pa.__version__
+
+    con = duckdb.connect()
+    got = con.execute(
+        f"SELECT clip_id, len(trajectory) AS n, trajectory[1].yaw AS yaw0, window_directions[1].azimuth_deg AS az "
+        f"FROM read_parquet('{path}') ORDER BY clip_id LIMIT 1").fetchone()
+    want = sorted(rows, key=lambda r: r["clip_id"])[0]
+    assert got == (want["clip_id"], 3, want["trajectory"][0]["yaw"], 12.0)
+    splits = con.execute(f"SELECT count(DISTINCT split) FROM read_parquet('{path}') GROUP BY source_id").fetchall()
+    assert all(n == 1 for (n,) in splits)
+
+
+def test_same_rows_give_identical_bytes(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    m.write_manifest(a, _complete(_rows()))
+    m.write_manifest(b, _complete(list(reversed(_rows()))))
+    assert (a / "manifest.parquet").read_bytes() == (b / "manifest.parquet").read_bytes()
+
+
+def test_rows_missing_required_or_duplicated_are_refused(tmp_path):
+    rows = _complete(_rows(1))
+    bad = [dict(rows[0], trajectory=None)]
+    with pytest.raises(BiaudioError, match="trajectory"):
+        m.write_manifest(tmp_path, bad)
+    with pytest.raises(BiaudioError, match="twice"):
+        m.write_manifest(tmp_path, [rows[0], dict(rows[0])])
+    assert not (tmp_path / "manifest.parquet").exists()
+
+
+def test_other_schema_version_is_refused(tmp_path):
+    table = m.manifest_table(_complete(_rows(1)))
+    pq.write_table(table.replace_schema_metadata({b"biaudio.schema_version": b"2"}), tmp_path / "manifest.parquet")
+    with pytest.raises(m.SchemaVersionError, match="v2"):
+        m.read_manifest(tmp_path)
+
+
+def test_split_is_by_source_and_stable():
+    fr = (0.2, 0.3)
+    ids = [f"video{i}" for i in range(2000)]
+    splits = [m.assign_split(s, fr, "salt") for s in ids]
+    share = {k: splits.count(k) / len(ids) for k in ("train", "val", "test")}
+    assert abs(share["test"] - 0.3) < 0.04 and abs(share["val"] - 0.2) < 0.04 and abs(share["train"] - 0.5) < 0.04
+    assert splits == [m.assign_split(s, fr, "salt") for s in ids]  # deterministic
+    assert splits != [m.assign_split(s, fr, "other") for s in ids]  # the salt matters
+    # every clip of one source lands in the split of that source, whatever the clip
+    rows = _complete(_rows(40))
+    by_src: dict[str, set] = {}
+    for r in rows:
+        by_src.setdefault(r["source_id"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in by_src.values())
+    assert len({r["split"] for r in rows}) == 3
+
+
+def test_rejects_table(tmp_path):
+    m.write_rejects(tmp_path, [{"item_id": "b", "stage": "fetch", "reason": "http_404", "detail": "x", "attempt": 2,
+                                "source_uri": "https://y"},
+                               {"item_id": "a", "clip_id": "a_0", "stage": "spatial_cue", "reason": "no_lr_difference"}])
+    df = pd.read_parquet(tmp_path / "rejects.parquet")
+    assert list(df.columns) == ["item_id", "clip_id", "stage", "reason", "detail", "attempt", "source_uri"]
+    assert list(df["item_id"]) == ["a", "b"] and list(df["attempt"]) == [1, 2]
+
+
+def test_readme_documents_every_column():
+    doc = (REPO / "manifests" / "README.md").read_text()
+    assert re.search(r"schema[_ ]version.*\b1\b", doc)
+    for name in m.MANIFEST_SCHEMA.names + m.REJECTS_SCHEMA.names:
+        assert f"`{name}`" in doc, f"manifests/README.md does not document column {name}"
