@@ -4,7 +4,10 @@ intra-op threads 1. Target: ours <= 1.5x the decode-only time, ratio measured in
 
 Both wall and CPU time (this process + children) are reported, best of N interleaved runs; on a
 shared machine CPU time is the fairer one-core measure. The Silero model load is a one-time cost
-per worker and is done before timing. Run: ``python benchmarks/bench_ingest.py [CLIP]``.
+per worker and is done before timing. ``analyze_file`` here does what the build needs: it also keeps
+the decoded FOA (the build renders from it instead of decoding the audio again) and runs the speech
+detector only over the windows that survived the silence filter.
+Run: ``python benchmarks/bench_ingest.py [CLIP]``.
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ def main() -> None:
     bw, bc = min(b[0] for b in base), min(b[1] for b in base)
     mw, mc = min(m[0] for m in mine), min(m[1] for m in mine)
     print(f"clip {args.clip.name}: {r.n_frames} frames, cuts {r.cuts}, windows {r.clip_ids()}")
-    print("scores: " + ", ".join(f"{k} {v.score:.3f}" for k, v in r.filters.items()))
+    print("source scores: " + ", ".join(f"{k} {v.score:.3f}" for k, v in r.filters.items()))
+    print(f"clip scores: {r.window_scores}")
     print(f"stage timings (last run): { {k: round(v, 3) for k, v in r.timings.items()} }")
     print(f"ffmpeg decode-only (-threads 1): wall {bw:.3f} s  CPU {bc:.3f} s")
     print(f"probe+filters+segment          : wall {mw:.3f} s  CPU {mc:.3f} s")

@@ -144,3 +144,45 @@ def test_caption_reject_after_render_leaves_no_files_and_file_captions_fill_row(
     row = res.rows[0]
     assert (row["caption_visible"], row["caption_invisible"], row["caption_backend"]) == (
         "a red disc humming", "room tone", "file")
+
+
+def test_filters_judge_each_clip_and_foa_is_decoded_once(tmp_path: Path):
+    """A 16-s scene silent for its first 8 s: that clip is rejected (reason silent, its clip id), the
+    second is kept with its own silence ratio; the file's audio is decoded by ffmpeg exactly once."""
+    from biaudio.build.pipeline import process_item
+    from biaudio.media.audio import AUDIO_DECODES, decode_audio
+    from biaudio.media.video import mux_foa
+    from biaudio.synth import make_scene
+
+    scene = make_scene(tmp_path, "loud", 31, duration=16.4, size=(256, 128), fps=10, n_sources=1, ambience=True,
+                       static_source=(70.0, 0.0))
+    foa, sr = decode_audio(scene.video)
+    foa[:, : int(8.2 * sr)] = 0.0
+    video = mux_foa(scene.video, foa, sr, tmp_path / "half" / "half.mp4")
+    recipe = Recipe.model_validate({
+        "segment": {"window_s": 8.0, "detector": "none"},
+        "clean": {"speech": {"enabled": False}},
+        "render": {"width": 160, "height": 90, "preview_width": 240, "sample_rate": 32000},
+        "trajectory": {"pitch_offset_deg": [0, 0]},
+    })
+    n0 = AUDIO_DECODES[str(video.resolve())]
+    res = process_item(_item(video), recipe, tmp_path / "out", LOG)
+    assert AUDIO_DECODES[str(video.resolve())] - n0 == 1  # one decode served the filters and the render
+    assert [(r["reason"], r["stage"], r.get("clip_id")) for r in res.rejects] == [("silent", "clean", "half_0")]
+    assert [r["clip_id"] for r in res.rows] == ["half_8000"]
+    row = res.rows[0]
+    assert row["silence_ratio"] < 0.9 and row["static_ratio"] is not None and row["speech_ratio"] is None
+    assert row["sample_rate"] == 32000  # the source-rate FOA was resampled for the render
+    import soundfile as sf
+
+    b, bsr = sf.read(tmp_path / "out" / row["audio_path"], always_2d=True)
+    assert bsr == 32000 and b.shape[0] == 8 * 32000 and np.sqrt(np.mean(b ** 2)) > 1e-3
+    assert not (tmp_path / "out" / "clips" / "half_0.mp4").exists()
+
+    from biaudio.ingest import analyze_file
+
+    a = analyze_file(video, segment_cfg=recipe.segment, speech_cfg=recipe.clean.speech, keep_foa=False)
+    s0, s1 = (a.window_scores[c]["silence"] for c in ("half_0", "half_8000"))
+    assert s0 > 0.99 and s1 == row["silence_ratio"] and s1 < 0.9 and a.filters["silence"].passed
+    assert a.filters["silence"].score == pytest.approx((s0 + s1) / 2, abs=0.03)  # the source: both halves
+    assert a.ok and a.foa is None and [w.clip_id("half") for w in a.windows] == ["half_8000"]

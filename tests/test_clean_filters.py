@@ -61,6 +61,9 @@ def test_silent_and_frozen_scenes_rejected(tmp_path):
     assert static_score(frozen).reason == "static"  # path entry point agrees
     r = analyze_file(live, **cfg, segment_cfg=None)
     assert r.filters["static"].passed and r.filters["silence"].passed
+    # the shared decode compares the Y plane through the format=gray LUT: same MSEs as format=gray
+    ref = static_score(live)
+    assert r.filters["static"].score == ref.score and r.filters["static"].extra == ref.extra
 
 
 def test_silence_threshold_edges():
@@ -116,3 +119,41 @@ def test_pyannote_backend_on_local_random_checkpoint(tmp_path):
     assert len(f.extra["activity"]) == int(np.ceil(7.37 / cfg.frame_s - 1e-9))
     assert all(0 <= s < e <= 7.37 + 0.05 for s, e in f.extra["segments"])
     assert f.score == pytest.approx(np.mean(f.extra["activity"]))
+
+
+def test_static_and_speech_ratios_per_window():
+    """Per-clip ratios come from the per-pair / per-frame arrays of the whole source."""
+    from biaudio.clean import FilterResult
+    from biaudio.clean.speech import window_speech
+    from biaudio.clean.static import StaticAccumulator, StaticConfig, gray_lut
+
+    rng = np.random.default_rng(0)
+    still = rng.integers(0, 255, (32, 64), dtype=np.uint8)
+    acc = StaticAccumulator(StaticConfig())
+    for i in range(33):  # 2 fps, 16 s: frozen for the first 8 s, then noise
+        acc.add(i / 2.0, still if i <= 16 else rng.integers(0, 255, (32, 64), dtype=np.uint8))
+    a, b = acc.window_result(0.0, 8.0), acc.window_result(8.0, 16.0)
+    assert (a.score, a.passed, a.reason, a.extra["pairs"]) == (1.0, False, "static", 16)
+    assert (b.score, b.passed, b.extra["pairs"]) == (0.0, True, 16)
+    assert acc.result().score == pytest.approx(0.5) and acc.result().passed
+    assert acc.window_result(20.0, 28.0).extra["pairs"] == 0 and not acc.window_result(20.0, 28.0).passed
+    lut = gray_lut("tv")
+    assert (lut[16], lut[235], lut[0], lut[255], lut[128]) == (0, 255, 0, 255, 130) and gray_lut("pc") is None
+
+    cfg = SpeechConfig(frame_s=0.02)
+    act = np.r_[np.ones(400), np.zeros(400)].astype(np.uint8)  # speech in 0-8 s of 16 s
+    src = FilterResult("speech", 0.5, True, None, "", {
+        "backend": "silero", "checkpoint": "x", "frame_s": 0.02, "activity": act.tolist()})
+    w0, w1 = window_speech(src, 0.0, 8.0, cfg), window_speech(src, 8.0, 16.0, cfg)
+    assert (w0.score, w0.reason, w1.score, w1.passed) == (1.0, "speech", 0.0, True)
+    assert w0.extra == {"backend": "silero", "checkpoint": "x"}
+
+
+def test_speech_spans_run_the_detector_only_there():
+    """spans: the detector sees only those parts; the timeline still covers the whole input."""
+    sr = 16000
+    w = (0.05 * np.random.default_rng(1).standard_normal(6 * sr)).astype(np.float32)
+    f = speech_score(w, sr, SpeechConfig(), spans=[(1.0, 3.0), (2.5, 4.0)])
+    assert f.extra["analyzed_s"] == pytest.approx(3.0)
+    assert len(f.extra["activity"]) == 300 and all(1.0 <= s < e <= 4.0 for s, e in f.extra["segments"])
+    assert 0.0 <= f.score <= 1.0

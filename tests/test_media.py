@@ -375,6 +375,29 @@ def test_iter_frames_options(tmp_path: Path) -> None:
     it.close()  # stopping early kills ffmpeg, no hang
 
 
+def test_iter_frames_and_writer_yuv420p(tmp_path: Path) -> None:
+    """Planar yuv420p in and out (the render path): shapes, pass-through values, threads option."""
+    v = tmp_path / "y.mp4"
+    h_, w_ = 64, 128
+    with VideoWriter(v, w_, h_, 30, crf=10, pix_fmt="yuv420p") as w:
+        for k in range(30):
+            f = np.empty((h_ * 3 // 2, w_), np.uint8)
+            f[:h_] = 40 + 4 * k  # luma ramps over time
+            f[h_:] = 100  # U and V
+            w.write(f)
+        with pytest.raises(ValueError):
+            w.write(np.zeros((h_, w_, 3), np.uint8))
+    frames = list(iter_frames(v, pix_fmt="yuv420p", threads=1, start_s=0.5))
+    assert len(frames) == 15 and frames[0].shape == (h_ * 3 // 2, w_) and frames[0].dtype == np.uint8
+    assert abs(float(frames[0][:h_].mean()) - (40 + 4 * 15)) <= 2
+    assert abs(float(frames[0][h_:].mean()) - 100) <= 2
+    assert frames[0] is not frames[1] and not np.shares_memory(frames[0], frames[1])
+    small = next(iter_frames(v, size=(64, 32), pix_fmt="yuv420p"))
+    assert small.shape == (48, 64)
+    with pytest.raises(ValueError):
+        next(iter_frames(v, size=(63, 32), pix_fmt="yuv420p"))
+
+
 def test_iter_frames_truncated(tmp_path: Path) -> None:
     v = tmp_path / "v.mp4"
     with VideoWriter(v, 64, 32, 30) as w:
@@ -447,3 +470,27 @@ def test_write_audio_atomic_formats(tmp_path: Path) -> None:
 
 def test_ffmpeg_available() -> None:
     assert shutil.which("ffmpeg") and shutil.which("ffprobe")
+
+
+@pytest.mark.parametrize("name", ["wav", "opus_ogg_family2", "aac_mp4"])
+def test_decode_window_is_sample_accurate(name: str, tone_wav: Path, tmp_path: Path) -> None:
+    """start_s/duration_s give exactly the samples of the full decode (output-side -ss/-t)."""
+    from biaudio.media.audio import AUDIO_DECODES
+
+    ext, args = ENCODINGS[name]
+    path = tone_wav if args is None else tmp_path / f"tones.{ext}"
+    if args is not None:
+        _ffmpeg("-i", str(tone_wav), *args, str(path))
+    full, sr = decode_audio(path)
+    before = AUDIO_DECODES[str(path.resolve())]
+    y, sr2 = decode_audio(path, start_s=0.2345, duration_s=0.5, info=probe(path))
+    assert AUDIO_DECODES[str(path.resolve())] == before + 1
+    s0 = int(round(0.2345 * sr))
+    assert sr2 == sr and y.shape == (4, int(round(0.5 * sr)))
+    np.testing.assert_array_equal(y, full[:, s0:s0 + y.shape[1]])
+    cmd = build_decode_cmd(path, sr=None, start_s=0.2345, duration_s=0.5)
+    i = cmd.index("-i")
+    assert cmd.index("-ss") > i and cmd.index("-t") > i and cmd[cmd.index("-ss") + 1] == "0.234500"
+    assert "-ac" not in cmd and "-channel_layout" not in cmd
+    with pytest.raises(MediaError):
+        decode_audio(path, start_s=-1.0)

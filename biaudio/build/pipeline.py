@@ -6,9 +6,11 @@ or Ray tasks and treats its :class:`ItemResult` as the item's complete outcome. 
 item-level failure becomes a reject dict here (with the stage that failed and a reason slug), a
 rejected clip leaves no files (rejected windows are cleaned up), and only bugs escape as
 exceptions. The front half (probe, validate, silence/speech/static filters, shot segmentation) is
-``biaudio.ingest.analyze_file``, which shares one video decode between the static filter and
-the shot detector; the audio is then decoded once more at the render rate (cheap next to video)
-and converted to ambiX once for all windows. Per window the binaural audio and the spatial-cue
+``biaudio.ingest.analyze_file``: one ffmpeg decode feeds the static filter, the shot detector and
+the audio filters, and its audio comes back as ambiX FOA at the source rate, so the FOA is decoded
+once per source and only resampled here when the recipe's render rate differs. The filters judge
+each window (clip): a window that fails one becomes a reject row with its clip id, and its
+silence / static / speech ratios are the clip's own. Per window the binaural audio and the spatial-cue
 filter come before the video, so a clip without spatial cue never pays for a video render.
 
 Rows are manifest v1 rows without ``split``, ``schema_version``, ``recipe_hash`` and
@@ -82,17 +84,10 @@ def _from_error(item_id: str, e: BiaudioError, default_stage: str, clip_id: str 
     return _reject(item_id, e.stage or default_stage, e.reason, f"{where}{e.detail}".strip(), clip_id)
 
 
-def _score(filters: dict, name: str) -> float | None:
-    r = filters.get(name)
-    return None if r is None else float(r.score)
-
-
 def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger) -> ItemResult:
     """Run every stage for one source item; returns kept rows, rejects, per-stage seconds, bytes."""
     from biaudio.ingest import analyze_file
     from biaudio.ingest.fetch import fetch
-    from biaudio.media.audio import decode_audio
-    from biaudio.spatial.foa import to_ambix
 
     out_dir = Path(out_dir)
     res = ItemResult(item.item_id)
@@ -110,45 +105,44 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
         return res
     log.info("input %s", path)
 
-    # -- probe + validate + clean filters + segmentation (one shared video decode) ------------
+    # -- probe + validate + clean filters + segmentation (one decode of video and audio) -------
+    section = tuple(src.section) if src.section and src.kind == "file" else None  # a local file: windows inside it
     a = analyze_file(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
-                     static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment)
+                     static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment,
+                     section=section)
     for k, v in a.timings.items():
         res.stats[k] = res.stats.get(k, 0.0) + float(v)
     if a.reject is not None:
         log.info("rejected at %s: %s", a.reject.stage, a.reject)
         res.rejects.append(_from_error(item.item_id, a.reject, "clean"))
         return res
+    for w, e in a.window_rejects:
+        clip_id = w.clip_id(source_id)
+        log.info("clip %s rejected at %s: %s", clip_id, e.stage, e)
+        res.rejects.append(_from_error(item.item_id, e, "clean", clip_id))
     probe = a.validated.probe
     convention = a.validated.convention
     wins = list(a.windows)
-    if src.section and src.kind == "file":  # a local file with a section: only windows inside it
-        s0, s1 = src.section
-        wins = [w for w in wins if w.start_s >= s0 - 1e-6 and w.end_s <= s1 + 1e-6]
-        if not wins:
-            res.rejects.append(_reject(item.item_id, "segment", "too_short",
-                                       f"no window inside the section {s0}-{s1} s"))
-            return res
-
-    # -- audio: decode once at the render rate, convert to ambiX once ------------------------
-    sr = int(recipe.render.sample_rate)
-    try:
-        with timer("audio_decode"):
-            audio, sr = decode_audio(path, sr=sr)
-            foa = to_ambix(audio[:4], convention, str(path)).astype(np.float32)
-            del audio
-    except BiaudioError as e:
-        res.rejects.append(_from_error(item.item_id, e, "decode"))
+    if not wins:
         return res
+
+    # -- audio: the ambiX FOA analyze_file decoded; resampled only if the render rate differs ----
+    sr = int(recipe.render.sample_rate)
+    foa, a.foa = a.foa, None  # the analysis no longer holds it: one copy alive
+    if foa is None:
+        res.rejects.append(_reject(item.item_id, "decode", "no_audio", f"{path}: no FOA decoded"))
+        return res
+    if int(a.audio_sr) != sr:
+        from biaudio.media.audio import resample_audio
+
+        with timer("audio_resample"):
+            foa = resample_audio(foa, int(a.audio_sr), sr)
 
     speech = a.filters.get("speech")
     speech_extra = getattr(speech, "extra", {}) or {}
     common = {
         "source_id": source_id,
         "source_uri": src.uri,
-        "silence_ratio": _score(a.filters, "silence"),
-        "static_ratio": _score(a.filters, "static"),
-        "speech_ratio": _score(a.filters, "speech"),
         "speech_backend": speech_extra.get("backend") if speech is not None else None,
         "speech_checkpoint": speech_extra.get("checkpoint") if speech is not None else None,
         "foa_convention": convention,
@@ -169,6 +163,8 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
             remove_clip_files(out_dir, clip_id)
             raise
         row.update(common)
+        scores = a.window_scores.get(clip_id, {})
+        row.update(silence_ratio=scores.get("silence"), static_ratio=scores.get("static"), speech_ratio=scores.get("speech"))
         res.rows.append(row)
         res.bytes_written += nbytes
         log.info("clip %s kept (lr_difference %.4f)", clip_id, row["lr_difference"])

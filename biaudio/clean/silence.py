@@ -47,6 +47,16 @@ def silence_from_peaks(db: np.ndarray, cfg: SilenceConfig) -> FilterResult:
     return FilterResult("silence", ratio, passed, None if passed else "silent", detail, extra)
 
 
+def window_silence(db: np.ndarray, sr: int, cfg: SilenceConfig, start_s: float, end_s: float) -> FilterResult:
+    """Verdict over the chunks of ``db`` (from :func:`chunk_peaks_db` over the whole source) that
+    fall in ``[start_s, end_s)``: one clip's share of the source's chunk peaks."""
+    n = chunk_samples(sr, cfg)
+    i0, i1 = int(round(start_s * sr / n)), int(round(end_s * sr / n))
+    r = silence_from_peaks(db[max(0, i0):max(0, i1)], cfg)
+    r.detail = f"{r.detail} in {start_s:g}-{end_s:g} s"
+    return r
+
+
 def silence_score(foa: np.ndarray, sr: int, cfg: SilenceConfig | None = None) -> FilterResult:
     """Fraction of silent chunks; rejects with reason ``silent`` above ``max_silent_ratio``."""
     cfg = cfg or SilenceConfig()

@@ -12,6 +12,11 @@ clip that is speech. Two backends:
 
 Both produce speech segments, turned into a frame activity vector on a fixed hop covering exactly
 the input duration, so scores from the two backends are comparable and aligned with the clip.
+
+Per clip: :func:`window_speech` takes a clip's share of the source's activity vector. ``spans``
+limits the detector to the parts of the source that still matter (the clips that survived the
+silence filter), since the detector is the costliest part of the ingest filters; frames outside
+the spans are neither speech nor counted.
 """
 
 from __future__ import annotations
@@ -127,11 +132,34 @@ def activity_from_segments(segments: list[tuple[float, float]], duration_s: floa
     return act
 
 
-def speech_score(w: np.ndarray, sr: int, cfg: SpeechConfig | None = None) -> FilterResult:
+@functools.lru_cache(maxsize=1)
+def _silero_version() -> str:
+    from importlib.metadata import version
+
+    return version("silero-vad")
+
+
+def _merge(spans: list[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted((max(0.0, float(a)), min(duration, float(b))) for a, b in spans):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1] + 1e-9:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def speech_score(w: np.ndarray, sr: int, cfg: SpeechConfig | None = None,
+                 spans: list[tuple[float, float]] | None = None) -> FilterResult:
     """Speech ratio of the W channel ``w`` (T,); rejects with reason ``speech`` above the threshold.
 
+    ``spans``: run the detector only on these ``(start_s, end_s)`` parts (each on its own, the
+    detector state reset); the ratio is then over those parts. ``None`` = the whole input.
+
     ``extra``: backend, checkpoint, segments (s), the activity timeline (``frame_s`` hop, covering
-    the input duration) and its length in seconds.
+    the input duration) and its length in seconds, and ``analyzed_s`` (seconds the detector saw).
     """
     cfg = cfg or SpeechConfig()
     w = np.asarray(w, dtype=np.float32)
@@ -145,17 +173,44 @@ def speech_score(w: np.ndarray, sr: int, cfg: SpeechConfig | None = None) -> Fil
     x16 = _resample(w, sr)
     extra: dict = {"backend": cfg.backend, "checkpoint": cfg.checkpoint if cfg.backend == "pyannote" else None}
     if cfg.backend == "silero":
-        from importlib.metadata import version
-
-        extra["checkpoint"] = f"silero-vad {version('silero-vad')} (bundled JIT)"
-        segs = _segments_silero(x16, cfg)
-    else:
-        segs, more = _segments_pyannote(x16, cfg)
-        extra.update(more)
+        extra["checkpoint"] = f"silero-vad {_silero_version()} (bundled JIT)"
+    parts = [(0.0, duration)] if spans is None else _merge(spans, duration)
+    segs: list[tuple[float, float]] = []
+    for a, b in parts:
+        i0, i1 = int(round(a * VAD_SR)), min(x16.shape[0], int(round(b * VAD_SR)))
+        if i1 <= i0:
+            continue
+        x = x16 if (i0, i1) == (0, x16.shape[0]) else np.ascontiguousarray(x16[i0:i1])
+        if cfg.backend == "silero":
+            found = _segments_silero(x, cfg)
+        else:
+            found, more = _segments_pyannote(x, cfg)
+            extra.update(more)
+        segs += [(a + s, min(b, a + e)) for s, e in found]
     act = activity_from_segments(segs, duration, cfg.frame_s)
-    ratio = float(act.mean()) if act.size else 0.0
+    if spans is None:
+        ratio = float(act.mean()) if act.size else 0.0
+        analyzed = duration
+    else:
+        mask = activity_from_segments(parts, duration, cfg.frame_s)
+        ratio = float(act[mask].mean()) if mask.any() else 0.0
+        analyzed = float(sum(b - a for a, b in parts))
     passed = ratio <= cfg.max_speech_ratio
     extra.update(segments=[[round(s, 3), round(e, 3)] for s, e in segs], frame_s=cfg.frame_s,
-                 activity=act.astype(np.uint8).tolist(), timeline_s=act.size * cfg.frame_s, duration_s=duration)
-    detail = f"speech {ratio:.1%} of {duration:.2f} s ({cfg.backend})"
+                 activity=act.astype(np.uint8).tolist(), timeline_s=act.size * cfg.frame_s, duration_s=duration,
+                 analyzed_s=analyzed)
+    detail = f"speech {ratio:.1%} of {analyzed:.2f} s ({cfg.backend})"
+    return FilterResult("speech", ratio, passed, None if passed else "speech", detail, extra)
+
+
+def window_speech(source: FilterResult, start_s: float, end_s: float, cfg: SpeechConfig | None = None) -> FilterResult:
+    """One clip's speech verdict from the source's result (its ``activity`` frames in the window)."""
+    cfg = cfg or SpeechConfig()
+    ex = source.extra
+    hop = float(ex.get("frame_s", cfg.frame_s))
+    act = np.asarray(ex.get("activity", []), dtype=np.uint8)[int(round(start_s / hop)):int(round(end_s / hop))]
+    ratio = float(act.mean()) if act.size else 0.0
+    passed = ratio <= cfg.max_speech_ratio
+    extra = {k: ex[k] for k in ("backend", "checkpoint") if k in ex}
+    detail = f"speech {ratio:.1%} in {start_s:g}-{end_s:g} s ({extra.get('backend', cfg.backend)})"
     return FilterResult("speech", ratio, passed, None if passed else "speech", detail, extra)

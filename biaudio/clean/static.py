@@ -34,6 +34,14 @@ class StaticConfig(BaseModel):
         "downscaling averages noise away, and real static-camera Sphere360 clips fall under MSE 5 below ~1920 px")
 
 
+def gray_lut(color_range: str | None) -> np.ndarray | None:
+    """Y-plane code -> ``format=gray`` value: ``None`` for full-range ("pc"/"jpeg") video, else the
+    limited-range expansion ``clip(round((y - 16) * 255 / 219))`` ffmpeg applies."""
+    if (color_range or "").lower() in ("pc", "jpeg", "full"):
+        return None
+    return np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+
+
 def _to_gray(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2:
         return frame.astype(np.float32)
@@ -42,37 +50,60 @@ def _to_gray(frame: np.ndarray) -> np.ndarray:
 
 
 class StaticAccumulator:
-    """Feed ``(t_seconds, frame)``; keeps one frame per 1/fps step and the consecutive MSEs."""
+    """Feed ``(t_seconds, frame)``; keeps one frame per 1/fps step and the consecutive MSEs.
 
-    def __init__(self, cfg: StaticConfig | None = None) -> None:
+    ``lut``: applied to 2-D uint8 frames first (the Y plane -> ``format=gray``, :func:`gray_lut`).
+    ``pair_t``: (t of the first frame, t of the second) of each MSE, for per-window ratios.
+    """
+
+    def __init__(self, cfg: StaticConfig | None = None, lut: np.ndarray | None = None) -> None:
         self.cfg = cfg or StaticConfig()
+        self.lut = lut
         self._next_t = 0.0
         self._prev: np.ndarray | None = None
+        self._prev_t = 0.0
         self.mses: list[float] = []
+        self.pair_t: list[tuple[float, float]] = []
         self.n_sampled = 0
 
     def add(self, t: float, frame: np.ndarray) -> None:
+        import cv2  # exact sum of squared differences on uint8, ~20x faster than a float numpy pass
+
         if t + 1e-6 < self._next_t:
             return
         self._next_t = max(self._next_t + 1.0 / self.cfg.fps, t)
-        g = frame if frame.ndim == 2 and frame.dtype == np.uint8 else np.clip(_to_gray(frame) + 0.5, 0, 255).astype(np.uint8)
+        if frame.ndim == 2 and frame.dtype == np.uint8:
+            g = cv2.LUT(frame, self.lut) if self.lut is not None else frame
+        else:
+            g = np.clip(_to_gray(frame) + 0.5, 0, 255).astype(np.uint8)
         if self._prev is not None and self._prev.shape == g.shape:
-            import cv2  # exact sum of squared differences on uint8, ~20x faster than a float numpy pass
-
             self.mses.append(float(cv2.norm(g, self._prev, cv2.NORM_L2SQR)) / g.size)
-        self._prev = g
+            self.pair_t.append((self._prev_t, float(t)))
+        self._prev, self._prev_t = g, float(t)
         self.n_sampled += 1
 
-    def result(self) -> FilterResult:
+    def _verdict(self, m: np.ndarray, where: str) -> FilterResult:
         cfg = self.cfg
-        if not self.mses:
-            return FilterResult("static", 1.0, False, "static", f"only {self.n_sampled} frame(s) sampled", {"pairs": 0})
-        m = np.asarray(self.mses)
+        if m.size == 0:
+            return FilterResult("static", 1.0, False, "static", f"no frame pair at {cfg.fps:g} fps {where}".strip(),
+                                {"pairs": 0})
         ratio = float(np.mean(m < cfg.mse_threshold))
         passed = ratio <= cfg.max_static_ratio
         detail = f"{ratio:.1%} of {len(m)} frame pairs at {cfg.fps:g} fps with MSE < {cfg.mse_threshold:g}"
-        extra = {"pairs": len(m), "median_mse": float(np.median(m)), "max_mse": float(m.max())}
-        return FilterResult("static", ratio, passed, None if passed else "static", detail, extra)
+        extra = {"pairs": int(m.size), "median_mse": float(np.median(m)), "max_mse": float(m.max())}
+        return FilterResult("static", ratio, passed, None if passed else "static", f"{detail} {where}".strip(), extra)
+
+    def result(self) -> FilterResult:
+        if not self.mses:
+            return FilterResult("static", 1.0, False, "static", f"only {self.n_sampled} frame(s) sampled", {"pairs": 0})
+        return self._verdict(np.asarray(self.mses), "")
+
+    def window_result(self, start_s: float, end_s: float) -> FilterResult:
+        """The verdict over the pairs whose two frames both lie in ``[start_s, end_s]``."""
+        eps = 1e-6
+        m = np.asarray([v for v, (a, b) in zip(self.mses, self.pair_t, strict=True)
+                        if a >= start_s - eps and b <= end_s + eps], dtype=np.float64)
+        return self._verdict(m, f"in {start_s:g}-{end_s:g} s")
 
 
 def static_score(frames: Iterable[np.ndarray] | str | Path, cfg: StaticConfig | None = None,

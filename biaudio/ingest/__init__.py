@@ -1,10 +1,11 @@
 """Ingest: source lists, yt-dlp fetch, probe/validate, and :func:`analyze_file`.
 
 :func:`analyze_file` is the one-call front half of the build for one local file: probe + validate,
-the cleaning filters and shot segmentation, decoding the audio once and the video once. The video
-is decoded a single time as a small RGB proxy at the source frame rate; each proxy frame feeds
-PySceneDetect and (subsampled to 2 fps by timestamp) the static-video filter. Stages are ordered
-cheapest first, so with ``stop_on_reject`` a silent clip never pays for a video decode.
+the cleaning filters and shot segmentation, decoding the audio once and the video once. One ffmpeg
+process decodes the file once and hands out three streams: the audio (kept, as the build's FOA),
+a small yuv420p proxy at the source frame rate for PySceneDetect, and the Y plane at 2 fps for the
+static-video filter. The filters then judge each 8-s window (clip) from per-chunk / per-pair /
+per-VAD-frame arrays computed once per source.
 """
 
 from __future__ import annotations
@@ -32,9 +33,14 @@ class FileAnalysis:
     fps: float | None = None
     n_frames: int | None = None
     cuts: list[int] = field(default_factory=list)
-    windows: list = field(default_factory=list)  # list[Window]
+    windows: list = field(default_factory=list)  # list[Window] that passed every clip filter
     reject: BiaudioError | None = None
     timings: dict = field(default_factory=dict)
+    all_windows: list = field(default_factory=list)  # every window of the segmentation (in the section)
+    window_scores: dict = field(default_factory=dict)  # clip_id -> {"silence"|"speech"|"static": ratio | None}
+    window_rejects: list = field(default_factory=list)  # [(Window, RejectItem)] clips rejected by a filter
+    foa: np.ndarray | None = field(default=None, repr=False)  # (4, T) ambiX float32 at audio_sr (keep_foa)
+    audio_sr: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,6 +63,9 @@ class FileAnalysis:
             "n_frames": self.n_frames,
             "cuts": self.cuts,
             "windows": [dict(w.to_dict(), clip_id=w.clip_id(self.source_id)) for w in self.windows],
+            "window_scores": self.window_scores,
+            "window_rejects": [dict(w.to_dict(), clip_id=w.clip_id(self.source_id), reason=e.reason, detail=e.detail)
+                               for w, e in self.window_rejects],
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
@@ -112,10 +121,14 @@ def _big_pipe() -> tuple[int, int]:
 
 def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, static_fps: float | None,
                   static_size: tuple[int, int] | None, on_audio, on_proxy, on_static, threads: int | None = None,
-                  audio_block: int = 48000, proxy_flags: str = "area") -> None:
+                  audio_block: int = 48000, proxy_flags: str = "area", static_y_plane: bool = False) -> None:
     """One ffmpeg process, up to three outputs: float32 audio blocks (all channels, no layout
     options), I420 (yuv420p) proxy frames at the source fps, gray frames at ``static_fps`` (native size unless
-    ``static_size``). Callbacks receive ``(index, bytes)``; raises MediaError on decode failure."""
+    ``static_size``). Callbacks receive ``(index, bytes)``; raises MediaError on decode failure.
+
+    ``static_y_plane``: the gray frames are the 8-bit Y plane as decoded (``extractplanes=y``, no
+    range conversion; the caller maps it, see ``biaudio.clean.static.gray_lut``) instead of
+    ``format=gray``. Callers count the audio decode (``biaudio.media.audio.count_audio_decode``)."""
     path = Path(path)
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error"]
     if threads:
@@ -152,7 +165,8 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     if on_static is not None:
         sw, sh = static_size or (w, h)
         sc = f",scale={sw}:{sh}:flags=area" if static_size else ""
-        graphs.append(f"[s0]fps={static_fps}{sc},format=gray[so]")
+        gray = "extractplanes=y" if static_y_plane else "format=gray"
+        graphs.append(f"[s0]fps={static_fps}{sc},{gray}[so]")
         add_out("static", ["-map", "[so]", "-f", "rawvideo", "-pix_fmt", "gray"], sw * sh, on_static)
     if graphs:
         cmd += ["-filter_complex", ";".join(graphs)]
@@ -184,6 +198,46 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
             raise MediaError(str(path), "zero_length", f"decoded no {r.name} frames")
 
 
+def _static_gray(info) -> tuple[bool, np.ndarray | None]:
+    """(take the Y plane as is, LUT to ``format=gray``) for the static filter's frames.
+
+    8-bit YUV video: the Y plane (``extractplanes=y``, a plane copy) plus the LUT of the range
+    expansion ``format=gray`` would do; anything else goes through ``format=gray`` itself."""
+    from biaudio.clean.static import gray_lut
+
+    v = next((s for s in (getattr(info, "raw", None) or {}).get("streams", []) if s.get("codec_type") == "video"), {})
+    pix = str(v.get("pix_fmt") or "")
+    if pix not in ("yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "yuv410p", "yuvj420p", "yuvj422p", "yuvj444p",
+                   "yuvj440p", "yuvj411p", "nv12", "nv21"):
+        return False, None
+    rng = "pc" if pix.startswith("yuvj") else v.get("color_range")
+    return True, gray_lut(rng)
+
+
+class _Grow:
+    """A (C, T) float32 buffer filled block by block: allocated once at the expected length (from
+    the probe), grown by doubling only if the stream runs longer; no list of blocks + concatenate,
+    so the peak is one copy of the audio."""
+
+    def __init__(self, ch: int, expect: int) -> None:
+        self.buf = np.empty((ch, max(1, expect)), dtype=np.float32)
+        self.n = 0
+
+    def add(self, x: np.ndarray) -> None:
+        k = x.shape[1]
+        if self.n + k > self.buf.shape[1]:
+            nb = np.empty((self.buf.shape[0], max(2 * self.buf.shape[1], self.n + k)), dtype=np.float32)
+            nb[:, : self.n] = self.buf[:, : self.n]
+            self.buf = nb
+        self.buf[:, self.n:self.n + k] = x
+        self.n += k
+
+    def array(self) -> np.ndarray:
+        if self.n < 0.9 * self.buf.shape[1]:  # a probe that over-stated the duration: give the slack back
+            self.buf = self.buf[:, : self.n].copy()
+        return self.buf[:, : self.n]
+
+
 def analyze_file(
     path: str | Path,
     source_id: str | None = None,
@@ -194,20 +248,41 @@ def analyze_file(
     segment_cfg=None,
     stop_on_reject: bool = True,
     threads: int | None = None,
+    keep_foa: bool = True,
+    section: tuple[float, float] | None = None,
 ) -> FileAnalysis:
     """Probe, validate, filter and segment one file with a single ffmpeg decode.
 
-    Never raises for bad input: the first failure is returned in ``FileAnalysis.reject`` (with its
-    stage) so the caller can write the reject row and go on. ``stop_on_reject=False`` computes every
-    score even after a filter rejected (for ``biaudio clean``). Memory stays bounded: audio is
-    reduced to chunk peaks on the fly and only the W channel is kept (for the speech detector).
+    Never raises for bad input: the first source-level failure is returned in
+    ``FileAnalysis.reject`` (with its stage) so the caller can write the reject row and go on.
+
+    The filters judge **clips** (PIPELINE.md stage 3): the per-chunk peaks, per-frame-pair MSEs and
+    per-VAD-frame activity are computed once over the source, then each window gets its own
+    silence / speech / static ratios (``window_scores``) and verdict; failing windows go to
+    ``window_rejects`` (first failing filter in the order silence, speech, static) and ``windows``
+    keeps the rest. The source-level verdict (``filters``, source-wide scores) rejects the whole
+    source only when it fails *and* no window passes that filter (a fully silent or frozen source,
+    or one too short for any window). ``stop_on_reject=False`` computes every score even after a
+    rejection (``biaudio clean``): the speech detector then runs over the whole source, otherwise
+    only over the windows that survived the silence filter.
+
+    ``keep_foa``: keep the decoded audio as ``foa`` (4, T) ambiX float32 at the source rate
+    ``audio_sr``, so the build renders from this decode instead of decoding the file again.
+    ``section``: (start_s, end_s): only windows inside it count (a local file with a section).
     """
     import cv2
 
-    from biaudio.clean.silence import SilenceConfig, chunk_peaks_db, chunk_samples, silence_from_peaks
-    from biaudio.clean.speech import SpeechConfig, speech_score
+    from biaudio.clean.silence import (
+        SilenceConfig,
+        chunk_peaks_db,
+        chunk_samples,
+        silence_from_peaks,
+        window_silence,
+    )
+    from biaudio.clean.speech import SpeechConfig, speech_score, window_speech
     from biaudio.clean.static import StaticAccumulator, StaticConfig
     from biaudio.ingest.validate import ValidateConfig, validate_input
+    from biaudio.media.audio import count_audio_decode
     from biaudio.segment import CutDetector, SegmentConfig, windows
 
     path = Path(path)
@@ -218,12 +293,6 @@ def analyze_file(
     def fail(e: BiaudioError, stage: str) -> None:
         if res.reject is None:
             res.reject = e if e.stage else type(e)(e.path or str(path), e.reason, e.detail, stage=stage)
-
-    def filt(r) -> bool:
-        res.filters[r.name] = r
-        if not r.passed:
-            fail(RejectItem(str(path), r.reason, r.detail, stage="clean"), "clean")
-        return r.passed or not stop_on_reject
 
     t = time.perf_counter()
     try:
@@ -237,13 +306,12 @@ def analyze_file(
     fps = float(info.fps or 30.0)
     res.fps = fps
 
-    # ---- one decode: audio blocks, RGB proxy frames, 2-fps gray frames
+    # ---- one decode: audio blocks, proxy frames, 2-fps gray frames
     sr, ch = int(info.sample_rate or 48000), int(info.audio_channels)
-    need_audio = scfg.enabled or spcfg.enabled
+    need_audio = scfg.enabled or spcfg.enabled or keep_foa
     n_chunk = chunk_samples(sr, scfg)
     peaks: list[np.ndarray] = []
-    w_parts: list[np.ndarray] = []
-    carry = [np.zeros((ch, 0), dtype=np.float32)]
+    audio = _Grow(min(ch, 4), int((info.duration_s or 0.0) * sr) + sr)
     bad_audio: list[str] = []
 
     def on_audio(i: int, buf: bytes) -> None:
@@ -251,19 +319,26 @@ def analyze_file(
         if not np.isfinite(x).all():
             bad_audio.append(f"NaN/Inf in audio block {i}")
             x = np.nan_to_num(x)
-        w_parts.append(x[0].copy())
-        x = np.concatenate([carry[0], x[:4]], axis=1) if carry[0].shape[1] else x[:4]
-        k = (x.shape[1] // n_chunk) * n_chunk
-        peaks.append(chunk_peaks_db(x[:, :k], n_chunk))
-        carry[0] = x[:, k:]
+        a0 = audio.n - audio.n % n_chunk  # chunks are cut from the start of the stream
+        audio.add(x[:4])
+        k = ((audio.n - a0) // n_chunk) * n_chunk
+        if k:
+            peaks.append(chunk_peaks_db(audio.buf[:, a0:a0 + k], n_chunk))
 
     pw, ph = segcfg.proxy_size
+    proxy_flags = segcfg.proxy_scale_flags
+    if segcfg.detector == "none":  # frames are only counted: the smallest, cheapest proxy will do
+        pw, ph, proxy_flags = 16, 16, "fast_bilinear"
     det = CutDetector(fps, segcfg)
-    acc = StaticAccumulator(stcfg) if stcfg.enabled else None
+    y_plane, lut = _static_gray(info)
+    acc = StaticAccumulator(stcfg, lut=lut) if stcfg.enabled else None
     st_size = tuple(stcfg.size) if stcfg.size else None
     sw, sh = st_size or (int(info.width), int(info.height))
 
     def on_proxy(i: int, buf: bytes) -> None:
+        if segcfg.detector == "none":
+            det.n_frames += 1
+            return
         det.add_bgr(cv2.cvtColor(np.frombuffer(buf, dtype=np.uint8).reshape(ph * 3 // 2, pw), cv2.COLOR_YUV2BGR_I420))
 
     def on_static(i: int, buf: bytes) -> None:
@@ -271,8 +346,11 @@ def analyze_file(
 
     t = time.perf_counter()
     try:
+        if need_audio:
+            count_audio_decode(path)
         shared_decode(path, info, (pw, ph), stcfg.fps, st_size, on_audio if need_audio else None, on_proxy,
-                      on_static if acc is not None else None, threads=threads, audio_block=sr, proxy_flags=segcfg.proxy_scale_flags)
+                      on_static if acc is not None else None, threads=threads, audio_block=sr,
+                      proxy_flags=proxy_flags, static_y_plane=y_plane)
     except BiaudioError as e:
         fail(e, "decode")
         return res
@@ -281,30 +359,71 @@ def analyze_file(
         fail(MediaError(str(path), "nan_audio", bad_audio[0], stage="decode"), "decode")
         return res
     res.n_frames = det.n_frames
+    raw = audio.array()
+    db = np.concatenate(peaks) if peaks else np.zeros(0, np.float32)
+
+    # ---- segmentation: the windows the filters judge
+    res.cuts = det.cuts()
+    wins = windows(det.n_frames / fps, fps, res.cuts, segcfg)
+    if section is not None:
+        s0, s1 = section
+        wins = [w for w in wins if w.start_s >= s0 - 1e-6 and w.end_s <= s1 + 1e-6]
+    res.all_windows = list(wins)
+    failed: dict[int, BiaudioError] = {}  # window index -> first failing filter
+    for w in wins:
+        res.window_scores[w.clip_id(res.source_id)] = {"silence": None, "speech": None, "static": None}
+
+    def judge(src, per_window) -> bool:
+        """Record the source result and each window's; False when the source is rejected."""
+        res.filters[src.name] = src
+        any_pass = False
+        for j, w in enumerate(wins):
+            r = per_window(w)
+            if r is None:
+                continue
+            res.window_scores[w.clip_id(res.source_id)][src.name] = float(r.score)
+            any_pass |= r.passed
+            if not r.passed and j not in failed:
+                failed[j] = RejectItem(str(path), r.reason or src.name, r.detail, stage="clean")
+        if not src.passed and not any_pass:
+            fail(RejectItem(str(path), src.reason or src.name, src.detail, stage="clean"), "clean")
+            return not stop_on_reject
+        return True
 
     # ---- audio filters (cheap first)
-    if scfg.enabled and not filt(silence_from_peaks(np.concatenate(peaks) if peaks else np.zeros(0), scfg)):
+    if scfg.enabled and not judge(silence_from_peaks(db, scfg), lambda w: window_silence(db, sr, scfg, w.start_s, w.end_s)):
         return res
     if spcfg.enabled:
         t = time.perf_counter()
+        spans = None if not stop_on_reject else [(w.start_s, w.end_s) for j, w in enumerate(wins) if j not in failed]
         try:
-            ok = filt(speech_score(np.concatenate(w_parts) if w_parts else np.zeros(0, np.float32), sr, spcfg))
+            src = speech_score(raw[0] if raw.shape[0] else np.zeros(0, np.float32), sr, spcfg, spans=spans)
         except BiaudioError as e:
             fail(e, "clean")
             return res
         finally:
             res.timings["speech"] = time.perf_counter() - t
-        if not ok:
+        analyzed = spans is None or bool(spans)
+        if not judge(src, lambda w: window_speech(src, w.start_s, w.end_s, spcfg)
+                     if analyzed and (spans is None or any(a <= w.start_s and w.end_s <= b for a, b in spans)) else None):
             return res
-    if acc is not None and not filt(acc.result()):
+    if acc is not None and not judge(acc.result(), lambda w: acc.window_result(w.start_s, w.end_s)):
         return res
 
-    # ---- segmentation
-    res.cuts = det.cuts()
-    res.windows = windows(det.n_frames / fps, fps, res.cuts, segcfg)
-    if not res.windows:
-        fail(RejectItem(str(path), "too_short", f"no {segcfg.window_s:g}-s window fits inside a shot "
-                        f"({det.n_frames / fps:.2f} s, {len(res.cuts)} cut(s))", stage="segment"), "segment")
+    if not wins:
+        detail = (f"no window inside the section {section[0]:g}-{section[1]:g} s" if section is not None else
+                  f"no {segcfg.window_s:g}-s window fits inside a shot ({det.n_frames / fps:.2f} s, {len(res.cuts)} cut(s))")
+        fail(RejectItem(str(path), "too_short", detail, stage="segment"), "segment")
+    res.windows = [w for j, w in enumerate(wins) if j not in failed]
+    res.window_rejects = [(wins[j], failed[j]) for j in sorted(failed)]
+    if keep_foa and res.reject is None:
+        from biaudio.spatial.foa import to_ambix
+
+        try:
+            res.foa = to_ambix(raw, res.validated.convention, str(path))
+            res.audio_sr = sr
+        except BiaudioError as e:
+            fail(e, "decode")
     return res
 
 

@@ -5,6 +5,17 @@ Why so strict: ffmpeg silently remixes channels whenever a layout option is give
 but wrong directions. So ``decode_audio`` passes **no** layout option at all (``-map 0:a:N -f
 f32le -acodec pcm_f32le -``), takes the channel count from ffprobe and only ever resamples (``-ar``),
 which ffmpeg does per channel.
+
+Windows (``start_s`` / ``duration_s``) are cut with ``-ss`` / ``-t`` placed *after* ``-i`` (output
+options): ffmpeg then decodes from the start and drops samples by decoded timestamp, which is
+sample-exact against a full decode (checked for AAC and Opus; input-side ``-ss`` seeks to a packet
+and was off by hundreds of samples on AAC). It costs a decode of the skipped head, which for audio
+is cheap. Matroska/Vorbis timestamps are millisecond-rounded, so there the cut can sit a few
+samples off the full decode's sample index.
+
+``AUDIO_DECODES`` counts every ffmpeg run that decodes an audio stream (here and in
+``biaudio.ingest.shared_decode``) per resolved path: a plain counter, so tests can prove that a
+source's FOA is decoded once without mocking ffmpeg.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +31,28 @@ import numpy as np
 from biaudio.errors import MediaError
 from biaudio.media.probe import probe
 
+AUDIO_DECODES: Counter[str] = Counter()
+
+
+def count_audio_decode(path: str | os.PathLike) -> None:
+    """Record one ffmpeg audio decode of ``path`` in :data:`AUDIO_DECODES`."""
+    AUDIO_DECODES[str(Path(path).resolve())] += 1
+
+
+def _ts(x: float) -> str:
+    return f"{float(x):.6f}"
+
+
 _TRUNC_MARKERS = ("file ended prematurely", "truncat", "invalid data found", "partial file", "end of file")
 
 
-def build_decode_cmd(path: str | os.PathLike, sr: int | None = None, stream: int = 0) -> list[str]:
-    """The exact ffmpeg command line ``decode_audio`` runs (exposed so tests can assert on it)."""
+def build_decode_cmd(path: str | os.PathLike, sr: int | None = None, stream: int = 0,
+                     start_s: float | None = None, duration_s: float | None = None) -> list[str]:
+    """The exact ffmpeg command line ``decode_audio`` runs (exposed so tests can assert on it).
+
+    ``-ss`` / ``-t`` come after ``-i`` (output options: decode, then drop by timestamp), so the
+    window is sample-accurate; never a layout option.
+    """
     cmd = [
         "ffmpeg",
         "-nostdin",
@@ -36,20 +65,31 @@ def build_decode_cmd(path: str | os.PathLike, sr: int | None = None, stream: int
         f"0:a:{stream}",
         "-vn",
     ]
+    if start_s:
+        cmd += ["-ss", _ts(start_s)]
+    if duration_s is not None:
+        cmd += ["-t", _ts(duration_s)]
     if sr is not None:
         cmd += ["-ar", str(int(sr))]
     cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "-"]
     return cmd
 
 
-def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0) -> tuple[np.ndarray, int]:
+def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0, start_s: float | None = None,
+                 duration_s: float | None = None, info=None) -> tuple[np.ndarray, int]:
     """Decode audio stream ``stream`` to float32 ``(C, T)`` with its own channel order.
 
+    ``start_s`` / ``duration_s``: only that window of the source (sample-accurate, see the module
+    doc); at most ``round(duration_s * sr)`` samples come back. ``info``: the file's ProbeInfo when
+    the caller already has it (saves an ffprobe run).
+
     Raises MediaError: missing/empty/unreadable/truncated (from probe or ffmpeg), ``no_audio``,
-    ``zero_length``, ``non_finite`` (NaN/Inf samples).
+    ``zero_length``, ``non_finite`` (NaN/Inf samples), ``bad_window`` (negative start or duration).
     """
     p = Path(path)
-    info = probe(p)
+    if (start_s is not None and start_s < 0) or (duration_s is not None and duration_s <= 0):
+        raise MediaError(str(p), "bad_window", f"start_s={start_s} duration_s={duration_s}")
+    info = info if info is not None else probe(p)
     if not info.has_audio or info.n_audio_streams <= stream:
         raise MediaError(str(p), "no_audio", f"no audio stream {stream}")
     a = [s for s in info.raw.get("streams", []) if s.get("codec_type") == "audio"][stream]
@@ -60,7 +100,8 @@ def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0
     out_sr = int(sr) if sr else src_sr
     if out_sr <= 0:
         raise MediaError(str(p), "unreadable", "unknown sample rate")
-    r = subprocess.run(build_decode_cmd(p, sr, stream), capture_output=True)
+    count_audio_decode(p)
+    r = subprocess.run(build_decode_cmd(p, sr, stream, start_s, duration_s), capture_output=True)
     err = r.stderr.decode("utf-8", "replace")
     low = err.lower()
     if r.returncode != 0:
@@ -75,15 +116,22 @@ def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0
         raise MediaError(
             str(p), "truncated", f"{len(buf)} bytes is not a whole number of {channels}-channel frames"
         )
-    x = np.frombuffer(buf, dtype="<f4").reshape(-1, channels).T.copy()
+    x = np.frombuffer(buf, dtype="<f4").reshape(-1, channels).T
+    if duration_s is not None:
+        x = x[:, : int(round(duration_s * out_sr))]
+    x = x.copy()
     if x.shape[1] == 0:
-        raise MediaError(str(p), "zero_length", "decoded no samples")
+        raise MediaError(str(p), "zero_length", "decoded no samples" + (f" from {start_s} s" if start_s else ""))
     # a container that claims much more than was decoded lost its tail
     adur = None
     try:
         adur = float(a.get("duration")) if a.get("duration") else None
     except ValueError:
         adur = None
+    if adur is not None:  # the part of the stream the window asks for
+        adur = max(0.0, adur - float(start_s or 0.0))
+        if duration_s is not None:
+            adur = min(adur, float(duration_s))
     if adur and adur > 1.0 and x.shape[1] / out_sr < 0.9 * adur - 0.5:
         raise MediaError(str(p), "truncated", f"decoded {x.shape[1] / out_sr:.2f} s of {adur:.2f} s")
     bad = ~np.isfinite(x)
@@ -141,6 +189,24 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: st
             os.unlink(tmp)
         raise
     return p
+
+
+def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling of ``(C, T)`` float32 audio, one channel at a time into a float32
+    output (peak memory: input + output + one float64 channel), channel order untouched."""
+    if int(sr_in) == int(sr_out):
+        return x
+    import math
+
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(sr_in), int(sr_out))
+    up, down = int(sr_out) // g, int(sr_in) // g
+    n_out = -(-x.shape[1] * up // down)
+    out = np.empty((x.shape[0], n_out), dtype=np.float32)
+    for c in range(x.shape[0]):
+        out[c] = resample_poly(x[c], up, down)[:n_out]
+    return out
 
 
 def decode_foa(path: str | os.PathLike, sr: int | None = None, stream: int = 0) -> tuple[np.ndarray, int]:
