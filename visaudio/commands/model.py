@@ -1,9 +1,115 @@
-"""CLI commands (placeholder until the area lands)."""
+"""`visaudio train`, `train-codec`, `generate`, `info`. Heavy imports live inside the commands so
+`visaudio --help` stays fast."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("train")
+    def train_cmd(
+        manifest: Path = typer.Option(..., "--manifest", help="BiAudio manifest folder (manifest.parquet)"),
+        run: Path = typer.Option(..., "--run", "--run-dir",
+                                 help="run folder (checkpoints, logs); resumes if it has one. Under torchrun "
+                                      "spell it --run-dir (torchrun's own parser claims --run)"),
+        config: str = typer.Option("tiny", "--config", help="micro | tiny | paper | FILE.yaml"),
+        max_steps: int | None = typer.Option(None, "--max-steps"),
+        set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-4 (repeatable)"),
+        device: str | None = typer.Option(None, "--device"),
+    ) -> None:
+        """Train ViSAudio on a manifest (works under `torchrun --nproc_per_node=K`)."""
+        from visaudio.config import ConfigError
+        from visaudio.data import DataError
+        from visaudio.train import CheckpointMismatch, TrainingDiverged, train
+
+        try:
+            s = train(manifest, config, run, max_steps=max_steps, overrides=list(set_), device=device)
+        except (ConfigError, DataError, CheckpointMismatch, TrainingDiverged, FileNotFoundError) as e:
+            _fail(str(e))
+        if s["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
+            short = {k: v for k, v in s.items() if k not in ("losses",)}
+            typer.echo(json.dumps(short, default=str))
+
+    @app.command("train-codec")
+    def train_codec_cmd(
+        manifest: Path = typer.Option(..., "--manifest"),
+        run: Path = typer.Option(..., "--run", help="output folder; writes RUN/codec.pt"),
+        config: str = typer.Option("paper", "--config"),
+        steps: int = typer.Option(2000, "--steps"),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        lr: float = typer.Option(3e-4, "--lr"),
+        set_: list[str] = typer.Option([], "--set"),
+        device: str | None = typer.Option(None, "--device"),
+    ) -> None:
+        """Train the per-channel waveform VAE codec (codec.kind=vae) from scratch."""
+        from visaudio.codecs import train_codec
+        from visaudio.config import ConfigError
+        from visaudio.data import DataError
+
+        try:
+            s = train_codec(manifest, config, run, steps=steps, batch_size=batch_size, lr=lr,
+                            overrides=list(set_), device=device)
+        except (ConfigError, DataError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(s, default=str))
+
+    @app.command("generate")
+    def generate_cmd(
+        video: Path = typer.Argument(..., help="any perspective video"),
+        ckpt: Path = typer.Option(..., "--ckpt", help="run folder (or .pt file)"),
+        out: Path = typer.Option(..., "--out", help="OUT.mp4; OUT.flac is written beside it"),
+        caption: str | None = typer.Option(None, "--caption"),
+        steps: int = typer.Option(25, "--steps"),
+        cfg: float = typer.Option(4.5, "--cfg"),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("cpu", "--device"),
+    ) -> None:
+        """Generate binaural audio for VIDEO; writes OUT.flac and OUT.mp4 (H.264 + AAC)."""
+        from visaudio.data import DataError
+        from visaudio.generate import generate_to_files
+        from visaudio.train import CheckpointMismatch
+
+        if not video.is_file():
+            _fail(f"video not found: {video}")
+        try:
+            s = generate_to_files(video, ckpt, out, caption=caption, steps=steps, cfg=cfg, seed=seed, device=device)
+        except (DataError, CheckpointMismatch, FileNotFoundError, RuntimeError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(s))
+
+    @app.command("info")
+    def info_cmd(config: str = typer.Argument("tiny", help="micro | tiny | paper | FILE.yaml"),
+                 set_: list[str] = typer.Option([], "--set")) -> None:
+        """Print parameter counts per component of a config's model."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from visaudio.codecs import build_codec
+        from visaudio.config import ConfigError, load_config
+        from visaudio.model import ViSAudio, param_counts
+
+        try:
+            cfg = load_config(config, list(set_))
+        except ConfigError as e:
+            _fail(str(e))
+        codec = build_codec(cfg.codec, cfg.data.sample_rate, load_weights=False)
+        counts = param_counts(ViSAudio(cfg, codec.latent_dim))
+        counts["codec"] = sum(p.numel() for p in codec.parameters())
+        t = Table(title=f"{cfg.name}: latent {cfg.n_latents} x {codec.latent_dim} per channel, "
+                  f"{cfg.data.clip_seconds} s @ {cfg.data.sample_rate} Hz")
+        t.add_column("component")
+        t.add_column("parameters", justify="right")
+        for k, v in counts.items():
+            t.add_row(k, f"{v:,}")
+        if cfg.model.text_encoder == "minilm":
+            t.add_row("(frozen MiniLM, not trained)", "22,713,216")
+        Console().print(t)

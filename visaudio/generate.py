@@ -1,0 +1,173 @@
+"""Generation: Euler sampler with classifier-free guidance, on any perspective video.
+
+The model works on windows of ``clip_seconds``. A longer video is generated window by window
+(consecutive windows, each with its own seed offset) and trimmed to the video's length, so the
+output always has the video's duration. A video shorter than one window is refused with a clear
+error (``VideoTooShortError``) rather than padded: padding would make the model describe frames
+that do not exist. Videos at any size and frame rate are resampled to the model's (stretching,
+not cropping, so horizontal positions - the side cue - are kept).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visaudio.config import Config, load_config
+from visaudio.data import VideoTooShortError, read_video_frames
+from visaudio.train import CKPT_NAME, build_model, load_checkpoint, load_weights
+
+
+def video_duration(path: str | Path) -> float:
+    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                       capture_output=True, text=True)
+    try:
+        return float(r.stdout.strip())
+    except ValueError:
+        raise VideoTooShortError(f"cannot read the duration of {path}: {r.stderr.strip()[-200:]}") from None
+
+
+class Synthesizer:
+    def __init__(self, model, codec, config: Config, device: str = "cpu"):
+        self.model, self.codec, self.config = model.eval(), codec.eval(), config
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "cpu", use_ema: bool = True,
+                 config: str | Path | Config | None = None) -> Synthesizer:
+        """Load a run's last checkpoint. ``config`` (optional) must describe the same
+        architecture, otherwise CheckpointMismatch is raised."""
+        p = Path(run_dir)
+        ck_path = p / "ckpt" / CKPT_NAME if p.is_dir() else p
+        if not ck_path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {ck_path}")
+        want = load_config(config) if config is not None else None
+        ck = load_checkpoint(ck_path, want)
+        cfg = load_config(ck["config"])
+        # the VAE codec weights travel inside the checkpoint; don't need the original file
+        if cfg.codec.kind == "vae":
+            from visaudio.codecs import VAECodec
+            from visaudio.model import ViSAudio
+
+            codec = VAECodec(cfg.codec, cfg.data.sample_rate)
+            codec.load_state_dict(ck["codec_state"])
+            model = ViSAudio(cfg, codec.latent_dim)
+        else:
+            model, codec = build_model(cfg, "cpu")
+        load_weights(model, ck["ema" if use_ema else "model"], ck_path)
+        return cls(model.to(device), codec.to(device), cfg, device)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.data.sample_rate
+
+    @property
+    def clip_seconds(self) -> float:
+        return self.config.data.clip_seconds
+
+    @torch.no_grad()
+    def _window(self, frames: np.ndarray, caption: str | None, steps: int, cfg: float, seed: int) -> np.ndarray:
+        m = self.model
+        fr = torch.from_numpy(np.ascontiguousarray(frames))[None].to(self.device)
+        cond = m.encode_conditions(fr, [caption])
+        x = m.sample(cond, steps=steps, cfg=cfg, seed=seed)
+        a = self.codec.decode(m.denormalize(x), self.config.window_samples)
+        return a[0].float().cpu().numpy()
+
+    def generate_frames(self, frames: np.ndarray, fps: float, caption: str | None = None, steps: int = 25,
+                        cfg: float = 4.5, seed: int = 0) -> tuple[np.ndarray, int]:
+        """Frames (F, H, W, 3) uint8 at ``fps`` -> binaural audio (2, round(F/fps*sr)) float32."""
+        d = self.config.data
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape}")
+        dur = frames.shape[0] / float(fps)
+        if dur + 1e-6 < self.clip_seconds:
+            raise VideoTooShortError(f"video is {dur:.2f} s, shorter than the model window {self.clip_seconds} s")
+        # resample in time (nearest frame) and space (area) to the model's sync stream
+        n_sync = int(round(dur * d.sync_fps))
+        idx = np.minimum((np.arange(n_sync) + 0.5) / d.sync_fps * fps, frames.shape[0] - 1).astype(int)
+        sel = frames[idx]
+        if sel.shape[1:3] != (d.height, d.width):
+            import cv2
+
+            sel = np.stack([cv2.resize(f, (d.width, d.height), interpolation=cv2.INTER_AREA) for f in sel])
+        return self._generate_sync_frames(sel, dur, caption, steps, cfg, seed)
+
+    def _generate_sync_frames(self, sync: np.ndarray, dur: float, caption, steps, cfg, seed) -> tuple[np.ndarray, int]:
+        c = self.config
+        total = int(round(dur * c.data.sample_rate))
+        n_win = int(np.ceil(total / c.window_samples - 1e-9))
+        out = []
+        for w in range(n_win):
+            s = w * c.n_sync_frames
+            if w == n_win - 1:  # last window: align to the end instead of padding
+                s = max(0, sync.shape[0] - c.n_sync_frames)
+            fr = sync[s : s + c.n_sync_frames]
+            if fr.shape[0] < c.n_sync_frames:
+                fr = np.concatenate([fr, np.repeat(fr[-1:], c.n_sync_frames - fr.shape[0], 0)])
+            a = self._window(fr, caption, steps, cfg, seed + w)
+            if w == n_win - 1 and n_win > 1:
+                keep = total - w * c.window_samples
+                a = a[:, c.window_samples - keep :] if keep < c.window_samples else a
+            out.append(a)
+        audio = np.concatenate(out, axis=1)[:, :total]
+        if audio.shape[1] < total:
+            audio = np.pad(audio, ((0, 0), (0, total - audio.shape[1])))
+        return audio.astype(np.float32), c.data.sample_rate
+
+    def generate(self, video_path: str | Path, caption: str | None = None, steps: int = 25, cfg: float = 4.5,
+                 seed: int = 0, start_s: float = 0.0, duration_s: float | None = None) -> tuple[np.ndarray, int]:
+        """Binaural audio (2, T) for the video from ``start_s`` to its end (or ``duration_s``)."""
+        d = self.config.data
+        total = video_duration(video_path) - start_s
+        if duration_s is not None:
+            total = min(total, duration_s)
+        if total + 1e-3 < self.clip_seconds:
+            raise VideoTooShortError(f"{video_path}: {total:.2f} s from {start_s} s is shorter than the model "
+                                     f"window {self.clip_seconds} s")
+        sync = read_video_frames(video_path, d.sync_fps, d.width, d.height, start_s, total)
+        return self._generate_sync_frames(sync, total, caption, steps, cfg, seed)
+
+
+def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Path) -> Path:
+    """Copy the video stream (H.264 re-encoded only if it isn't) and add the audio as AAC."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
+                        "-of", "csv=p=0", str(video_path)], capture_output=True, text=True)
+    vcodec = ["-c:v", "copy"] if r.stdout.strip() == "h264" else ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "20"]
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(video_path), "-i", str(audio_path), "-map", "0:v:0",
+           "-map", "1:a:0", *vcodec, "-c:a", "aac", "-b:a", "192k", "-ac", "2", "-shortest", str(tmp)]
+    r2 = subprocess.run(cmd, capture_output=True, text=True)
+    if r2.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"ffmpeg mux failed: {r2.stderr.strip()[-400:]}")
+    tmp.replace(out)
+    return out
+
+
+def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Path, caption: str | None = None,
+                      steps: int = 25, cfg: float = 4.5, seed: int = 0, device: str = "cpu") -> dict:
+    """CLI body: writes OUT.flac (lossless, 24-bit) and OUT.mp4 (video + AAC)."""
+    import time
+
+    import soundfile as sf
+
+    syn = Synthesizer.from_run(run_dir, device=device)
+    t0 = time.time()
+    audio, sr = syn.generate(video, caption=caption, steps=steps, cfg=cfg, seed=seed)
+    secs = time.time() - t0
+    out = Path(out_mp4)
+    flac = out.with_suffix(".flac")
+    flac.parent.mkdir(parents=True, exist_ok=True)
+    peak = float(np.abs(audio).max())
+    if peak > 1.0:  # keep the L/R ratio: scale both channels together rather than clip
+        audio = audio / peak * 0.99
+    sf.write(str(flac), audio.T, sr, subtype="PCM_24")
+    mux_audio(video, flac, out)
+    return {"flac": str(flac), "mp4": str(out), "seconds": secs, "duration_s": audio.shape[1] / sr, "sr": sr}
