@@ -14,6 +14,8 @@ from pathlib import Path
 
 import typer
 
+from biaudio.commands._common import parse_size as _parse_size
+
 CONVENTION_HELP = "FOA channel convention of the input: ambix (ACN/SN3D; YouTube, Sphere360, DCASE), fuma, ambix-n3d."
 
 
@@ -25,14 +27,6 @@ def _fail(exc: Exception, as_json: bool) -> None:
     raise typer.Exit(1)
 
 
-def _parse_size(s: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in s.lower().split("x"))
-    except ValueError as e:
-        raise typer.BadParameter(f"size must look like 640x360, got {s!r}") from e
-    if w <= 0 or h <= 0 or w % 2 or h % 2:
-        raise typer.BadParameter(f"size must be positive and even (yuv420p), got {s!r}")
-    return w, h
 
 
 def _resolve_convention(convention: str | None, foa_hint: str | None, path: Path) -> str:

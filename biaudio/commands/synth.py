@@ -7,15 +7,7 @@ from pathlib import Path
 
 import typer
 
-
-def _parse_size(s: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in s.lower().split("x"))
-    except ValueError as e:
-        raise typer.BadParameter(f"size must look like 1920x960, got {s!r}") from e
-    if w <= 0 or h <= 0 or w % 2 or h % 2:
-        raise typer.BadParameter(f"size must be positive and even (yuv420p), got {s!r}")
-    return w, h
+from biaudio.commands._common import parse_size as _parse_size
 
 
 def _parse_dir(s: str | None) -> tuple[float, float] | None:
