@@ -313,3 +313,22 @@ def test_rebuild_keeps_qa_decisions_and_other_tools_files(media, tmp_path, monke
     assert len(df) == 2 * N_SOURCES
     assert list(df["qa_status"]).count("rejected") == 1 and df.iloc[0]["qa_status"] == "rejected"
     assert (out / ".qa-notes").read_text() == "kept"
+
+
+def test_warm_worker_runs_the_item_module_hook_and_never_raises(media, tmp_path):
+    """The pool initializer loads the stages, the decoder and calls the item module's ``warm_up(recipe)``
+    (per-process costs paid once per worker, not in item time); a broken item_fn is not its problem."""
+    from biaudio.build.executor import warm_worker
+    from biaudio.spatial.decoders import get_decoder
+
+    mod = tmp_path / "hooked.py"
+    marker = tmp_path / "warmed.txt"
+    mod.write_text("def process_item(item, recipe, out, log):\n    return None\n\n"
+                   f"def warm_up(recipe):\n    open({str(marker)!r}, 'w').write(recipe.name)\n")
+    recipe = load_recipe(_recipe_file(media, tmp_path))
+    warm_worker(recipe, f"{mod}:process_item")
+    assert marker.read_text() == "engine-test"
+    r = recipe.render
+    assert get_decoder.cache_info().currsize >= 1
+    assert get_decoder(str(r.hrtf), str(r.decoder), int(r.sample_rate)) is not None
+    warm_worker(recipe, "no_such_module:fn")  # no exception

@@ -542,6 +542,30 @@ def plan_items(items: list[WorkItem], out_dir: Path, rhash: str, retry_failed: l
 # ------------------------------------------------------------------ executors
 
 
+def warm_worker(recipe: Recipe, item_fn: str) -> None:
+    """Pool initializer: pay the per-process costs once per worker, not in the first item's time:
+    the stage modules' imports, OpenCV, and the recipe's binaural decoder (per-process cache,
+    backed by the on-disk filter cache). Heavy optional models (torch for a speech filter) stay
+    lazy unless the item function's module offers ``warm_up(recipe)``, which is then called here
+    (it should load only what the recipe uses). Never raises: a failure here shows up, with its
+    reason, in the item that needs the thing."""
+    try:
+        _limit_threads(recipe.execution.threads_per_worker)
+        fn = load_item_fn(item_fn)
+        import cv2  # noqa: F401
+
+        render = getattr(recipe, "render", None)
+        if render is not None:
+            from biaudio.spatial.decoders import get_decoder
+
+            get_decoder(str(render.hrtf), str(render.decoder), int(render.sample_rate))
+        hook = (getattr(fn, "__globals__", None) or {}).get("warm_up")  # the module the function came from
+        if callable(hook):
+            hook(recipe)
+    except Exception:  # noqa: BLE001 - only an optimisation
+        pass
+
+
 def _run_local(todo: list[WorkItem], recipe: Recipe, out_dir: Path, item_fn: str, rhash: str, workers: int,
                on_result: Callable[[dict], bool]) -> None:
     """A ``spawn`` process pool: workers are fresh interpreters (no forked threads or locks), and one
@@ -550,7 +574,8 @@ def _run_local(todo: list[WorkItem], recipe: Recipe, out_dir: Path, item_fn: str
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=warm_worker, initargs=(recipe, item_fn))
     futures = {pool.submit(run_item, it, recipe, str(out_dir), item_fn, rhash): it for it in todo}
     stop = False
     try:

@@ -4,9 +4,13 @@ Why one module for both: the dataset's value is that picture and sound agree. Th
 the binaural rotation use the same per-frame poses at the same frame times (``traj.t``), so a source
 seen on the right of the image is heard louder in the right ear (CONVENTIONS §7).
 
-Memory: source frames are streamed once per clip through ``iter_frames`` (start/duration, resampled
-to the output fps and pre-downscaled by ffmpeg) and output frames are encoded as they are made; at
-no time are more than a couple of frames in memory, whatever the input size.
+Memory and speed: source frames are streamed once per clip through ``iter_frames`` (``-ss`` before
+``-i``, resampled to the output fps and, when denser than ~2x the output's pixel density,
+pre-downscaled by ffmpeg's area filter) as planar yuv420p, projected plane by plane and piped to
+x264 in the same format (no colour conversion anywhere, the source's colour tags are kept), and
+encoded as they are made; at no time are more than a couple of frames in memory, whatever the
+input size. The mux copies the H.264 stream and only encodes the AAC. Decoder and encoder run with
+one thread each by default (a worker per core; decoder, projection and encoder already overlap).
 
 Files (all via temporary names and ``os.replace``, so a crash never leaves a half file under a
 final name): ``clips/<clip_id>.mp4`` (H.264 + AAC binaural), ``clips/<clip_id>.flac`` (binaural,
@@ -132,6 +136,29 @@ def _probe_field(probe: Any, name: str, default: Any = None) -> Any:
     return getattr(probe, name, default)
 
 
+def _frame_info(probe: Any) -> Any:
+    """The probe as ``iter_frames`` reads it (a real ProbeInfo, or None so that it probes itself)."""
+    from biaudio.media.probe import ProbeInfo
+
+    return probe if isinstance(probe, ProbeInfo) else None
+
+
+_COLOR_TAGS = (("color_space", "-colorspace"), ("color_primaries", "-color_primaries"),
+               ("color_transfer", "-color_trc"), ("color_range", "-color_range"))
+
+
+def _color_args(probe: Any) -> list[str]:
+    """x264 VUI colour tags copied from the source video stream (yuv passes through unconverted)."""
+    raw = _probe_field(probe, "raw") or {}
+    video = next((st for st in raw.get("streams", []) if st.get("codec_type") == "video"), {})
+    args: list[str] = []
+    for key, opt in _COLOR_TAGS:
+        v = video.get(key)
+        if isinstance(v, str) and v.replace("-", "").replace("_", "").isalnum() and v not in ("unknown", "reserved"):
+            args += [opt, v]
+    return args
+
+
 def render_clip(
     src_path: str | Path,
     start_s: float,
@@ -147,12 +174,15 @@ def render_clip(
     binaural: np.ndarray | None = None,
     directions: tuple[np.ndarray, np.ndarray] | None = None,
     clip_dir: tuple[float, float] | None = None,
+    threads: int = 1,
 ) -> RenderedClip:
     """Render the clip ``[start_s, start_s + duration_s)`` of ``src_path`` along ``traj``.
 
     ``foa_ambix`` is the clip's world-frame ambiX FOA at ``sr``; ``binaural`` may be passed when
     already computed (same trajectory). ``directions`` ``(az, el)`` arrays and ``clip_dir`` are drawn
-    on the preview. ``probe`` is the source's ProbeInfo (fps, size, projection pose).
+    on the preview. ``probe`` is the source's ProbeInfo (fps, size, projection pose). ``threads``
+    is given to the ffmpeg decoder and to x264 (1: a worker per core, the decoder, the projection and
+    the encoder already run side by side as three processes).
     """
     from biaudio.media.audio import write_audio
     from biaudio.media.video import VideoWriter, iter_frames, mux
@@ -181,38 +211,49 @@ def render_clip(
     mp4, flac, jpg = clip_paths(out_dir, clip_id)
     mp4.parent.mkdir(parents=True, exist_ok=True)
     jpg.parent.mkdir(parents=True, exist_ok=True)
-    # Let ffmpeg do the pre-downscale (area filter) so the pipe carries only what the maps sample.
+    # ffmpeg decodes the window once (-ss before -i, fps filter to the output rate) and does the
+    # pre-downscale (area filter), so the pipe carries only what the maps sample
     probe_proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, int(in_w), int(in_h), prescale=True)
     src_w, src_h = probe_proj.source_size
     proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, src_w, src_h, prescale=False, projection_pose=pose)
     size = None if (src_w, src_h) == (int(in_w), int(in_h)) else (src_w, src_h)
+    # planar yuv420p end to end (decoder -> remap per plane -> encoder): half the pipe bytes of
+    # rgb24 and no colour conversion; the source's colour tags are passed on to the H.264 stream
+    yuv = src_w % 2 == 0 and src_h % 2 == 0
+    pix_fmt = "yuv420p" if yuv else "rgb24"
+    render = proj.render_i420 if yuv else proj.render
+    writer_args = _color_args(probe) if yuv else []
     preview_src: np.ndarray | None = None
     mid = n_expected // 2
     silent_video = mp4.with_name(f".{clip_id}.noaudio.tmp-{os.getpid()}.mp4")
     try:
-        with VideoWriter(silent_video, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset) as vw:
+        with VideoWriter(silent_video, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset, threads=threads,
+                         pix_fmt=pix_fmt, extra_args=writer_args) as vw:
             k = 0
             last = None
-            for frame in iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s):
+            frames = iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s,
+                                 pix_fmt=pix_fmt, threads=threads, info=_frame_info(probe))
+            for frame in frames:
                 if k >= n_expected:
                     break
-                vw.write(proj.render(frame, traj.yaw[k], traj.pitch[k], traj.roll[k]))
+                vw.write(render(frame, traj.yaw[k], traj.pitch[k], traj.roll[k]))
                 if k == mid:
-                    preview_src = _thumb(frame, cfg.preview_width)
+                    preview_src = _thumb(frame, cfg.preview_width, yuv)
                 last = frame
                 k += 1
+            frames.close()
             # ffmpeg's fps filter may deliver one or two frames fewer than floor(d * fps): repeat the last
             if last is None or n_expected - k > max(2, int(0.05 * n_expected)):
                 raise MediaError(str(src_path), "truncated", f"decoded {k} of {n_expected} frames", STAGE)
             while k < n_expected:
-                vw.write(proj.render(last, traj.yaw[k], traj.pitch[k], traj.roll[k]))
+                vw.write(render(last, traj.yaw[k], traj.pitch[k], traj.roll[k]))
                 if k == mid:
-                    preview_src = _thumb(last, cfg.preview_width)
+                    preview_src = _thumb(last, cfg.preview_width, yuv)
                 k += 1
         write_audio(flac, binaural, out_sr)
-        mux(silent_video, binaural, out_sr, mp4, bitrate=cfg.audio_bitrate)
+        mux(silent_video, binaural, out_sr, mp4, bitrate=cfg.audio_bitrate, check_video=False)
         if preview_src is None:
-            preview_src = _thumb(last, cfg.preview_width)
+            preview_src = _thumb(last, cfg.preview_width, yuv)
         write_preview(jpg, preview_src, traj, cfg, pose, directions, clip_dir)
     except BaseException:
         remove_clip_files(out_dir, clip_id)
@@ -232,9 +273,11 @@ _DOM = (255, 0, 200)
 _CLIP = (255, 60, 60)
 
 
-def _thumb(frame: np.ndarray, width: int) -> np.ndarray:
+def _thumb(frame: np.ndarray, width: int, i420: bool = False) -> np.ndarray:
     import cv2
 
+    if i420:
+        frame = cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
     h, w = frame.shape[:2]
     height = max(2, int(round(width * h / w)))
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)

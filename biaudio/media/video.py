@@ -49,14 +49,16 @@ def file_mode() -> int:
     return 0o666 & ~um
 
 
-def _read_exact(stream, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = stream.read(n - len(buf))
-        if not chunk:
+def _read_into(stream, out: np.ndarray) -> int:
+    """Fill ``out`` (contiguous uint8) from ``stream`` without intermediate copies; bytes read."""
+    mv = memoryview(out).cast("B")
+    got, n = 0, len(mv)
+    while got < n:
+        k = stream.readinto(mv[got:])
+        if not k:
             break
-        buf += chunk
-    return bytes(buf)
+        got += k
+    return got
 
 
 def iter_frames(
@@ -66,24 +68,40 @@ def iter_frames(
     start_s: float = 0.0,
     duration_s: float | None = None,
     gray: bool = False,
+    pix_fmt: str | None = None,
+    threads: int | None = None,
+    info=None,
 ) -> Iterator[np.ndarray]:
     """Yield frames ``(h, w, 3)`` rgb24 (or ``(h, w)`` gray) uint8, one at a time.
 
     ``size=(w, h)`` scales (area filter), ``fps`` resamples in time, ``start_s``/``duration_s``
-    select a section. Raises MediaError (``no_video``, ``truncated``, ``undecodable``) for input
-    that ends early or cannot be decoded; the stream is closed if the caller stops early.
+    select a section (``-ss`` before ``-i``: a keyframe seek, then exact frames). ``pix_fmt="yuv420p"``
+    yields planar I420 frames ``(h*3/2, w)`` (needs an even size): half the bytes of rgb24 and, for
+    the usual yuv420p sources, no colour conversion at all. ``threads`` caps ffmpeg's decoder
+    threads (``None``: ffmpeg's choice). ``info``: the file's ProbeInfo when the caller has it (saves
+    an ffprobe run). Each frame is a fresh array filled straight from the pipe.
+    Raises MediaError (``no_video``, ``truncated``, ``undecodable``) for input that ends early or
+    cannot be decoded; the stream is closed if the caller stops early.
     """
     p = Path(path)
-    info = probe(p)
+    if info is None:
+        info = probe(p)
     if not info.has_video or not info.width or not info.height:
         raise MediaError(str(p), "no_video", "no video stream")
     w, h = (int(size[0]), int(size[1])) if size else (int(info.width), int(info.height))
+    fmt = "gray" if gray else (pix_fmt or "rgb24")
+    if fmt not in ("gray", "rgb24", "yuv420p"):
+        raise ValueError(f"pix_fmt must be rgb24 or yuv420p, got {pix_fmt!r}")
+    if fmt == "yuv420p" and (w % 2 or h % 2):
+        raise ValueError(f"yuv420p needs an even frame size, got {w}x{h}")
     filters = []
     if fps:
         filters.append(f"fps={fps}")
     if size:
         filters.append(f"scale={w}:{h}:flags=area")
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning"]
+    if threads:
+        cmd += ["-threads", str(int(threads))]
     if start_s:
         cmd += ["-ss", f"{float(start_s):.6f}"]
     cmd += ["-i", str(p)]
@@ -92,22 +110,25 @@ def iter_frames(
     cmd += ["-map", "0:v:0", "-an", "-sn"]
     if filters:
         cmd += ["-vf", ",".join(filters)]
-    cmd += ["-f", "rawvideo", "-pix_fmt", "gray" if gray else "rgb24", "-"]
-    nbytes = w * h * (1 if gray else 3)
-    shape = (h, w) if gray else (h, w, 3)
+    if threads and filters:
+        cmd += ["-filter_threads", str(int(threads))]
+    cmd += ["-f", "rawvideo", "-pix_fmt", fmt, "-"]
+    shape = {"gray": (h, w), "rgb24": (h, w, 3), "yuv420p": (h * 3 // 2, w)}[fmt]
+    nbytes = int(np.prod(shape))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     drain = _StderrDrain(proc.stderr)
     n = 0
     finished = False
     try:
         while True:
-            buf = _read_exact(proc.stdout, nbytes)
-            if not buf:
+            frame = np.empty(shape, np.uint8)
+            got = _read_into(proc.stdout, frame)
+            if not got:
                 break
-            if len(buf) < nbytes:
-                raise MediaError(str(p), "truncated", f"partial frame {n} ({len(buf)} of {nbytes} bytes)")
+            if got < nbytes:
+                raise MediaError(str(p), "truncated", f"partial frame {n} ({got} of {nbytes} bytes)")
             n += 1
-            yield np.frombuffer(buf, dtype=np.uint8).reshape(shape)
+            yield frame
         rc = proc.wait()
         err = drain.text()
         low = err.lower()
@@ -134,7 +155,8 @@ def _even(v: int) -> int:
 
 
 class VideoWriter:
-    """Write rgb24 frames to H.264 (libx264, yuv420p) through an ffmpeg pipe.
+    """Write rgb24 frames (or planar yuv420p ``(h*3/2, w)`` with ``pix_fmt="yuv420p"``, which the
+    encoder takes as is) to H.264 (libx264, yuv420p) through an ffmpeg pipe.
 
     Width and height must be even (yuv420p); ``threads`` is fixed and bit-exact flags are set so
     that the same frames give byte-identical files (synthetic scenes depend on that). The output
@@ -152,11 +174,16 @@ class VideoWriter:
         preset: str = "veryfast",
         threads: int = 1,
         extra_args: list[str] | None = None,
+        pix_fmt: str = "rgb24",
     ) -> None:
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ValueError(f"width/height must be positive and even for yuv420p, got {width}x{height}")
         self.path = Path(path)
         self.width, self.height, self.fps = int(width), int(height), float(fps)
+        if pix_fmt not in ("rgb24", "yuv420p"):
+            raise ValueError(f"pix_fmt must be rgb24 or yuv420p, got {pix_fmt!r}")
+        self.pix_fmt = pix_fmt
+        self._shape = (self.height, self.width, 3) if pix_fmt == "rgb24" else (self.height * 3 // 2, self.width)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(
             prefix=f".{self.path.stem}-", suffix=self.path.suffix or ".mp4", dir=self.path.parent
@@ -173,7 +200,7 @@ class VideoWriter:
             "-f",
             "rawvideo",
             "-pix_fmt",
-            "rgb24",
+            pix_fmt,
             "-s",
             f"{self.width}x{self.height}",
             "-r",
@@ -210,10 +237,10 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         f = np.asarray(frame)
-        if f.shape != (self.height, self.width, 3) or f.dtype != np.uint8:
-            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, got {f.shape} {f.dtype}")
+        if f.shape != self._shape or f.dtype != np.uint8:
+            raise ValueError(f"{self.pix_fmt} frame must be {self._shape} uint8, got {f.shape} {f.dtype}")
         try:
-            self._proc.stdin.write(np.ascontiguousarray(f).tobytes())
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(f)).cast("B"))
         except BrokenPipeError as e:
             raise MediaError(str(self.path), "encode_failed", self._drain.text().strip()) from e
         self.frames_written += 1
@@ -296,12 +323,14 @@ def mux(
     sr: int,
     out_path: str | os.PathLike,
     bitrate: str = "192k",
+    check_video: bool = True,
 ) -> Path:
     """Copy the H.264 stream of ``video_path`` and add ``audio`` (2, T) as AAC stereo 48 kHz.
 
     The audio is piped as raw float32; ``-ac 2`` there is the *input* channel count of the raw
     stream (ffmpeg's default 2-channel layout is stereo, so nothing is remixed). Resampled to
-    48 kHz when ``sr`` differs.
+    48 kHz when ``sr`` differs. ``check_video=False`` skips the ffprobe of ``video_path`` (for a file
+    the caller has just written).
     """
     vp, op = Path(video_path), Path(out_path)
     x = np.asarray(audio, dtype=np.float32)
@@ -311,8 +340,7 @@ def mux(
         raise MediaError(str(op), "non_finite", "audio has NaN/Inf samples")
     if x.shape[1] == 0:
         raise MediaError(str(op), "zero_length", "no audio samples")
-    info = probe(vp)
-    if not info.has_video:
+    if check_video and not probe(vp).has_video:
         raise MediaError(str(vp), "no_video", "mux needs a video stream")
     args = [
         "-i",

@@ -184,15 +184,76 @@ def load_omnitone(path: str | Path, sr: int = 48000) -> BinauralDecoder:
     return BinauralDecoder(np.stack([left, _Y_SIGN[:, None] * left]), int(sr), f"omnitone:{path.stem}")
 
 
+def _decoder_cache_dir() -> Path | None:
+    """``$BIAUDIO_CACHE_DIR/decoders`` (default ``~/.cache/biaudio``); ``BIAUDIO_CACHE_DIR=off`` disables."""
+    import os
+
+    root = os.environ.get("BIAUDIO_CACHE_DIR")
+    if root is not None and root.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biaudio"
+    return base / "decoders"
+
+
+def _decoder_cache_key(hrtf: str, kind: str, sr: int) -> str | None:
+    """Key over the inputs *and* the code that builds the filters (this module and hrir.py), so an
+    edit to either, or a changed .sofa/.wav file, never serves stale filters."""
+    import hashlib
+
+    from biaudio.spatial import hrir as hrir_mod
+
+    h = hashlib.sha256(f"v1|{hrtf}|{kind}|{int(sr)}".encode())
+    try:
+        for mod_file in (__file__, hrir_mod.__file__):
+            h.update(Path(mod_file).read_bytes())
+        if hrtf != "kemar":
+            st = Path(hrtf).stat()
+            h.update(f"|{Path(hrtf).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    except OSError:
+        return None
+    return h.hexdigest()[:32]
+
+
+def _cached_build(hrtf: str, kind: str, sr: int) -> BinauralDecoder:
+    """Build a decoder, or load the filters an earlier process built (MagLS from KEMAR costs ~1 s of
+    CPU: slab import, resampling, the per-bin fit; every fresh worker would otherwise pay it)."""
+    import os
+
+    def build() -> BinauralDecoder:
+        if kind == "omnitone":
+            return load_omnitone(hrtf, sr)
+        return make_decoder(load_hrir(hrtf, sr), kind)
+
+    folder, key = _decoder_cache_dir(), _decoder_cache_key(hrtf, kind, sr)
+    if folder is None or key is None:
+        return build()
+    path = folder / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return BinauralDecoder(np.array(z["filters"]), int(z["sr"]), str(z["name"]))
+    except (OSError, KeyError, ValueError):
+        pass
+    dec = build()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, filters=dec.filters, sr=np.int64(dec.sr), name=np.str_(dec.name))
+        os.replace(tmp, path)
+    except OSError:  # read-only home, full disk: the cache is only an optimisation
+        pass
+    return dec
+
+
 @lru_cache(maxsize=16)
 def get_decoder(hrtf: str = "kemar", kind: str = "magls", sr: int = 48000) -> BinauralDecoder:
-    """Cached decoder: building MagLS takes ~0.1-1 s, rendering thousands of clips must not repeat it.
+    """Cached decoder (per process, and on disk across processes, see ``_cached_build``): building
+    MagLS takes ~0.1-1 s, rendering thousands of clips in fresh workers must not repeat it.
 
     ``kind="omnitone"`` takes ``hrtf`` as the path of the Omnitone filter wav.
     """
-    if kind == "omnitone":
-        return load_omnitone(hrtf, sr)
-    return make_decoder(load_hrir(hrtf, sr), kind)
+    if kind not in ("magls", "cube", "omnitone"):
+        raise BiaudioError(None, "unknown_decoder", f"{kind!r} is not one of magls, cube, omnitone")
+    return _cached_build(str(hrtf), kind, int(sr))
 
 
 def log_spectral_distance(

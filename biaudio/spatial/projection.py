@@ -1,7 +1,8 @@
 """Equirectangular -> perspective (rectilinear) projection for a moving camera (CONVENTIONS §2-3).
 
-Camera rays are computed once per output size; each frame only costs ``R @ rays``,
-an arctan2 and an arcsin, a fixed-point map conversion and one ``cv2.remap``. ``BORDER_WRAP`` makes the ±180° seam
+Camera rays are computed once per output size; each frame only costs ``R @ rays`` on a coarse
+grid (every 4th pixel), an arctan2 and an arcsin, a bilinear upsampling of the two maps, a
+fixed-point map conversion and one ``cv2.remap`` (three on planar yuv420p frames). ``BORDER_WRAP`` makes the ±180° seam
 continuous, and the row map is clipped to ``[0, H-1]`` so views through a pole never pull in the
 opposite image edge (both would otherwise show as black or garbage lines). The mapping uses the
 stored frame size, so full-sphere content stored at 16:9 projects correctly.
@@ -59,6 +60,68 @@ def camera_pixel(
     return x, y, vis
 
 
+_COARSE_STEP = 4
+"""Maps are computed exactly on every 4th output pixel and bilinearly upsampled (error < 0.03 source
+pixel away from the poles, below the 1/32-pixel resolution of the fixed-point maps; ~5x cheaper)."""
+_COARSE_MAX_EL_DEG = 70.0
+"""Views reaching beyond this elevation (near a pole, where azimuth changes fast) use exact maps."""
+
+
+def _grid_rays(out_w: int, out_h: int, f: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Unit camera rays ``(3, len(ys)*len(xs))`` float32 at pixel positions (centres at integers)."""
+    jj, ii = np.meshgrid(ys.astype(np.float64), xs.astype(np.float64), indexing="ij")
+    r = np.stack([np.ones(ii.size), -(ii.ravel() + 0.5 - out_w / 2) / f, -(jj.ravel() + 0.5 - out_h / 2) / f])
+    return (r / np.linalg.norm(r, axis=0, keepdims=True)).astype(np.float32)
+
+
+class _Plane:
+    """Rays of one output plane (luma, or the half-size chroma of yuv420p) and its source size."""
+
+    def __init__(self, out_w: int, out_h: int, hfov_deg: float, src_w: int, src_h: int, step: int = _COARSE_STEP):
+        self.out_w, self.out_h, self.src_w, self.src_h = out_w, out_h, src_w, src_h
+        f = focal_px(out_w, hfov_deg)
+        self.rays = _grid_rays(out_w, out_h, f, np.arange(out_w), np.arange(out_h))
+        # coarse grid, one step beyond the image on every side, placed where cv2.resize's
+        # (pixel-centre aligned) bilinear upsampling by `step` reads it: no edge clamping
+        self.step = step
+        self.cw, self.ch = -(-out_w // step) + 2, -(-out_h // step) + 2
+        xs = (np.arange(self.cw) + 0.5) * step - 0.5 - step
+        ys = (np.arange(self.ch) + 0.5) * step - 0.5 - step
+        self.coarse = _grid_rays(out_w, out_h, f, xs, ys)
+        self.sin_max_el = np.float32(np.sin(np.deg2rad(_COARSE_MAX_EL_DEG)))
+
+    def maps(self, R: np.ndarray, fixed_point: bool, exact: bool = False):
+        import cv2
+
+        W, H = self.src_w, self.src_h
+        d = R @ self.coarse
+        coarse = not exact and float(np.abs(d[2]).max()) <= self.sin_max_el
+        if coarse:
+            # azimuth unwrapped around the view centre (no pole in view, so it is continuous);
+            # BORDER_WRAP in remap reads columns outside [0, W) modulo W
+            az_c = np.float32(np.arctan2(R[1, 0], R[0, 0]))
+            az = np.arctan2(d[1], d[0]) - az_c
+            az += np.float32(np.pi)
+            np.mod(az, np.float32(2 * np.pi), out=az)
+            az += az_c - np.float32(np.pi)
+            shape, sz = (self.ch, self.cw), (self.cw * self.step, self.ch * self.step)
+        else:
+            d = R @ self.rays
+            az = np.arctan2(d[1], d[0])
+            shape = (self.out_h, self.out_w)
+        el = np.arcsin(np.clip(d[2], -1.0, 1.0, out=d[2]))
+        mx = ((0.5 - az * np.float32(1 / (2 * np.pi))) * W - 0.5).reshape(shape)
+        my = ((0.5 - el * np.float32(1 / np.pi)) * H - 0.5).reshape(shape)
+        if coarse:
+            s = self.step
+            mx = cv2.resize(mx, sz, interpolation=cv2.INTER_LINEAR)[s : s + self.out_h, s : s + self.out_w]
+            my = cv2.resize(my, sz, interpolation=cv2.INTER_LINEAR)[s : s + self.out_h, s : s + self.out_w]
+        np.clip(my, 0.0, H - 1.0, out=my)
+        if fixed_point:
+            return cv2.convertMaps(mx, my, cv2.CV_16SC2)
+        return np.ascontiguousarray(mx), np.ascontiguousarray(my)
+
+
 @dataclass
 class Projector:
     """Perspective views of one equirect stream: ``Projector(...).render(frame, yaw, pitch, roll)``.
@@ -67,6 +130,12 @@ class Projector:
     rotated by it, so it is applied before the camera rotation (``R_total = R_pose @ R_cam``).
     ``prescale`` downsizes the equirect (INTER_AREA) when it is much denser than the output
     would sample it (a 90° view over 640 px of a 3840-wide frame is ~4x minified and aliases).
+    ``exact`` computes the maps at every output pixel (default: on a 4-pixel grid, upsampled,
+    except near the poles; see ``_COARSE_STEP``).
+
+    :meth:`render` takes and returns rgb (or gray) frames; :meth:`render_i420` takes and returns
+    planar yuv420p frames ``(h*3/2, w)`` as ffmpeg pipes them (half the bytes of rgb24, no colour
+    conversion anywhere; the chroma planes get their own maps at half size).
     """
 
     out_w: int
@@ -77,18 +146,16 @@ class Projector:
     prescale: bool = True
     projection_pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
     fixed_point: bool = True
-    _rays: np.ndarray = field(init=False, repr=False)
+    exact: bool = False
     _src_w: int = field(init=False)
     _src_h: int = field(init=False)
     _last_pose: tuple | None = field(init=False, default=None, repr=False)
     _last_maps: tuple | None = field(init=False, default=None, repr=False)
+    _last_chroma: tuple | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if min(self.out_w, self.out_h, self.in_w, self.in_h) <= 0 or not (0 < self.hfov_deg < 180):
             raise ValueError("sizes must be positive and 0 < hfov < 180")
-        rays = camera_rays(self.out_w, self.out_h, self.hfov_deg)
-        # unit rays stay unit under rotation, so elevation is one arcsin (no hypot + second atan2)
-        self._rays = (rays / np.linalg.norm(rays, axis=0, keepdims=True)).astype(np.float32)
         self._pose_R = rotation_matrix(*self.projection_pose)
         self._src_w, self._src_h = self.in_w, self.in_h
         if self.prescale:
@@ -96,33 +163,38 @@ class Projector:
             if self.in_w > 1.25 * target_w:
                 self._src_w = target_w
                 self._src_h = max(2, int(round(self.in_h * target_w / self.in_w)))
+        # unit rays stay unit under rotation, so elevation is one arcsin (no hypot + second atan2)
+        self._luma = _Plane(self.out_w, self.out_h, self.hfov_deg, self._src_w, self._src_h)
+        self._chroma: _Plane | None = None
 
     @property
     def source_size(self) -> tuple[int, int]:
         """Equirect size the maps address (after the optional pre-downscale)."""
         return self._src_w, self._src_h
 
+    def _R(self, yaw: float, pitch: float, roll: float) -> np.ndarray:
+        return (self._pose_R @ rotation_matrix(yaw, pitch, roll)).astype(np.float32)
+
     def maps(self, yaw: float, pitch: float, roll: float) -> tuple[np.ndarray, np.ndarray]:
         """Remap maps for one pose (cached for a repeated pose, e.g. a static camera)."""
-        import cv2
-
         key = (float(yaw), float(pitch), float(roll))
         if self._last_pose == key and self._last_maps is not None:
             return self._last_maps
-        R = (self._pose_R @ rotation_matrix(yaw, pitch, roll)).astype(np.float32)
-        d = R @ self._rays
-        az = np.arctan2(d[1], d[0])
-        el = np.arcsin(np.clip(d[2], -1.0, 1.0, out=d[2]))
-        W, H = self._src_w, self._src_h
-        mx = ((0.5 - az * np.float32(1 / (2 * np.pi))) * W - 0.5).reshape(self.out_h, self.out_w)
-        my = ((0.5 - el * np.float32(1 / np.pi)) * H - 0.5).reshape(self.out_h, self.out_w)
-        np.clip(my, 0.0, H - 1.0, out=my)
-        if self.fixed_point:
-            maps = cv2.convertMaps(mx, my, cv2.CV_16SC2)
-        else:
-            maps = (mx, my)
-        self._last_pose, self._last_maps = key, maps
+        maps = self._luma.maps(self._R(*key), self.fixed_point, self.exact)
+        self._last_pose, self._last_maps, self._last_chroma = key, maps, None
         return maps
+
+    def _chroma_maps(self, yaw: float, pitch: float, roll: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (float(yaw), float(pitch), float(roll))
+        self.maps(*key)  # keeps the pose cache consistent
+        if self._last_chroma is None:
+            if self._chroma is None:
+                if self.out_w % 2 or self.out_h % 2 or self._src_w % 2 or self._src_h % 2:
+                    raise ValueError("yuv420p needs even output and source sizes")
+                self._chroma = _Plane(self.out_w // 2, self.out_h // 2, self.hfov_deg, self._src_w // 2,
+                                      self._src_h // 2)
+            self._last_chroma = self._chroma.maps(self._R(*key), self.fixed_point, self.exact)
+        return self._last_chroma
 
     def prepare(self, equirect: np.ndarray) -> np.ndarray:
         """Check the frame size and apply the pre-downscale (callable once per frame for several poses)."""
@@ -141,3 +213,26 @@ class Projector:
         src = equirect if prepared else self.prepare(equirect)
         m1, m2 = self.maps(yaw, pitch, roll)
         return cv2.remap(src, m1, m2, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+
+    def render_i420(self, frame: np.ndarray, yaw: float, pitch: float, roll: float,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """Perspective view of a planar yuv420p equirect ``(H*3/2, W)`` (already at :attr:`source_size`)
+        as yuv420p ``(out_h*3/2, out_w)``, written into ``out`` when given."""
+        import cv2
+
+        W, H = self._src_w, self._src_h
+        w, h = self.out_w, self.out_h
+        if frame.ndim != 2 or frame.shape != (H * 3 // 2, W) or W % 2 or H % 2:
+            raise MediaError(None, "frame_size_mismatch", f"expected yuv420p {W}x{H}, got {frame.shape[::-1]}")
+        if out is None:
+            out = np.empty((h * 3 // 2, w), np.uint8)
+        cm = self._chroma_maps(yaw, pitch, roll)
+        m1, m2 = self.maps(yaw, pitch, roll)
+        flat, oflat = frame.reshape(-1), out.reshape(-1)
+        ys, cs, ocs = W * H, (W // 2) * (H // 2), (w // 2) * (h // 2)
+        cv2.remap(frame[:H], m1, m2, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP, dst=out[:h])
+        for k in range(2):
+            src = flat[ys + k * cs : ys + (k + 1) * cs].reshape(H // 2, W // 2)
+            dst = oflat[w * h + k * ocs : w * h + (k + 1) * ocs].reshape(h // 2, w // 2)
+            cv2.remap(src, cm[0], cm[1], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP, dst=dst)
+        return out
