@@ -14,11 +14,15 @@ missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if (( ${#missing[@]} )); then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
+# Debian's own python3 marks itself externally managed (PEP 668); a root setup installs anyway.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 # torch and torchaudio first, as one pinned pair (pyannote.audio needs them to match exactly).
 python3 -m pip install -q --disable-pip-version-check torch==2.9.1 torchaudio==2.9.1
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+# pyenv keeps console-script shims that need a rehash after installing new scripts.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
 python3 - <<'PY'
 import os
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
