@@ -150,31 +150,11 @@ def write_manifest(out: Path, rows: list[dict[str, Any]], drop: tuple[str, ...] 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    traj_t = pa.list_(
-        pa.struct(
-            [("t", pa.float64()), ("yaw", pa.float64()), ("pitch", pa.float64()), ("roll", pa.float64())]
-        )
-    )
-    win_t = pa.list_(
-        pa.struct(
-            [
-                ("t", pa.float64()),
-                ("azimuth_deg", pa.float64()),
-                ("elevation_deg", pa.float64()),
-                ("diffuseness", pa.float64()),
-                ("energy_db", pa.float64()),
-            ]
-        )
-    )
-    types = {
-        "schema_version": pa.int32(),
-        "width": pa.int32(),
-        "height": pa.int32(),
-        "sample_rate": pa.int32(),
-        "num_frames": pa.int32(),
-        "trajectory": traj_t,
-        "window_directions": win_t,
-    }
+    from biaudio.build.manifest import MANIFEST_SCHEMA
+
+    # The v1 column types from the real schema; the writer itself stays permissive so tests can
+    # drop columns or plant an old schema_version, which the real writer refuses.
+    types = {f.name: f.type for f in MANIFEST_SCHEMA}
     cols = [c for c in rows[0] if c not in drop]
     arrays, fields = [], []
     for c in cols:
