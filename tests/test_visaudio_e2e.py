@@ -92,19 +92,24 @@ def test_train_generate_follows_source_side(tiny_run: Path, demo_build: Path, tm
           f"source side {100 * agree:.1f}% (chance 50%), corr(ILD, sin az_cam) = {corr:.3f}; "
           f"reference audio: {100 * ref_agree:.1f}%, corr {ref_corr:.3f}; "
           f"generation {np.mean(secs):.2f} s per {test.duration_s.mean():.1f}-s clip (25 steps, cfg 4.5, CPU)")
-    # "better than chance": the generated ILD rises with the source's lateral position (positive
-    # correlation; chance is 0). Sign agreement is reported but not asserted: a small overall ILD
-    # bias of a briefly trained model moves it around 50% even when the trend is right.
-    # KNOWN LIMITATION (see the area report): after 300 CPU steps (batch 8) the correlation
-    # measured between +0.42 and -0.04 across runs and checkpoints, i.e. the side is not yet learnt
-    # reliably at this budget. Rather than a silent pass or a flaky failure, a non-positive
-    # correlation is reported as an explicit XFAIL carrying the numbers.
-    if not corr > 0.0:
+    # The measurement itself must work: the reference binaural audio follows the source side.
+    assert ref_agree > 0.75 and ref_corr > 0.25, (ref_agree, ref_corr)
+    # "Better than chance" for the model: ILD sign agreement above 50 % by a one-sided binomial
+    # test (frames are correlated, so p is optimistic; it still rules out a coin toss) AND a
+    # positive correlation with the source's lateral position.
+    from scipy.stats import binomtest
+
+    p_sign = binomtest(int((np.sign(gi) == np.sign(la)).sum()), len(gi), 0.5, alternative="greater").pvalue
+    print(f"[e2e] one-sided binomial p for sign agreement > 50 %: {p_sign:.3g}")
+    better = p_sign < 0.01 and corr > 0.0
+    # KNOWN GAP (issue 6, open): after 300 CPU steps the side is not learnt reliably (correlation
+    # between -0.04 and +0.42 across runs, sign agreement 31-60 %). Until a CPU-sized budget learns
+    # it, this part is an explicit XFAIL carrying the numbers; everything above is asserted.
+    if not better:
         from fixtures_model import TINY_STEPS
 
-        pytest.xfail(f"tiny run of {TINY_STEPS} steps: ILD/side correlation {corr:.3f} <= 0 "
-                     f"(sign agreement {100 * agree:.1f}%): side not learnt at this training budget")
-    assert corr > 0.0
+        pytest.xfail(f"tiny run of {TINY_STEPS} steps: sign agreement {100 * agree:.1f}% (p={p_sign:.2g}), "
+                     f"corr {corr:.3f}: side not learnt at this training budget (issue 6)")
 
 
 def test_generate_rejects_too_short_video(tiny_run: Path, tmp_path: Path):
