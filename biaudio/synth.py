@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -638,9 +639,21 @@ def scene_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+def scene_name(index: int) -> str:
+    """Id of scene ``index`` of a run: ``scene_0000``, ``scene_0001``, ... (the build uses the same)."""
+    return f"scene_{int(index):04d}"
+
+
+def iter_scenes(out_dir: str | os.PathLike, n: int, seed: int, **kwargs) -> Iterator[tuple[str, int, ScenePaths]]:
+    """Make ``n`` scenes one by one, yielding ``(scene_id, scene seed, paths)`` as each is written."""
+    for i in range(int(n)):
+        s = scene_seed(seed, i)
+        yield scene_name(i), s, make_scene(out_dir, scene_name(i), s, **kwargs)
+
+
 def make_scenes(out_dir: str | os.PathLike, n: int, seed: int, **kwargs) -> list[ScenePaths]:
     """``n`` scenes ``scene_0000..`` with seeds derived from ``seed`` (keyword args as make_scene)."""
-    return [make_scene(out_dir, f"scene_{i:04d}", scene_seed(seed, i), **kwargs) for i in range(int(n))]
+    return [p for _, _, p in iter_scenes(out_dir, n, seed, **kwargs)]
 
 
 def load_truth(path: str | os.PathLike) -> dict:

@@ -387,6 +387,7 @@ def _synth_items(entry: SynthSource, out_dir: Path) -> list[tuple[Any, dict]]:
     """One item per synthetic scene ``scene_NNNN`` (same ids and seeds as ``synth.make_scenes``); the
     scene itself is made by the worker (``_prepare``) into ``OUT/sources/synth-<params hash>/``."""
     from biaudio.ingest.sources import SourceItem
+    from biaudio.synth import scene_name
 
     p = entry.synth
     params = p.model_dump(mode="json")
@@ -394,7 +395,7 @@ def _synth_items(entry: SynthSource, out_dir: Path) -> list[tuple[Any, dict]]:
     folder = out_dir / "sources" / f"synth-{tag}"
     out = []
     for i in range(p.scenes):
-        scene_id = f"scene_{i:04d}"
+        scene_id = scene_name(i)
         src = SourceItem(scene_id, "file", str(folder / f"{scene_id}.mp4"), None, f"synth seed={p.seed} index={i}")
         out.append((src, {"synth": {**params, "index": i, "scene_id": scene_id, "folder": str(folder)}}))
     return out

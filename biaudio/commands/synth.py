@@ -52,32 +52,29 @@ def synth_command(
     """Write equirect videos with 4-channel ambiX FOA in which 1-3 sources move along known paths,
     drawn as coloured discs at the same directions, plus a ground-truth JSON per scene."""
     from biaudio.errors import BiaudioError
-    from biaudio.synth import make_scene, scene_seed
+    from biaudio.synth import iter_scenes
 
     wh = _parse_size(size)
     sdir = _parse_dir(static_source)
     try:
-        for i in range(scenes):
-            sid = f"scene_{i:04d}"
-            s = scene_seed(seed, i)
-            p = make_scene(
-                out_dir,
-                sid,
-                s,
-                duration=duration,
-                size=wh,
-                fps=fps,
-                sr=sr,
-                n_sources=n_sources,
-                ambience=not no_ambience,
-                static_source=sdir,
-                silent=silent,
-                frozen=frozen,
-                speech_wav=speech,
-                spatial_metadata=not no_metadata,
-                cuts_s=list(cut),
-                keep_foa_wav=keep_foa_wav,
-            )
+        for sid, s, p in iter_scenes(
+            out_dir,
+            scenes,
+            seed,
+            duration=duration,
+            size=wh,
+            fps=fps,
+            sr=sr,
+            n_sources=n_sources,
+            ambience=not no_ambience,
+            static_source=sdir,
+            silent=silent,
+            frozen=frozen,
+            speech_wav=speech,
+            spatial_metadata=not no_metadata,
+            cuts_s=list(cut),
+            keep_foa_wav=keep_foa_wav,
+        ):
             if as_json:
                 rec = {"scene_id": sid, "seed": s, "video": str(p.video), "truth": str(p.truth_json)}
                 if p.foa_wav:
