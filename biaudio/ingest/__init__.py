@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -77,16 +78,39 @@ class _PipeReader(threading.Thread):
     the first full pipe; one thread per pipe keeps memory bounded to one record per output.
     """
 
-    def __init__(self, fd: int, record_bytes: int, sink, name: str) -> None:  # sink(index, bytes-like)
+    def __init__(self, fd: int, record_bytes: int | None, sink, name: str) -> None:  # sink(index, bytes-like)
         super().__init__(daemon=True, name=name)
         self.fd, self.n, self.sink = fd, record_bytes, sink
         self.count = 0
         self.partial = 0
         self.accept_partial = name == "audio"
         self.error: BaseException | None = None
+        # record size unknown until ffmpeg's input dump is read: wait (ffmpeg writes nothing before)
+        self._ready = threading.Event()
+        if record_bytes is not None:
+            self._ready.set()
+        self._abort = False
+
+    def configure(self, record_bytes: int | None, sink) -> None:
+        """Set the record size and sink (None: discard this output) and start reading."""
+        self.n, self.sink = record_bytes, sink
+        self._ready.set()
+
+    def abort(self) -> None:
+        self._abort = True
+        self._ready.set()
 
     def run(self) -> None:
         try:
+            self._ready.wait()
+            if self._abort:
+                os.close(self.fd)
+                return
+            if self.sink is None or not self.n:
+                with os.fdopen(self.fd, "rb", buffering=0) as f:
+                    while f.read(1 << 20):
+                        pass
+                return
             with os.fdopen(self.fd, "rb", buffering=0) as f:
                 while True:
                     buf = bytearray(self.n)  # fresh per record: sinks may keep a view of it
@@ -119,18 +143,33 @@ def _big_pipe() -> tuple[int, int]:
     return r, w
 
 
+_LEVEL_ERR = ("[error]", "[fatal]", "[panic]")
+
+
 def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, static_fps: float | None,
                   static_size: tuple[int, int] | None, on_audio, on_proxy, on_static, threads: int | None = None,
-                  audio_block: int = 48000, proxy_flags: str = "area", static_y_plane: bool = False) -> None:
+                  audio_block: int = 48000, proxy_flags: str = "area", static_y_plane: bool = False,
+                  on_header=None) -> None:
     """One ffmpeg process, up to three outputs: float32 audio blocks (all channels, no layout
     options), I420 (yuv420p) proxy frames at the source fps, gray frames at ``static_fps`` (native size unless
     ``static_size``). Callbacks receive ``(index, bytes)``; raises MediaError on decode failure.
 
     ``static_y_plane``: the gray frames are the 8-bit Y plane as decoded (``extractplanes=y``, no
     range conversion; the caller maps it, see ``biaudio.clean.static.gray_lut``) instead of
-    ``format=gray``. Callers count the audio decode (``biaudio.media.audio.count_audio_decode``)."""
+    ``format=gray``. Callers count the audio decode (``biaudio.media.audio.count_audio_decode``).
+
+    ``info=None`` with ``on_header``: no probe beforehand. ffmpeg runs at ``-loglevel level+info``
+    and prints its dump of the input before it writes any output; ``on_header(lines)`` gets those
+    ``[info]`` lines (the whole dump, up to "Stream mapping:", or what there was if ffmpeg stopped)
+    and returns ``{"audio"|"proxy"|"static": (record_bytes, sink)}`` for the outputs requested
+    through non-None ``on_*`` arguments (their values here only say which outputs exist), or
+    raises (a rejected file: ffmpeg is killed). See :mod:`biaudio.media.header` for why."""
     path = Path(path)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error"]
+    header_mode = info is None
+    if header_mode and on_header is None:
+        raise ValueError("shared_decode: info=None needs on_header")
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-nostats"]
+    cmd += ["-loglevel", "level+info"] if header_mode else ["-v", "error"]
     if threads:
         cmd += ["-threads", str(threads)]
     cmd += ["-i", str(path.absolute())]
@@ -148,31 +187,32 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     if vlabels:
         chain = "[0:v:0]" + (f"split={len(vlabels)}" + "".join(f"[{v}0]" for v in vlabels) if len(vlabels) > 1 else "null[" + vlabels[0] + "0]")
         graphs.append(chain)
-    w, h = int(info.width), int(info.height)
 
-    def add_out(kind: str, args: list[str], rec: int, sink) -> None:
+    def add_out(kind: str, args: list[str], rec: int | None, sink) -> None:
         r, wfd = _big_pipe()
         child_fds.append(wfd)
         readers.append(_PipeReader(r, rec, sink, kind))
         outs.append([*args, f"pipe:{wfd}"])
 
     if on_proxy is not None:
-        pw, ph = proxy_size or (w, h)
+        pw, ph = proxy_size or (int(info.width), int(info.height))
         # yuv420p out (scaling is ~15 % cheaper without the RGB conversion at full size); the caller
         # converts the tiny frame (cv2 COLOR_YUV2BGR_I420). Needs even proxy dimensions.
         graphs.append(f"[p0]scale={pw}:{ph}:flags={proxy_flags},format=yuv420p[po]")
-        add_out("proxy", ["-map", "[po]", "-f", "rawvideo", "-pix_fmt", "yuv420p"], pw * ph * 3 // 2, on_proxy)
+        add_out("proxy", ["-map", "[po]", "-f", "rawvideo", "-pix_fmt", "yuv420p"],
+                None if header_mode else pw * ph * 3 // 2, on_proxy)
     if on_static is not None:
-        sw, sh = static_size or (w, h)
+        sw, sh = static_size or ((0, 0) if header_mode else (int(info.width), int(info.height)))
         sc = f",scale={sw}:{sh}:flags=area" if static_size else ""
-        gray = "extractplanes=y" if static_y_plane else "format=gray"
+        gray = "extractplanes=y" if static_y_plane and not header_mode else "format=gray"
         graphs.append(f"[s0]fps={static_fps}{sc},{gray}[so]")
-        add_out("static", ["-map", "[so]", "-f", "rawvideo", "-pix_fmt", "gray"], sw * sh, on_static)
+        add_out("static", ["-map", "[so]", "-f", "rawvideo", "-pix_fmt", "gray"], None if header_mode else sw * sh, on_static)
     if graphs:
         cmd += ["-filter_complex", ";".join(graphs)]
     if on_audio is not None:
-        ch = int(info.audio_channels)
-        add_out("audio", ["-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le"], ch * 4 * audio_block, on_audio)
+        ch = 0 if header_mode else int(info.audio_channels)
+        add_out("audio", ["-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le"],
+                None if header_mode else ch * 4 * audio_block, on_audio)
     for o in outs:
         cmd += o
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -181,8 +221,48 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
         os.close(fd)
     for r in readers:
         r.start()
-    err = proc.stderr.read().decode("utf-8", "replace")
+
+    def stop_readers() -> None:
+        for r in readers:
+            r.abort()
+        for r in readers:
+            r.join()
+
+    if header_mode:
+        dump: list[str] = []
+        errs: list[str] = []
+        configured = False
+
+        def configure() -> None:
+            nonlocal configured
+            configured = True
+            spec = on_header(dump)
+            for r in readers:
+                r.configure(*spec.get(r.name, (None, None)))
+
+        try:
+            for raw in proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith("[info] "):
+                    if not configured:
+                        dump.append(line[7:])
+                        if line.startswith("[info] Stream mapping:"):
+                            configure()
+                elif any(t in line for t in _LEVEL_ERR):
+                    errs.append(line)
+            if not configured:
+                configure()  # ffmpeg stopped before decoding: the header decides the reason
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+            stop_readers()
+            raise
+        err = "\n".join(errs)
+    else:
+        err = proc.stderr.read().decode("utf-8", "replace")
     rc = proc.wait()
+    proc.stderr.close()
     for r in readers:
         r.join()
     for r in readers:
@@ -196,22 +276,6 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     for r in readers:
         if r.name != "audio" and r.count == 0:
             raise MediaError(str(path), "zero_length", f"decoded no {r.name} frames")
-
-
-def _static_gray(info) -> tuple[bool, np.ndarray | None]:
-    """(take the Y plane as is, LUT to ``format=gray``) for the static filter's frames.
-
-    8-bit YUV video: the Y plane (``extractplanes=y``, a plane copy) plus the LUT of the range
-    expansion ``format=gray`` would do; anything else goes through ``format=gray`` itself."""
-    from biaudio.clean.static import gray_lut
-
-    v = next((s for s in (getattr(info, "raw", None) or {}).get("streams", []) if s.get("codec_type") == "video"), {})
-    pix = str(v.get("pix_fmt") or "")
-    if pix not in ("yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "yuv410p", "yuvj420p", "yuvj422p", "yuvj444p",
-                   "yuvj440p", "yuvj411p", "nv12", "nv21"):
-        return False, None
-    rng = "pc" if pix.startswith("yuvj") else v.get("color_range")
-    return True, gray_lut(rng)
 
 
 class _Grow:
@@ -281,8 +345,9 @@ def analyze_file(
     )
     from biaudio.clean.speech import SpeechConfig, speech_score, window_speech
     from biaudio.clean.static import StaticAccumulator, StaticConfig
-    from biaudio.ingest.validate import ValidateConfig, validate_input
+    from biaudio.ingest.validate import ValidateConfig, validate_probe
     from biaudio.media.audio import count_audio_decode
+    from biaudio.media.probe import check_file
     from biaudio.segment import CutDetector, SegmentConfig, windows
 
     path = Path(path)
@@ -294,27 +359,46 @@ def analyze_file(
         if res.reject is None:
             res.reject = e if e.stage else type(e)(e.path or str(path), e.reason, e.detail, stage=stage)
 
-    t = time.perf_counter()
-    try:
-        res.validated = validate_input(path, vcfg, source_id=res.source_id)
-    except BiaudioError as e:
-        fail(e, "probe")
-        return res
-    finally:
-        res.timings["probe"] = time.perf_counter() - t
-    info = res.validated.probe
-    fps = float(info.fps or 30.0)
-    res.fps = fps
-
-    # ---- one decode: audio blocks, proxy frames, 2-fps gray frames
-    sr, ch = int(info.sample_rate or 48000), int(info.audio_channels)
+    # ---- one ffmpeg process: its input dump is the probe (no separate ffprobe process, see
+    # biaudio.media.header), then one decode: audio blocks, proxy frames, 2-fps gray frames
     need_audio = scfg.enabled or spcfg.enabled or keep_foa
-    n_chunk = chunk_samples(sr, scfg)
+    st = SimpleNamespace(sr=48000, ch=4, n_chunk=1, audio=None, det=None, acc=None, pw=0, ph=0, sw=0, sh=0)
     peaks: list[np.ndarray] = []
-    audio = _Grow(min(ch, 4), int((info.duration_s or 0.0) * sr) + sr)
     bad_audio: list[str] = []
+    t0 = time.perf_counter()
+
+    def setup(dump: list[str]) -> dict:
+        """Probe + validate from ffmpeg's input dump (ffprobe when the dump is not certain), then
+        size the outputs. Raising here rejects the file before anything is decoded."""
+        from biaudio.media.header import parse_input_dump
+        from biaudio.media.probe import probe, probe_from_dict
+
+        try:
+            d = parse_input_dump(dump)
+            info = probe_from_dict(path.absolute(), d) if d is not None else probe(path.absolute())
+            info.path = str(path.absolute())
+            res.validated = validate_probe(info, path, vcfg, res.source_id)
+        except BiaudioError as e:
+            raise type(e)(e.path or str(path), e.reason, e.detail, stage="probe") from None
+        finally:
+            res.timings["probe"] = time.perf_counter() - t0
+        fps = float(info.fps or 30.0)
+        res.fps = fps
+        st.sr, st.ch = int(info.sample_rate or 48000), int(info.audio_channels)
+        st.n_chunk = chunk_samples(st.sr, scfg)
+        st.audio = _Grow(min(st.ch, 4), int((info.duration_s or 0.0) * st.sr) + st.sr)
+        st.det = CutDetector(fps, segcfg)
+        st.acc = StaticAccumulator(stcfg, lut=None) if stcfg.enabled else None
+        st.sw, st.sh = tuple(stcfg.size) if stcfg.size else (int(info.width), int(info.height))
+        spec = {"proxy": (st.pw * st.ph * 3 // 2, on_proxy)}
+        if need_audio:
+            spec["audio"] = (st.ch * 4 * st.sr, on_audio)
+        if st.acc is not None:
+            spec["static"] = (st.sw * st.sh, on_static)
+        return spec
 
     def on_audio(i: int, buf: bytes) -> None:
+        ch, n_chunk, audio = st.ch, st.n_chunk, st.audio
         x = np.frombuffer(buf, dtype=np.float32).reshape(-1, ch).T
         if not np.isfinite(x).all():
             bad_audio.append(f"NaN/Inf in audio block {i}")
@@ -325,36 +409,38 @@ def analyze_file(
         if k:
             peaks.append(chunk_peaks_db(audio.buf[:, a0:a0 + k], n_chunk))
 
-    pw, ph = segcfg.proxy_size
+    st.pw, st.ph = segcfg.proxy_size
     proxy_flags = segcfg.proxy_scale_flags
     if segcfg.detector == "none":  # frames are only counted: the smallest, cheapest proxy will do
-        pw, ph, proxy_flags = 16, 16, "fast_bilinear"
-    det = CutDetector(fps, segcfg)
-    y_plane, lut = _static_gray(info)
-    acc = StaticAccumulator(stcfg, lut=lut) if stcfg.enabled else None
-    st_size = tuple(stcfg.size) if stcfg.size else None
-    sw, sh = st_size or (int(info.width), int(info.height))
+        st.pw, st.ph, proxy_flags = 16, 16, "fast_bilinear"
 
     def on_proxy(i: int, buf: bytes) -> None:
         if segcfg.detector == "none":
-            det.n_frames += 1
+            st.det.n_frames += 1
             return
-        det.add_bgr(cv2.cvtColor(np.frombuffer(buf, dtype=np.uint8).reshape(ph * 3 // 2, pw), cv2.COLOR_YUV2BGR_I420))
+        st.det.add_bgr(cv2.cvtColor(np.frombuffer(buf, dtype=np.uint8).reshape(st.ph * 3 // 2, st.pw),
+                                    cv2.COLOR_YUV2BGR_I420))
 
     def on_static(i: int, buf: bytes) -> None:
-        acc.add(i / stcfg.fps, np.frombuffer(buf, dtype=np.uint8).reshape(sh, sw))
+        st.acc.add(i / stcfg.fps, np.frombuffer(buf, dtype=np.uint8).reshape(st.sh, st.sw))
 
-    t = time.perf_counter()
+    try:
+        check_file(path)
+    except BiaudioError as e:
+        fail(e, "probe")
+        res.timings["probe"] = time.perf_counter() - t0
+        return res
+    st_size = tuple(stcfg.size) if stcfg.size else None
     try:
         if need_audio:
             count_audio_decode(path)
-        shared_decode(path, info, (pw, ph), stcfg.fps, st_size, on_audio if need_audio else None, on_proxy,
-                      on_static if acc is not None else None, threads=threads, audio_block=sr,
-                      proxy_flags=proxy_flags, static_y_plane=y_plane)
+        shared_decode(path, None, (st.pw, st.ph), stcfg.fps, st_size, on_audio if need_audio else None, on_proxy,
+                      on_static if stcfg.enabled else None, threads=threads, proxy_flags=proxy_flags, on_header=setup)
     except BiaudioError as e:
-        fail(e, "decode")
+        fail(e, e.stage or "decode")
         return res
-    res.timings["decode"] = time.perf_counter() - t
+    res.timings["decode"] = time.perf_counter() - t0 - res.timings.get("probe", 0.0)
+    fps, sr, det, acc, audio = res.fps, st.sr, st.det, st.acc, st.audio
     if bad_audio:
         fail(MediaError(str(path), "nan_audio", bad_audio[0], stage="decode"), "decode")
         return res

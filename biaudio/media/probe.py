@@ -94,12 +94,7 @@ def _tag_duration(s: dict) -> float | None:
 def run_ffprobe(path: str | os.PathLike) -> dict:
     """ffprobe ``-show_streams -show_format`` JSON; raises MediaError with a reason slug."""
     p = Path(path)
-    if not p.exists():
-        raise MediaError(str(p), "missing", "file does not exist")
-    if not p.is_file():
-        raise MediaError(str(p), "unreadable", "not a regular file")
-    if p.stat().st_size == 0:
-        raise MediaError(str(p), "empty", "file has zero bytes")
+    check_file(p)
     cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(p)]
     try:
         r = subprocess.run(cmd, capture_output=True, timeout=_FFPROBE_TIMEOUT_S)
@@ -166,7 +161,25 @@ def _check_matroska_complete(p: Path) -> None:
 def probe(path: str | os.PathLike) -> ProbeInfo:
     """Probe one file. Raises MediaError: missing, empty, unreadable, truncated, no_streams."""
     p = Path(path)
-    d = run_ffprobe(p)
+    return probe_from_dict(p, run_ffprobe(p))
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """What ``run_ffprobe`` checks before starting a process: missing, not a file, empty."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(str(p), "missing", "file does not exist")
+    if not p.is_file():
+        raise MediaError(str(p), "unreadable", "not a regular file")
+    if p.stat().st_size == 0:
+        raise MediaError(str(p), "empty", "file has zero bytes")
+
+
+def probe_from_dict(p: Path, d: dict) -> ProbeInfo:
+    """ProbeInfo from ffprobe-shaped JSON (ffprobe's own, or ffmpeg's input dump parsed by
+    :mod:`biaudio.media.header`), plus the container checks done here in Python (MP4/Matroska
+    truncation, the MP4 ``SA3D`` box)."""
+    p = Path(p)
     streams = d.get("streams") or []
     fmt = d.get("format") or {}
     fmt_name = fmt.get("format_name", "")
