@@ -4,7 +4,8 @@ intra-op threads 1. Target: ours <= 1.5x the decode-only time, ratio measured in
 
 Both wall and CPU time (this process + children) are reported, best of N interleaved runs; on a
 shared machine CPU time is the fairer one-core measure. The Silero model load is a one-time cost
-per worker and is done before timing. ``analyze_file`` here does what the build needs: it also keeps
+per worker and is done before timing. The probe comes from the decoding ffmpeg's own input dump
+(no ffprobe process; biaudio.media.header). ``analyze_file`` here does what the build needs: it also keeps
 the decoded FOA (the build renders from it instead of decoding the audio again) and runs the speech
 detector only over the windows that survived the silence filter.
 Run: ``python benchmarks/bench_ingest.py [CLIP]``.

@@ -28,11 +28,19 @@ class SegmentConfig(BaseModel):
     adaptive_threshold: float = Field(3.0, description="AdaptiveDetector threshold")
     min_scene_s: float = Field(0.6, ge=0, description="shortest shot PySceneDetect may report")
     proxy_size: tuple[int, int] = Field((160, 80), description="(w, h) of the decoded proxy, even numbers (PySceneDetect: downscale for speed)")
+    proxy_band: float = Field(
+        0.5, gt=0, le=1, description="central fraction of the frame height the detector sees (an equirect's "
+        "horizon band; the proxy is then proxy_size[1] * band rows); < 1 skips scaling the poles")
     proxy_scale_flags: str = Field("area", description="ffmpeg scaler for the proxy; fast_bilinear is cheaper but aliases (false cuts on water)")
     trim_frames: int = Field(4, ge=0, description="frames dropped on each side of a cut")
     window_s: float = Field(8.0, gt=0)
     stride_s: float | None = Field(None, description="window start step; None = window_s (no overlap)")
     max_windows: int | None = Field(None, ge=1, description="per-video maximum (evenly spread over the video)")
+
+    def proxy_dims(self) -> tuple[int, int]:
+        """(w, h) of the proxy frames actually decoded: the band's share of ``proxy_size`` rows."""
+        w, h = self.proxy_size
+        return w, max(2, int(round(h * self.proxy_band / 2)) * 2)
 
     @field_validator("proxy_size")
     @classmethod
@@ -124,7 +132,7 @@ def find_cuts(path: str | Path, cfg: SegmentConfig | None = None) -> list[int]:
     cfg = cfg or SegmentConfig()
     path = Path(path).absolute()  # a relative name starting with '-' must not reach ffprobe as an option
     info = probe(path)
-    cuts, _ = detect_cuts(iter_frames(path, size=tuple(cfg.proxy_size)), info.fps or 30.0, cfg)
+    cuts, _ = detect_cuts(iter_frames(path, size=cfg.proxy_dims(), info=info, band=cfg.proxy_band), info.fps or 30.0, cfg)
     return cuts
 
 

@@ -151,3 +151,33 @@ def test_analyze_file_runs_no_ffprobe_and_rejects_like_validate_input(media, tmp
             assert got is None or got.stage != "probe", (f.name, got)
         else:
             assert got is not None and (got.stage, got.reason) == ("probe", want), (f.name, want, got)
+
+
+def test_non_8bit_video_decodes_again_with_the_general_graph(tmp_path, monkeypatch):
+    """The Y-plane static frames need 8-bit YUV; a 10-bit source is probed from the dump, then
+    decoded with ``format=gray`` and must give the same static score as an 8-bit copy of it."""
+    src = _make(tmp_path / "ten.mp4", "256x128", "30", 4)
+    ten = tmp_path / "ten10.mkv"
+    eight = tmp_path / "eight.mkv"
+    for out, pix in ((ten, "yuv420p10le"), (eight, "yuv420p")):
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-c:v", "libx264", "-preset",
+                        "ultrafast", "-qp", "0", "-pix_fmt", pix, "-c:a", "copy", str(out)], check=True, timeout=120)
+    assert probe(ten).raw["streams"][0]["pix_fmt"] == "yuv420p10le"
+    import biaudio.ingest as ingest
+
+    modes: list[bool] = []
+    real_decode = ingest.shared_decode
+
+    def spy(path, info, *a, **k):
+        modes.append(info is None)
+        return real_decode(path, info, *a, **k)
+
+    monkeypatch.setattr(ingest, "shared_decode", spy)
+    decl = ValidateConfig(declared_convention="ambix")
+    a = analyze_file(ten, validate_cfg=decl, stop_on_reject=False)
+    assert modes == [True, False]  # header mode, then the general graph with the probe it read
+    b = analyze_file(eight, validate_cfg=decl, stop_on_reject=False)
+    assert modes == [True, False, True]
+    assert a.validated is not None and a.n_frames == b.n_frames and a.n_frames >= 59
+    assert a.filters["static"].score == pytest.approx(b.filters["static"].score, abs=0.05)
+    assert a.filters["silence"].score == pytest.approx(b.filters["silence"].score, abs=1e-6)  # same audio

@@ -149,7 +149,7 @@ _LEVEL_ERR = ("[error]", "[fatal]", "[panic]")
 def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, static_fps: float | None,
                   static_size: tuple[int, int] | None, on_audio, on_proxy, on_static, threads: int | None = None,
                   audio_block: int = 48000, proxy_flags: str = "area", static_y_plane: bool = False,
-                  on_header=None) -> None:
+                  on_header=None, proxy_band: float = 1.0) -> None:
     """One ffmpeg process, up to three outputs: float32 audio blocks (all channels, no layout
     options), I420 (yuv420p) proxy frames at the source fps, gray frames at ``static_fps`` (native size unless
     ``static_size``). Callbacks receive ``(index, bytes)``; raises MediaError on decode failure.
@@ -198,13 +198,15 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
         pw, ph = proxy_size or (int(info.width), int(info.height))
         # yuv420p out (scaling is ~15 % cheaper without the RGB conversion at full size); the caller
         # converts the tiny frame (cv2 COLOR_YUV2BGR_I420). Needs even proxy dimensions.
-        graphs.append(f"[p0]scale={pw}:{ph}:flags={proxy_flags},format=yuv420p[po]")
+        # proxy_band < 1: only that central fraction of the rows (the horizon band of an equirect)
+        crop = f"crop=iw:trunc(ih*{proxy_band:g}/2)*2," if proxy_band < 1 else ""
+        graphs.append(f"[p0]{crop}scale={pw}:{ph}:flags={proxy_flags},format=yuv420p[po]")
         add_out("proxy", ["-map", "[po]", "-f", "rawvideo", "-pix_fmt", "yuv420p"],
                 None if header_mode else pw * ph * 3 // 2, on_proxy)
     if on_static is not None:
         sw, sh = static_size or ((0, 0) if header_mode else (int(info.width), int(info.height)))
         sc = f",scale={sw}:{sh}:flags=area" if static_size else ""
-        gray = "extractplanes=y" if static_y_plane and not header_mode else "format=gray"
+        gray = "extractplanes=y" if static_y_plane else "format=gray"
         graphs.append(f"[s0]fps={static_fps}{sc},{gray}[so]")
         add_out("static", ["-map", "[so]", "-f", "rawvideo", "-pix_fmt", "gray"], None if header_mode else sw * sh, on_static)
     if graphs:
@@ -276,6 +278,31 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     for r in readers:
         if r.name != "audio" and r.count == 0:
             raise MediaError(str(path), "zero_length", f"decoded no {r.name} frames")
+
+
+def _static_gray(info) -> tuple[bool, np.ndarray | None]:
+    """(take the Y plane as is, LUT to ``format=gray``) for the static filter's frames.
+
+    8-bit YUV video: the Y plane (``extractplanes=y``, a plane copy) plus the LUT of the range
+    expansion ``format=gray`` would do; anything else goes through ``format=gray`` itself."""
+    from biaudio.clean.static import gray_lut
+
+    v = next((s for s in (getattr(info, "raw", None) or {}).get("streams", []) if s.get("codec_type") == "video"), {})
+    pix = str(v.get("pix_fmt") or "")
+    if pix not in ("yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "yuv410p", "yuvj420p", "yuvj422p", "yuvj444p",
+                   "yuvj440p", "yuvj411p", "nv12", "nv21"):
+        return False, None
+    rng = "pc" if pix.startswith("yuvj") else v.get("color_range")
+    return True, gray_lut(rng)
+
+
+class _Regraph(Exception):
+    """The probe came from ffmpeg's input dump, but the filter graph chosen before it does not fit
+    this file (the Y-plane static frames need 8-bit YUV): decode again with the general graph."""
+
+    def __init__(self, info) -> None:
+        super().__init__("regraph")
+        self.info = info
 
 
 class _Grow:
@@ -362,7 +389,8 @@ def analyze_file(
     # ---- one ffmpeg process: its input dump is the probe (no separate ffprobe process, see
     # biaudio.media.header), then one decode: audio blocks, proxy frames, 2-fps gray frames
     need_audio = scfg.enabled or spcfg.enabled or keep_foa
-    st = SimpleNamespace(sr=48000, ch=4, n_chunk=1, audio=None, det=None, acc=None, pw=0, ph=0, sw=0, sh=0)
+    st = SimpleNamespace(sr=48000, ch=4, n_chunk=1, audio=None, det=None, acc=None, pw=0, ph=0, sw=0, sh=0,
+                         y_plane=True)
     peaks: list[np.ndarray] = []
     bad_audio: list[str] = []
     t0 = time.perf_counter()
@@ -382,13 +410,20 @@ def analyze_file(
             raise type(e)(e.path or str(path), e.reason, e.detail, stage="probe") from None
         finally:
             res.timings["probe"] = time.perf_counter() - t0
+        return sized(info)
+
+    def sized(info) -> dict:
+        """(Re)create the per-file state for ``info`` and size the outputs."""
         fps = float(info.fps or 30.0)
         res.fps = fps
         st.sr, st.ch = int(info.sample_rate or 48000), int(info.audio_channels)
         st.n_chunk = chunk_samples(st.sr, scfg)
         st.audio = _Grow(min(st.ch, 4), int((info.duration_s or 0.0) * st.sr) + st.sr)
         st.det = CutDetector(fps, segcfg)
-        st.acc = StaticAccumulator(stcfg, lut=None) if stcfg.enabled else None
+        y_plane, lut = _static_gray(info)
+        if stcfg.enabled and not y_plane and st.y_plane:
+            raise _Regraph(info)
+        st.acc = StaticAccumulator(stcfg, lut=lut if st.y_plane else None) if stcfg.enabled else None
         st.sw, st.sh = tuple(stcfg.size) if stcfg.size else (int(info.width), int(info.height))
         spec = {"proxy": (st.pw * st.ph * 3 // 2, on_proxy)}
         if need_audio:
@@ -409,7 +444,7 @@ def analyze_file(
         if k:
             peaks.append(chunk_peaks_db(audio.buf[:, a0:a0 + k], n_chunk))
 
-    st.pw, st.ph = segcfg.proxy_size
+    st.pw, st.ph = segcfg.proxy_dims()
     proxy_flags = segcfg.proxy_scale_flags
     if segcfg.detector == "none":  # frames are only counted: the smallest, cheapest proxy will do
         st.pw, st.ph, proxy_flags = 16, 16, "fast_bilinear"
@@ -434,8 +469,18 @@ def analyze_file(
     try:
         if need_audio:
             count_audio_decode(path)
-        shared_decode(path, None, (st.pw, st.ph), stcfg.fps, st_size, on_audio if need_audio else None, on_proxy,
-                      on_static if stcfg.enabled else None, threads=threads, proxy_flags=proxy_flags, on_header=setup)
+        args = (st_size, on_audio if need_audio else None, on_proxy, on_static if stcfg.enabled else None)
+        try:
+            # static frames as the Y plane (a plane copy; the LUT in setup() makes it format=gray)
+            shared_decode(path, None, (st.pw, st.ph), stcfg.fps, *args, threads=threads, proxy_flags=proxy_flags,
+                          static_y_plane=True, on_header=setup, proxy_band=segcfg.proxy_band)
+        except _Regraph as rg:  # not 8-bit YUV: the general graph (format=gray), probed already
+            st.y_plane = False
+            peaks.clear()
+            bad_audio.clear()
+            sized(rg.info)
+            shared_decode(path, rg.info, (st.pw, st.ph), stcfg.fps, *args, threads=threads, proxy_flags=proxy_flags,
+                          static_y_plane=False, audio_block=st.sr, proxy_band=segcfg.proxy_band)
     except BiaudioError as e:
         fail(e, e.stage or "decode")
         return res

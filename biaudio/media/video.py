@@ -71,6 +71,7 @@ def iter_frames(
     pix_fmt: str | None = None,
     threads: int | None = None,
     info=None,
+    band: float = 1.0,
 ) -> Iterator[np.ndarray]:
     """Yield frames ``(h, w, 3)`` rgb24 (or ``(h, w)`` gray) uint8, one at a time.
 
@@ -79,7 +80,7 @@ def iter_frames(
     yields planar I420 frames ``(h*3/2, w)`` (needs an even size): half the bytes of rgb24 and, for
     the usual yuv420p sources, no colour conversion at all. ``threads`` caps ffmpeg's decoder
     threads (``None``: ffmpeg's choice). ``info``: the file's ProbeInfo when the caller has it (saves
-    an ffprobe run). Each frame is a fresh array filled straight from the pipe.
+    an ffprobe run). ``band < 1``: keep only that central fraction of the rows before scaling. Each frame is a fresh array filled straight from the pipe.
     Raises MediaError (``no_video``, ``truncated``, ``undecodable``) for input that ends early or
     cannot be decoded; the stream is closed if the caller stops early.
     """
@@ -97,6 +98,8 @@ def iter_frames(
     filters = []
     if fps:
         filters.append(f"fps={fps}")
+    if band < 1:
+        filters.append(f"crop=iw:trunc(ih*{band:g}/2)*2")
     if size:
         filters.append(f"scale={w}:{h}:flags=area")
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning"]
