@@ -36,7 +36,7 @@ def main() -> None:
     frames = torch.randint(0, 256, (B, cfg.n_sync_frames, cfg.data.height, cfg.data.width, 3), generator=g,
                            dtype=torch.uint8)
     audio = torch.randn(B, 2, cfg.window_samples, generator=g) * 0.1
-    fl = FlowLoss(model)
+    fl = FlowLoss(model, cfg.train.side_loss_weight)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     nv = torch.zeros(B, dtype=torch.bool)
     times = []

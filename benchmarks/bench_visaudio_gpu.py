@@ -65,7 +65,7 @@ def main() -> None:
                            device=dev, dtype=torch.uint8)
     audio = torch.randn(B, 2, cfg.window_samples, generator=g, device=dev) * 0.1
     caps = ["a dog barks on the left of a red car"] * B
-    fl = FlowLoss(model)
+    fl = FlowLoss(model, cfg.train.side_loss_weight)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=dev.type == "cuda")
     nv = torch.zeros(B, dtype=torch.bool, device=dev)
     times = []

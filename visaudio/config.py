@@ -96,6 +96,20 @@ class ModelConfig(_Strict):
     # gradient and is learnt in far fewer steps; rho < 1 keeps the prior full rank so diffuse
     # (decorrelated) ambience can still be generated.
     noise_lr_corr: float = 0.0
+    # conditional skip (per branch): v^a += G_a(cond^a, t) * x_t^a, a per-token, per-latent-dim
+    # gain predicted (zero-initialised) from the branch's per-token condition (t + global + sync
+    # + the branch's spacetime feature). Why: the fine structure of the latent (642 STFT values
+    # per frame in tiny, wider than the hidden size) reaches the output mostly through the linear
+    # skip path, which is shared by L and R; a level difference between the ears is a *gain* on
+    # that content, so without a side-dependent gain on the skip the transformer must rebuild the
+    # content through its narrow output layer to make one ear louder. See ViSAudio.forward.
+    cond_skip: bool = False
+    # spacetime "lateral" pooling: besides the attention pooling, each branch also pools its patch
+    # features with a fixed column ramp (+1 at its own side of the picture, -1 at the other, mean
+    # 0), i.e. "what is on my side minus what is on the other side". A uniform background
+    # cancels; a sounding object off-centre gives the two branches opposite features from the
+    # first step, instead of after the attention scores have learnt to find it.
+    spacetime_lateral: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -117,6 +131,13 @@ class TrainConfig(_Strict):
     ema_decay: float = 0.999
     ema_warmup: bool = True
     cond_dropout: float = 0.1  # per modality (video, text), independent
+    # weight of the interaural (side) part of the flow loss. With e_a = v_a - (x1_a - x0_a),
+    # sum_a |e_a|^2 = |e_L + e_R|^2 / 2 + |e_L - e_R|^2 / 2; the loss is the mid part plus
+    # side_loss_weight times the side part, so 1.0 is exactly the paper's summed L + R loss. The
+    # side target (the ILD/ITD-bearing difference of the channels) is a small share of the summed
+    # loss; a weight > 1 spends more of the gradient on it. The logged training loss is this
+    # weighted loss; the validation loss stays the plain L + R sum.
+    side_loss_weight: float = 1.0
     t_mean: float = 0.0  # logit-normal timestep
     t_std: float = 1.0
     t_bins: int = 4

@@ -13,6 +13,9 @@ Layout (MODEL.md §3, MMAudio style):
   are, upsampled to the latent rate);
 * **aligned RoPE**: audio token i has position i; video frame j has position j * N / F, so a
   video token and the audio token at the same instant share a rotary angle;
+* optional (``model.cond_skip``, on in tiny/paper): a per-branch, per-token gain on the branch's
+  own x_t, predicted from its condition, so the side (an interaural *gain* on the content) can be
+  expressed where the content flows (the skip path) - see ``ViSAudio.__init__``;
 * adaLN gates and the output layers are zero-initialised: the untrained model predicts zero
   velocity and every block starts as the identity;
 * learned **null conditions** for classifier-free guidance.
@@ -217,15 +220,23 @@ class SpacetimeModule(nn.Module):
 
     A plain mean over patches would erase position (adding E^a before a mean is a constant), so
     each branch scores patches with a nonlinear function of (feature, position, E^a) and pools
-    with those weights: the left branch can learn to listen to the left of the picture."""
+    with those weights: the left branch can learn to listen to the left of the picture.
 
-    def __init__(self, dim: int):
+    ``lateral`` (model.spacetime_lateral) adds a second, fixed pooling: patch features weighted by
+    a column ramp (+1 on the branch's own side, -1 on the other), so an off-centre object gives
+    the two branches opposite features from the start (in the sweep of issue 6 the attention
+    centroid did follow the markers, yet the side reached the output far more reliably with this
+    direct, signed path)."""
+
+    def __init__(self, dim: int, lateral: bool = False):
         super().__init__()
         self.inp = nn.Linear(dim, dim)
         self.E = nn.Parameter(torch.randn(2, dim) * 0.02)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.score = nn.Linear(dim, 1)
         self.out = nn.Linear(dim, dim)
+        # optional lateral pooling (model.spacetime_lateral): a fixed per-branch column ramp
+        self.lat_out = nn.Linear(dim, dim) if lateral else None
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:  # (B, F, gh, gw, D) -> (B, 2, F, D)
         B, Fn, gh, gw, D = patches.shape
@@ -238,7 +249,16 @@ class SpacetimeModule(nn.Module):
         x = x + self.E[None, :, None, None]  # (B, 2, F, P, D)
         h = self.mlp(x)
         w = torch.softmax(self.score(h).squeeze(-1), dim=-1)
-        return self.out((w[..., None] * h).sum(-2))
+        y = self.out((w[..., None] * h).sum(-2))
+        if self.lat_out is not None:
+            # +1 at the branch's own edge of the picture (left columns for L: column 0 is the
+            # left of the image), -1 at the other; mirrored for R. Mean 0 over the row.
+            ramp = torch.linspace(1.0, -1.0, gw, device=patches.device, dtype=h.dtype) if gw > 1 else \
+                torch.zeros(1, device=patches.device, dtype=h.dtype)
+            r = torch.stack([ramp, ramp.flip(0)])[:, None, :].expand(2, gh, gw)
+            r = r.reshape(1, 2, 1, gh * gw, 1)
+            y = y + self.lat_out((r * h).mean(-2))
+        return y
 
 
 class ViSAudio(nn.Module):
@@ -267,7 +287,7 @@ class ViSAudio(nn.Module):
         self.sync_enc = SyncEncoder(cfg)
         self.text_enc = build_text_encoder(cfg)
         self.text_proj = nn.Linear(D, D)
-        self.spacetime = SpacetimeModule(D) if m.use_spacetime else None
+        self.spacetime = SpacetimeModule(D, m.spacetime_lateral) if m.use_spacetime else None
         self.traj_enc = TrajectoryEncoder(cfg) if m.use_trajectory else None
         self.global_proj = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.null_video = nn.Parameter(torch.randn(n_video, D) * 0.02)
@@ -289,6 +309,20 @@ class ViSAudio(nn.Module):
         # learning-rate multiplier so Adam reaches ~1 within tens of steps.
         self.register_buffer("latent_var", torch.ones(latent_dim))
         self.skip_gain = nn.Parameter(torch.zeros(latent_dim))
+        # Conditional skip (``model.cond_skip``): each branch also predicts, per token and latent
+        # dimension, a gain G_a(cond^a, t) on its own x_t^a. The shared skip above carries the
+        # content; an interaural level difference is a side-dependent *gain* on that content
+        # (|X_L| / |X_R| per band), which the shared skip cannot express and the transformer can
+        # only rebuild through its hidden-size bottleneck. Fed by the branch's per-token condition
+        # (t + global + sync + the branch's spacetime feature), zero-initialised like the output
+        # layers (the untrained model still predicts zero velocity), nulled with the condition
+        # for CFG (the null spacetime is the same for both branches).
+        self.skip_cond = None
+        if m.cond_skip:
+            self.skip_cond = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(D, latent_dim)) for _ in range(2))
+            for sc in self.skip_cond:
+                nn.init.zeros_(sc[1].weight)
+                nn.init.zeros_(sc[1].bias)
 
     # --------------------------------------------------------------------- latents
     def prior_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -383,7 +417,10 @@ class ViSAudio(nn.Module):
             cc = ctok[:, ch]
             for blk in self.branches[ch]:
                 (y,) = blk([y], [cc], [rope_a1])
-            outs.append(self.final[ch](y, cc))
+            o = self.final[ch](y, cc)
+            if self.skip_cond is not None:
+                o = o + self.skip_cond[ch](cc) * x[:, ch]
+            outs.append(o)
         tt = t.float()[:, None]
         s2 = self.latent_var[None]
         c_skip = (tt * s2 - (1 - tt)) / (tt**2 * s2 + (1 - tt) ** 2)

@@ -119,9 +119,10 @@ def compute_latent_stats(ds: ManifestDataset, codec, cfg: Config, device
 class FlowLoss(nn.Module):
     """Wraps the model so DDP sees condition encoding and the flow prediction in one forward."""
 
-    def __init__(self, model):
+    def __init__(self, model, side_weight: float = 1.0):
         super().__init__()
         self.model = model
+        self.side_weight = float(side_weight)
 
     def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t) -> torch.Tensor:
         m = self.model
@@ -130,8 +131,14 @@ class FlowLoss(nn.Module):
         tt = t.view(-1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * x1
         v = m(xt, t, cond)
-        err = (v.float() - (x1 - x0)).pow(2).mean(dim=(2, 3))  # (B, 2): per channel
-        return err.sum(1)  # summed over L and R
+        e = v.float() - (x1 - x0)
+        if self.side_weight == 1.0:
+            return e.pow(2).mean(dim=(2, 3)).sum(1)  # summed over L and R
+        # |e_L|^2 + |e_R|^2 = |e_L + e_R|^2 / 2 + |e_L - e_R|^2 / 2: reweight the side half
+        # (train.side_loss_weight; 1.0 gives the line above)
+        mid = (e[:, 0] + e[:, 1]).pow(2).mean(dim=(1, 2)) / 2
+        side = (e[:, 0] - e[:, 1]).pow(2).mean(dim=(1, 2)) / 2
+        return mid + self.side_weight * side
 
 
 def _rng_state() -> dict[str, Any]:
@@ -275,7 +282,7 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
         sampler.state = SamplerState(**ck["sampler"])
         step = int(ck["step"])
         _set_rng_state(ck["rng"])
-    loss_mod: nn.Module = FlowLoss(model)
+    loss_mod: nn.Module = FlowLoss(model, tc.side_loss_weight)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
