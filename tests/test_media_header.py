@@ -181,3 +181,23 @@ def test_non_8bit_video_decodes_again_with_the_general_graph(tmp_path, monkeypat
     assert a.validated is not None and a.n_frames == b.n_frames and a.n_frames >= 59
     assert a.filters["static"].score == pytest.approx(b.filters["static"].score, abs=0.05)
     assert a.filters["silence"].score == pytest.approx(b.filters["silence"].score, abs=1e-6)  # same audio
+
+
+def test_unverified_spherical_or_stereo_prints_fall_back_to_ffprobe():
+    """Other ffmpeg versions print side data differently; a spherical/stereo line in an unverified
+    form must never be skipped silently (the file would lose its projection), only fall back."""
+    base = ["Input #0, matroska,webm, from 'x.webm':", "  Duration: 00:00:10.01, start: 0.000000, bitrate: 1249 kb/s",
+            "  Stream #0:0: Video: vp9 (Profile 0), yuv420p(tv, bt709, progressive), 1920x1080, SAR 1:1 DAR 16:9, "
+            "29.97 fps, 29.97 tbr, 1k tbn (default)", "    Side data:"]
+    ok = parse_input_dump([*base, "      stereo3d: 2D", "      spherical: equirectangular (0.000000/0.000000/0.000000) ",
+                           "Stream mapping:"])
+    assert ok is not None and [d["side_data_type"] for d in ok["streams"][0]["side_data_list"]] == \
+        ["Stereo 3D", "Spherical Mapping"]
+    assert ok["streams"][0]["avg_frame_rate"] == "30000/1001"
+    for line in ("      Spherical Mapping: equirectangular (0.000000/0.000000/0.000000)",
+                 "      Stereo 3D: 2D, view: packed, primary eye: none",
+                 "      spherical: cubemap (pad 0)"):
+        assert parse_input_dump([*base, line, "Stream mapping:"]) is None, line
+    other = parse_input_dump([*base, "      displaymatrix: rotation of -90.00 degrees", "Stream mapping:"])
+    assert other is not None and other["streams"][0]["side_data_list"] == []
+    assert parse_input_dump(["Input #1, mov,mp4, from 'y':"]) is None and parse_input_dump([]) is None

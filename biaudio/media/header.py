@@ -207,10 +207,12 @@ def parse_input_dump(lines: list[str]) -> dict | None:
                 y, p, r = (float(x) for x in sm.groups())
                 cur["side_data_list"].append({"side_data_type": "Spherical Mapping", "projection": "equirectangular",
                                               "yaw": y, "pitch": p, "roll": r})
-            elif k == "stereo3d":
+            elif k == "stereo3d" and re.fullmatch(r"[\w ]+( \(inverted\))?", v):
                 typ = v.replace(" (inverted)", "")
                 cur["side_data_list"].append({"side_data_type": "Stereo 3D", "type": typ,
                                               "inverted": int("(inverted)" in v)})
+            elif any(w in stripped.lower() for w in ("spher", "stereo", "3d", "projection")):
+                return None  # spherical / stereo side data printed in a form not verified here
             continue
         if section is None and indent == 2 and stripped.startswith(("Chapter", "Program")):
             section = "fmeta"
