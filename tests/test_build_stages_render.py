@@ -74,6 +74,21 @@ def test_static_camera_marker_and_ear_side(scene, tmp_path: Path, yaw, side):
     flac, fsr = sf.read(r.audio_path, always_2d=True)
     assert fsr == 48000 and flac.shape[1] == 2
     assert np.allclose(flac.T, r.binaural, atol=1e-4)
+    import json
+    import subprocess
+
+    pr = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                         "stream=codec_type,codec_name,channels,sample_rate,duration", "-of", "json", str(r.video_path)],
+                        capture_output=True, text=True, check=True)
+    st = {s["codec_type"]: s for s in json.loads(pr.stdout)["streams"]}
+    assert st["video"]["codec_name"] == "h264"
+    assert (st["audio"]["codec_name"], st["audio"]["channels"], st["audio"]["sample_rate"]) == ("aac", 2, "48000")
+    assert abs(float(st["audio"]["duration"]) - 2.0) < 0.05 and abs(float(st["video"]["duration"]) - 2.0) < 1.5 / fps
+    dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(r.video_path), "-map", "0:a:0", "-f", "f32le", "-"],
+                         capture_output=True, check=True).stdout
+    aac = np.frombuffer(dec, np.float32).reshape(-1, 2).T
+    louder = 0 if side == "left" else 1
+    assert np.mean(aac[louder] ** 2) > 2 * np.mean(aac[1 - louder] ** 2)  # the AAC track keeps the ear side
 
 
 def test_moving_camera_marker_and_ild_follow_camera_frame_direction(scene, tmp_path: Path):

@@ -185,7 +185,7 @@ def render_clip(
     the encoder already run side by side as three processes).
     """
     from biaudio.media.audio import write_audio
-    from biaudio.media.video import VideoWriter, iter_frames, mux
+    from biaudio.media.video import VideoWriter, iter_frames
     from biaudio.spatial.projection import Projector
 
     src_path, out_dir = Path(src_path), Path(out_dir)
@@ -225,10 +225,11 @@ def render_clip(
     writer_args = _color_args(probe) if yuv else []
     preview_src: np.ndarray | None = None
     mid = n_expected // 2
-    silent_video = mp4.with_name(f".{clip_id}.noaudio.tmp-{os.getpid()}.mp4")
     try:
-        with VideoWriter(silent_video, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset, threads=threads,
-                         pix_fmt=pix_fmt, extra_args=writer_args) as vw:
+        # the lossless audio first: the video encoder muxes it in as AAC in the same process
+        write_audio(flac, binaural, out_sr)
+        with VideoWriter(mp4, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset, threads=threads,
+                         pix_fmt=pix_fmt, extra_args=writer_args, audio=flac, audio_bitrate=cfg.audio_bitrate) as vw:
             k = 0
             last = None
             frames = iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s,
@@ -250,17 +251,12 @@ def render_clip(
                 if k == mid:
                     preview_src = _thumb(last, cfg.preview_width, yuv)
                 k += 1
-        write_audio(flac, binaural, out_sr)
-        mux(silent_video, binaural, out_sr, mp4, bitrate=cfg.audio_bitrate, check_video=False)
         if preview_src is None:
             preview_src = _thumb(last, cfg.preview_width, yuv)
         write_preview(jpg, preview_src, traj, cfg, pose, directions, clip_dir)
     except BaseException:
         remove_clip_files(out_dir, clip_id)
         raise
-    finally:
-        if silent_video.exists():
-            silent_video.unlink()
     return RenderedClip(mp4, flac, jpg, n_expected, fps, cfg.width, cfg.height, binaural, gain)
 
 

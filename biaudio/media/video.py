@@ -178,7 +178,11 @@ class VideoWriter:
         threads: int = 1,
         extra_args: list[str] | None = None,
         pix_fmt: str = "rgb24",
+        audio: str | os.PathLike | None = None,
+        audio_bitrate: str = "192k",
     ) -> None:
+        """``audio``: a stereo audio file (e.g. the clip's FLAC) muxed in as AAC 48 kHz by the same
+        ffmpeg process (as :func:`mux` would, without a second process and a silent intermediate)."""
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ValueError(f"width/height must be positive and even for yuv420p, got {width}x{height}")
         self.path = Path(path)
@@ -210,7 +214,8 @@ class VideoWriter:
             fps_s,
             "-i",
             "-",
-            "-an",
+            *(["-i", str(Path(audio).absolute()), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a",
+               audio_bitrate, "-ar", "48000", "-shortest"] if audio is not None else ["-an"]),
             "-c:v",
             "libx264",
             "-preset",
