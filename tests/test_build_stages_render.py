@@ -120,7 +120,7 @@ def test_moving_camera_marker_and_ild_follow_camera_frame_direction(scene, tmp_p
     assert total >= 5 and agree / total >= 0.9
 
 
-def test_preview_draws_path_where_the_camera_looks(scene, tmp_path: Path):
+def test_preview_draws_path_where_the_camera_looks(scene, tmp_path: Path, monkeypatch):
     import cv2
 
     video, info, foa, sr, _ = scene
@@ -128,6 +128,13 @@ def test_preview_draws_path_where_the_camera_looks(scene, tmp_path: Path):
     n = int(round(2.0 * fps))
     t = np.arange(n) / fps
     traj = Trajectory(t, np.linspace(-90.0, -60.0, n), np.zeros(n), np.zeros(n), "paper")
+    import biaudio.build.render as render_mod
+    from biaudio.spatial.projection import Projector
+
+    # only the viewed rectangle is decoded; the whole-frame preview comes from the same decode
+    assert Projector(CFG.width, CFG.height, CFG.hfov_deg, info.width, info.height).source_crop(
+        traj.yaw, traj.pitch, traj.roll) is not None
+    monkeypatch.setattr(render_mod, "_last_full_thumb", lambda *a, **k: pytest.fail("preview decoded separately"))
     r = render_clip(video, 0.0, 2.0, foa, sr, traj, CFG, tmp_path, "p", info,
                     directions=(np.full(5, SRC_AZ), np.full(5, SRC_EL)), clip_dir=(SRC_AZ, SRC_EL))
     img = cv2.cvtColor(cv2.imread(str(r.preview_path)), cv2.COLOR_BGR2RGB).astype(float)

@@ -398,6 +398,37 @@ def test_iter_frames_and_writer_yuv420p(tmp_path: Path) -> None:
         next(iter_frames(v, size=(63, 32), pix_fmt="yuv420p"))
 
 
+def test_iter_frames_crop_and_snapshot(tmp_path: Path) -> None:
+    """``crop`` pipes only a rectangle of each (scaled) frame; ``snapshot`` writes one whole frame
+    from the same decode, also when the caller stops reading early (the render path)."""
+    v = tmp_path / "c.mp4"
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    with VideoWriter(v, 128, 64, 30, crf=0) as w:
+        for k in range(30):
+            f = base.copy()
+            f[:, :, 0] = 8 * k  # red ramps over time: frame k is recognisable
+            w.write(f)
+    full = list(iter_frames(v, pix_fmt="yuv420p", start_s=0.2, duration_s=0.5))
+    crop = (32, 16, 48, 24)
+    part = list(iter_frames(v, pix_fmt="yuv420p", start_s=0.2, duration_s=0.5, crop=crop))
+    assert len(part) == len(full) == 15 and part[0].shape == (36, 48)
+    x0, y0, cw, ch = crop
+    for a, b in zip(full, part, strict=True):
+        assert np.array_equal(a[:64][y0:y0 + ch, x0:x0 + cw], b[:ch])  # luma rectangle, exact
+        u_full = a[64:80].reshape(32, 64)[y0 // 2:(y0 + ch) // 2, x0 // 2:(x0 + cw) // 2]
+        assert np.array_equal(u_full, b[ch:ch + ch // 4].reshape(ch // 2, cw // 2))
+    snap = tmp_path / "mid.rgb"
+    again = list(iter_frames(v, pix_fmt="yuv420p", start_s=0.2, duration_s=0.5, crop=crop, snapshot=(7, snap, (64, 32))))
+    assert len(again) == 15 and all(np.array_equal(a, b) for a, b in zip(again, part, strict=True))
+    img = np.frombuffer(snap.read_bytes(), np.uint8).reshape(32, 64, 3)
+    ref = np.stack(list(iter_frames(v, size=(64, 32), start_s=0.2, duration_s=0.5)))
+    errs = [float(np.abs(img.astype(int) - r.astype(int)).mean()) for r in ref]
+    assert int(np.argmin(errs)) == 7 and errs[7] < 6, errs
+    with pytest.raises(ValueError):
+        next(iter_frames(v, crop=(100, 0, 64, 16)))  # outside the frame
+
+
 def test_iter_frames_truncated(tmp_path: Path) -> None:
     v = tmp_path / "v.mp4"
     with VideoWriter(v, 64, 32, 30) as w:

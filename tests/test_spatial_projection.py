@@ -209,3 +209,45 @@ def test_i420_render_matches_rgb_render(pose):
         assert abs(a[0] - b[0]) < 1.5 and abs(a[1] - b[1]) < 1.5
     with pytest.raises(MediaError):
         proj.render_i420(np.zeros((100, 200), np.uint8), *pose)
+
+
+@pytest.mark.parametrize("case", ["static", "drift", "seam", "high_pitch", "pole"])
+def test_source_crop_renders_the_same_views(case):
+    """Rendering from only the rectangle ``source_crop`` returns equals rendering from the whole
+    frame (up to 1/32-px map rounding), for views that cross the seam or reach a pole too."""
+    import cv2
+
+    from biaudio.spatial.projection import Projector
+
+    W, H, n = 960, 480, 40
+    rng = np.random.default_rng(5)
+    frame = cv2.resize(rng.integers(0, 255, (H * 3 // 2 // 8, W // 8), np.uint8), (W, H * 3 // 2),
+                       interpolation=cv2.INTER_CUBIC)
+    poses = {"static": (np.full(n, 30.0), np.zeros(n), np.zeros(n)),
+             "drift": (np.linspace(-20, 40, n), np.linspace(-10, 15, n), np.linspace(-5, 5, n)),
+             "seam": (np.linspace(170, 190, n), np.zeros(n), np.zeros(n)),
+             "high_pitch": (np.zeros(n), np.linspace(40, 60, n), np.zeros(n)),
+             "pole": (np.zeros(n), np.full(n, 85.0), np.zeros(n))}[case]
+    full = Projector(320, 180, 90.0, W, H, prescale=False)
+    cut = Projector(320, 180, 90.0, W, H, prescale=False)
+    crop = cut.source_crop(*poses)
+    assert crop is not None
+    x0, y0, cw, ch = crop
+    assert all(v % 2 == 0 for v in crop) and cw * ch < 0.8 * W * H
+    if case in ("seam", "pole", "high_pitch"):
+        assert (x0, cw) == (0, W)  # no column window across the seam or near a pole
+    else:
+        assert cw < W / 2
+    if case == "pole":
+        assert y0 == 0
+    cut.set_crop(crop)
+    Y, U, V = frame[:H], frame[H:H + H // 4].reshape(H // 2, W // 2), frame[H + H // 4:].reshape(H // 2, W // 2)
+    sub = np.concatenate([Y[y0:y0 + ch, x0:x0 + cw].ravel(), U[y0 // 2:(y0 + ch) // 2, x0 // 2:(x0 + cw) // 2].ravel(),
+                          V[y0 // 2:(y0 + ch) // 2, x0 // 2:(x0 + cw) // 2].ravel()]).reshape(ch * 3 // 2, cw)
+    for k in range(0, n, 6):
+        a = full.render_i420(frame, poses[0][k], poses[1][k], poses[2][k]).astype(int)
+        b = cut.render_i420(sub, poses[0][k], poses[1][k], poses[2][k]).astype(int)
+        d = np.abs(a - b)
+        assert d.mean() < 0.01 and np.percentile(d, 99.9) <= 1, (k, d.mean(), d.max())
+    with pytest.raises(ValueError):
+        cut.set_crop((1, 0, 10, 10))  # odd offsets do not fit yuv420p chroma

@@ -20,6 +20,7 @@ rectangle at the start and the dominant-direction track drawn on it).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from biaudio.build.trajectory import Trajectory, frame_times
 from biaudio.errors import BiaudioError, MediaError
 from biaudio.spatial.angles import rotation_matrix, vec_to_dir
 
+log = logging.getLogger(__name__)
 STAGE = "render"
 
 
@@ -225,6 +227,16 @@ def render_clip(
     writer_args = _color_args(probe) if yuv else []
     preview_src: np.ndarray | None = None
     mid = n_expected // 2
+    # only the part of the equirect the whole trajectory looks at travels through the pipe; the
+    # preview (the whole equirect at the window's middle frame) comes from the same decode
+    crop = proj.source_crop(traj.yaw, traj.pitch, traj.roll) if yuv else None
+    proj.set_crop(crop)
+    snap = None
+    if crop is not None:
+        pw = cfg.preview_width
+        ph = max(2, int(round(pw * src_h / src_w)))
+        snap_path = jpg.with_name(f".{clip_id}.mid.tmp-{os.getpid()}.rgb")
+        snap = (mid, snap_path, (pw, ph))
     try:
         # the lossless audio first: the video encoder muxes it in as AAC in the same process
         write_audio(flac, binaural, out_sr)
@@ -233,12 +245,12 @@ def render_clip(
             k = 0
             last = None
             frames = iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s,
-                                 pix_fmt=pix_fmt, threads=threads, info=_frame_info(probe))
+                                 pix_fmt=pix_fmt, threads=threads, info=_frame_info(probe), crop=crop, snapshot=snap)
             for frame in frames:
                 if k >= n_expected:
-                    break
+                    continue  # read to the end (-t bounds it): the snapshot is written at ffmpeg's exit
                 vw.write(render(frame, traj.yaw[k], traj.pitch[k], traj.roll[k]))
-                if k == mid:
+                if k == mid and crop is None:
                     preview_src = _thumb(frame, cfg.preview_width, yuv)
                 last = frame
                 k += 1
@@ -248,15 +260,26 @@ def render_clip(
                 raise MediaError(str(src_path), "truncated", f"decoded {k} of {n_expected} frames", STAGE)
             while k < n_expected:
                 vw.write(render(last, traj.yaw[k], traj.pitch[k], traj.roll[k]))
-                if k == mid:
+                if k == mid and crop is None:
                     preview_src = _thumb(last, cfg.preview_width, yuv)
                 k += 1
+        if snap is not None:
+            pw, ph = snap[2]
+            raw = snap[1].read_bytes() if snap[1].exists() else b""
+            if len(raw) == pw * ph * 3:
+                preview_src = np.frombuffer(raw, np.uint8).reshape(ph, pw, 3)
+            else:  # no frame `mid` (a short decode): the last full frame's thumbnail, decoded alone
+                log.debug("%s: no snapshot frame %d (%d bytes); preview decoded separately", clip_id, mid, len(raw))
+                preview_src = _last_full_thumb(src_path, start_s, duration_s, size, cfg.preview_width, threads, probe)
         if preview_src is None:
             preview_src = _thumb(last, cfg.preview_width, yuv)
         write_preview(jpg, preview_src, traj, cfg, pose, directions, clip_dir)
     except BaseException:
         remove_clip_files(out_dir, clip_id)
         raise
+    finally:
+        if snap is not None and snap[1].exists():
+            snap[1].unlink()
     return RenderedClip(mp4, flac, jpg, n_expected, fps, cfg.width, cfg.height, binaural, gain)
 
 
@@ -267,6 +290,20 @@ _START = (0, 230, 0)
 _VIEW = (0, 200, 255)
 _DOM = (255, 0, 200)
 _CLIP = (255, 60, 60)
+
+
+def _last_full_thumb(src_path, start_s, duration_s, size, width, threads, probe) -> np.ndarray:
+    """Preview thumbnail from the last frame of the window, decoded uncropped (rare fallback)."""
+    import collections
+
+    from biaudio.media.video import iter_frames
+
+    tail = collections.deque(iter_frames(src_path, size=size, start_s=max(0.0, start_s + duration_s - 0.5),
+                                         duration_s=0.5, threads=threads, info=_frame_info(probe)), maxlen=1)
+    last = tail[0] if tail else None
+    if last is None:
+        raise MediaError(str(src_path), "truncated", "no frame for the preview", STAGE)
+    return _thumb(last, width)
 
 
 def _thumb(frame: np.ndarray, width: int, i420: bool = False) -> np.ndarray:

@@ -72,6 +72,8 @@ def iter_frames(
     threads: int | None = None,
     info=None,
     band: float = 1.0,
+    crop: tuple[int, int, int, int] | None = None,
+    snapshot: tuple[int, str | os.PathLike, tuple[int, int]] | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield frames ``(h, w, 3)`` rgb24 (or ``(h, w)`` gray) uint8, one at a time.
 
@@ -80,7 +82,12 @@ def iter_frames(
     yields planar I420 frames ``(h*3/2, w)`` (needs an even size): half the bytes of rgb24 and, for
     the usual yuv420p sources, no colour conversion at all. ``threads`` caps ffmpeg's decoder
     threads (``None``: ffmpeg's choice). ``info``: the file's ProbeInfo when the caller has it (saves
-    an ffprobe run). ``band < 1``: keep only that central fraction of the rows before scaling. Each frame is a fresh array filled straight from the pipe.
+    an ffprobe run). ``band < 1``: keep only that central fraction of the rows before scaling.
+    ``crop=(x0, y0, w, h)``: after scaling, only that rectangle travels through the pipe (frames
+    are ``(h, w)``; even values for yuv420p). ``snapshot=(k, path, (w, h))``: the same process also
+    writes frame ``k`` (counted after the fps filter, before the crop) scaled to ``(w, h)`` as raw
+    rgb24 to ``path`` (nothing if there is no frame ``k``), e.g. an uncropped preview; the file is
+    complete once the generator is exhausted (not if the caller stops early). Each frame is a fresh array filled straight from the pipe.
     Raises MediaError (``no_video``, ``truncated``, ``undecodable``) for input that ends early or
     cannot be decoded; the stream is closed if the caller stops early.
     """
@@ -90,6 +97,10 @@ def iter_frames(
     if not info.has_video or not info.width or not info.height:
         raise MediaError(str(p), "no_video", "no video stream")
     w, h = (int(size[0]), int(size[1])) if size else (int(info.width), int(info.height))
+    if crop is not None:
+        cx, cy, cw, ch = (int(v) for v in crop)
+        if cx < 0 or cy < 0 or cw <= 0 or ch <= 0 or cx + cw > w or cy + ch > h:
+            raise ValueError(f"crop {crop} outside the {w}x{h} frame")
     fmt = "gray" if gray else (pix_fmt or "rgb24")
     if fmt not in ("gray", "rgb24", "yuv420p"):
         raise ValueError(f"pix_fmt must be rgb24 or yuv420p, got {pix_fmt!r}")
@@ -102,19 +113,35 @@ def iter_frames(
         filters.append(f"crop=iw:trunc(ih*{band:g}/2)*2")
     if size:
         filters.append(f"scale={w}:{h}:flags=area")
+    post = [f"crop={cw}:{ch}:{cx}:{cy}:exact=1"] if crop is not None else []
+    if crop is not None:
+        w, h = cw, ch
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning"]
     if threads:
         cmd += ["-threads", str(int(threads))]
     if start_s:
         cmd += ["-ss", f"{float(start_s):.6f}"]
     cmd += ["-i", str(p)]
-    if duration_s is not None:
-        cmd += ["-t", f"{float(duration_s):.6f}"]
-    cmd += ["-map", "0:v:0", "-an", "-sn"]
-    if filters:
-        cmd += ["-vf", ",".join(filters)]
-    if threads and filters:
-        cmd += ["-filter_threads", str(int(threads))]
+    tdur = ["-t", f"{float(duration_s):.6f}"] if duration_s is not None else []  # per output file
+    if snapshot is None:
+        cmd += tdur
+    if snapshot is not None:
+        k, snap_path, (sw, sh) = int(snapshot[0]), Path(snapshot[1]), snapshot[2]
+        pre = ",".join(filters) + "," if filters else ""
+        graph = (f"[0:v:0]{pre}split=2[m][s];[m]{','.join(post) or 'null'}[mo];"
+                 f"[s]select=eq(n\\,{k}),scale={int(sw)}:{int(sh)}:flags=area[so]")
+        # ffmpeg writes the snapshot out only when it finishes: read the frames to the end
+        cmd += ["-filter_complex", graph, "-map", "[so]", *tdur, "-frames:v", "1", "-f",
+                "rawvideo", "-pix_fmt", "rgb24", "-y", str(snap_path.absolute()), "-map", "[mo]", *tdur]
+        if threads:
+            cmd += ["-filter_complex_threads", str(int(threads))]
+    else:
+        cmd += ["-map", "0:v:0", "-an", "-sn"]
+        filters += post
+        if filters:
+            cmd += ["-vf", ",".join(filters)]
+        if threads and filters:
+            cmd += ["-filter_threads", str(int(threads))]
     cmd += ["-f", "rawvideo", "-pix_fmt", fmt, "-"]
     shape = {"gray": (h, w), "rgb24": (h, w, 3), "yuv420p": (h * 3 // 2, w)}[fmt]
     nbytes = int(np.prod(shape))

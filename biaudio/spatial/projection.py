@@ -89,6 +89,7 @@ class _Plane:
         ys = (np.arange(self.ch) + 0.5) * step - 0.5 - step
         self.coarse = _grid_rays(out_w, out_h, f, xs, ys)
         self.sin_max_el = np.float32(np.sin(np.deg2rad(_COARSE_MAX_EL_DEG)))
+        self.crop: tuple[int, int, int, int] | None = None  # (x0, y0, w, h) of the source this plane reads
 
     def maps(self, R: np.ndarray, fixed_point: bool, exact: bool = False):
         import cv2
@@ -112,11 +113,18 @@ class _Plane:
         el = np.arcsin(np.clip(d[2], -1.0, 1.0, out=d[2]))
         mx = ((0.5 - az * np.float32(1 / (2 * np.pi))) * W - 0.5).reshape(shape)
         my = ((0.5 - el * np.float32(1 / np.pi)) * H - 0.5).reshape(shape)
+        y_hi = H - 1.0
+        if self.crop is not None:
+            x0, y0, cw, chh = self.crop
+            if cw < W:  # a column window (never one through a pole or the seam, see source_crop)
+                mx = np.mod(mx - np.float32(x0), np.float32(W))
+            my = my - np.float32(y0)
+            y_hi = min(H - 1.0 - y0, chh - 1.0)
         if coarse:
             s = self.step
             mx = cv2.resize(mx, sz, interpolation=cv2.INTER_LINEAR)[s : s + self.out_h, s : s + self.out_w]
             my = cv2.resize(my, sz, interpolation=cv2.INTER_LINEAR)[s : s + self.out_h, s : s + self.out_w]
-        np.clip(my, 0.0, H - 1.0, out=my)
+        np.clip(my, 0.0, y_hi, out=my)
         if fixed_point:
             return cv2.convertMaps(mx, my, cv2.CV_16SC2)
         return np.ascontiguousarray(mx), np.ascontiguousarray(my)
@@ -172,6 +180,77 @@ class Projector:
         """Equirect size the maps address (after the optional pre-downscale)."""
         return self._src_w, self._src_h
 
+    @property
+    def crop(self) -> tuple[int, int, int, int] | None:
+        return self._luma.crop
+
+    def source_crop(self, yaw, pitch, roll, margin: int = 4, max_fraction: float = 0.8
+                    ) -> tuple[int, int, int, int] | None:
+        """The rectangle ``(x0, y0, w, h)`` of the (pre-scaled) equirect that the views of all these
+        poses read, with ``margin`` pixels for the bilinear taps, even-aligned for yuv420p; None
+        when it would be more than ``max_fraction`` of the frame.
+
+        Why: a 90° view reads a small part of the sphere, yet decoding to a pipe costs per pixel
+        (ffmpeg's copy, the kernel's, ours): a window of 8 s at 1920x1080 is ~750 MB through the
+        pipe. Columns are cropped only to a window that does not cross the ±180° seam and only when
+        no view comes within 20° of a pole (there every column can be needed); rows always.
+        Computed on the maps' own coarse ray grid (one step beyond the image on every side)."""
+        W, H = self._src_w, self._src_h
+        yaw, pitch, roll = np.broadcast_arrays(np.atleast_1d(np.asarray(yaw, float)), np.asarray(pitch, float),
+                                               np.asarray(roll, float))
+        Rs = (self._pose_R[None] @ rotation_matrix(yaw, pitch, roll)).astype(np.float32)  # (N, 3, 3)
+        # the outer ring of the coarse grid: without a pole inside the view, the extremes of
+        # azimuth and elevation over the view lie on its border
+        lp = self._luma
+        g = lp.coarse.reshape(3, lp.ch, lp.cw)
+        ring = np.concatenate([g[:, 0], g[:, -1], g[:, 1:-1, 0], g[:, 1:-1, -1]], axis=1)  # (3, M)
+        d = Rs @ ring[None]  # (N, 3, M)
+        el = np.arcsin(np.clip(d[:, 2], -1.0, 1.0))
+        # a pole inside a view: the view (its ring's cone) contains (0, 0, +-1)
+        up = np.stack([Rs[:, 2, :], -Rs[:, 2, :]])  # the poles in camera coordinates, (2, N, 3)
+        tx = np.float32(np.tan(np.deg2rad(self.hfov_deg) / 2) * lp.cw * lp.step / self.out_w)
+        ty = np.float32(tx * lp.ch / lp.cw)
+        fwd = np.maximum(up[..., 0], 1e-6)
+        pole_in = (up[..., 0] > 0) & (np.abs(up[..., 1]) / fwd <= tx) & (np.abs(up[..., 2]) / fwd <= ty)
+        el_max = np.pi / 2 if pole_in[0].any() else float(el.max())
+        el_min = -np.pi / 2 if pole_in[1].any() else float(el.min())
+        y_lo = (0.5 - el_max / np.pi) * H - 0.5 - margin
+        y_hi = (0.5 - el_min / np.pi) * H - 0.5 + margin
+        y0 = max(0, int(np.floor(y_lo)) // 2 * 2)
+        y1 = min(H, -(-int(np.ceil(y_hi) + 1) // 2) * 2)
+        x0, x1 = 0, W
+        if not pole_in.any() and float(np.abs(d[:, 2]).max()) <= float(lp.sin_max_el):
+            az_c = np.arctan2(Rs[:, 1, 0], Rs[:, 0, 0]).astype(np.float64)  # view centres
+            az = np.arctan2(d[:, 1], d[:, 0]).astype(np.float64) - az_c[:, None]
+            az = np.mod(az + np.pi, 2 * np.pi) - np.pi + np.unwrap(az_c)[:, None]  # continuous over time
+            lo, hi = float(az.min()), float(az.max())
+            if hi - lo < 1.5 * np.pi:
+                xa = (0.5 - hi / (2 * np.pi)) * W - 0.5 - margin
+                xb = (0.5 - lo / (2 * np.pi)) * W - 0.5 + margin
+                shift = np.floor(xa / W) * W
+                xa, xb = xa - shift, xb - shift
+                if xb < W - 1:  # inside one period: a contiguous column window
+                    x0 = max(0, int(np.floor(xa)) // 2 * 2)
+                    x1 = min(W, -(-int(np.ceil(xb) + 1) // 2) * 2)
+        if (x1 - x0) * (y1 - y0) > max_fraction * W * H:
+            return None
+        return x0, y0, x1 - x0, y1 - y0
+
+    def set_crop(self, crop: tuple[int, int, int, int] | None) -> None:
+        """Frames given to :meth:`render_i420` are this rectangle of the source (from
+        :meth:`source_crop`); None: whole frames."""
+        if crop is not None:
+            x0, y0, w, h = (int(v) for v in crop)
+            if min(x0, y0) < 0 or w <= 0 or h <= 0 or x0 + w > self._src_w or y0 + h > self._src_h or (x0 | y0 | w | h) % 2:
+                raise ValueError(f"crop {crop} is not an even rectangle inside {self._src_w}x{self._src_h}")
+            crop = (x0, y0, w, h)
+        self._luma.crop = crop
+        if self._chroma is None and crop is not None:
+            self._chroma_maps_plane()
+        if self._chroma is not None:
+            self._chroma.crop = None if crop is None else tuple(v // 2 for v in crop)
+        self._last_pose = self._last_maps = self._last_chroma = None
+
     def _R(self, yaw: float, pitch: float, roll: float) -> np.ndarray:
         return (self._pose_R @ rotation_matrix(yaw, pitch, roll)).astype(np.float32)
 
@@ -188,13 +267,17 @@ class Projector:
         key = (float(yaw), float(pitch), float(roll))
         self.maps(*key)  # keeps the pose cache consistent
         if self._last_chroma is None:
-            if self._chroma is None:
-                if self.out_w % 2 or self.out_h % 2 or self._src_w % 2 or self._src_h % 2:
-                    raise ValueError("yuv420p needs even output and source sizes")
-                self._chroma = _Plane(self.out_w // 2, self.out_h // 2, self.hfov_deg, self._src_w // 2,
-                                      self._src_h // 2)
+            self._chroma_maps_plane()
             self._last_chroma = self._chroma.maps(self._R(*key), self.fixed_point, self.exact)
         return self._last_chroma
+
+    def _chroma_maps_plane(self) -> None:
+        if self._chroma is None:
+            if self.out_w % 2 or self.out_h % 2 or self._src_w % 2 or self._src_h % 2:
+                raise ValueError("yuv420p needs even output and source sizes")
+            self._chroma = _Plane(self.out_w // 2, self.out_h // 2, self.hfov_deg, self._src_w // 2, self._src_h // 2)
+            c = self._luma.crop
+            self._chroma.crop = None if c is None else tuple(v // 2 for v in c)
 
     def prepare(self, equirect: np.ndarray) -> np.ndarray:
         """Check the frame size and apply the pre-downscale (callable once per frame for several poses)."""
@@ -210,6 +293,8 @@ class Projector:
         """Perspective view ``(out_h, out_w, C)`` of an equirect frame ``(H, W, C)`` for a camera pose (degrees)."""
         import cv2
 
+        if self._luma.crop is not None:
+            raise ValueError("Projector.set_crop applies to render_i420 frames only")
         src = equirect if prepared else self.prepare(equirect)
         m1, m2 = self.maps(yaw, pitch, roll)
         return cv2.remap(src, m1, m2, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
@@ -220,7 +305,7 @@ class Projector:
         as yuv420p ``(out_h*3/2, out_w)``, written into ``out`` when given."""
         import cv2
 
-        W, H = self._src_w, self._src_h
+        W, H = (self._src_w, self._src_h) if self._luma.crop is None else self._luma.crop[2:]
         w, h = self.out_w, self.out_h
         if frame.ndim != 2 or frame.shape != (H * 3 // 2, W) or W % 2 or H % 2:
             raise MediaError(None, "frame_size_mismatch", f"expected yuv420p {W}x{H}, got {frame.shape[::-1]}")
