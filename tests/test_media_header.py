@@ -173,9 +173,12 @@ def test_non_8bit_video_decodes_again_with_the_general_graph(tmp_path, monkeypat
         return real_decode(path, info, *a, **k)
 
     monkeypatch.setattr(ingest, "shared_decode", spy)
+    from biaudio.media.audio import AUDIO_DECODES
+
     decl = ValidateConfig(declared_convention="ambix")
     a = analyze_file(ten, validate_cfg=decl, stop_on_reject=False)
     assert modes == [True, False]  # header mode, then the general graph with the probe it read
+    assert AUDIO_DECODES[str(ten.resolve())] == 2  # the decode counter tells the truth about it
     b = analyze_file(eight, validate_cfg=decl, stop_on_reject=False)
     assert modes == [True, False, True]
     assert a.validated is not None and a.n_frames == b.n_frames and a.n_frames >= 59

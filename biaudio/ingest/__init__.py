@@ -479,6 +479,8 @@ def analyze_file(
             peaks.clear()
             bad_audio.clear()
             sized(rg.info)
+            if need_audio:
+                count_audio_decode(path)  # the audio is decoded a second time too
             shared_decode(path, rg.info, (st.pw, st.ph), stcfg.fps, *args, threads=threads, proxy_flags=proxy_flags,
                           static_y_plane=False, audio_block=st.sr, proxy_band=segcfg.proxy_band)
     except BiaudioError as e:
