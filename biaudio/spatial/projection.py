@@ -1,8 +1,8 @@
 """Equirectangular -> perspective (rectilinear) projection for a moving camera (CONVENTIONS §2-3).
 
 Camera rays are computed once per output size; each frame only costs ``R @ rays`` on a coarse
-grid (every 4th pixel), an arctan2 and an arcsin, a bilinear upsampling of the two maps, a
-fixed-point map conversion and one ``cv2.remap`` (three on planar yuv420p frames). ``BORDER_WRAP`` makes the ±180° seam
+grid (every 4th pixel), an arctan2 and an arcsin, a bilinear upsampling of the two maps and one
+``cv2.remap`` on the float maps (three on planar yuv420p frames). ``BORDER_WRAP`` makes the ±180° seam
 continuous, and the row map is clipped to ``[0, H-1]`` so views through a pole never pull in the
 opposite image edge (both would otherwise show as black or garbage lines). The mapping uses the
 stored frame size, so full-sphere content stored at 16:9 projects correctly.
@@ -62,9 +62,20 @@ def camera_pixel(
 
 _COARSE_STEP = 4
 """Maps are computed exactly on every 4th output pixel and bilinearly upsampled (error < 0.03 source
-pixel away from the poles, below the 1/32-pixel resolution of the fixed-point maps; ~5x cheaper)."""
+pixel away from the poles, about OpenCV's 1/32-pixel interpolation resolution; ~5x cheaper)."""
 _COARSE_MAX_EL_DEG = 70.0
 """Views reaching beyond this elevation (near a pole, where azimuth changes fast) use exact maps."""
+
+
+def _wrap(x: np.ndarray, period: np.float32) -> np.ndarray:
+    """``x`` modulo ``period`` (float32), as ``x - floor(x / period) * period``.
+
+    Why not ``np.mod``: NumPy's float modulo (fmod plus sign fix-up, per element) costs ~14x more
+    and was a third of the per-frame map time. The two differ only by rounding at the period
+    boundary, which the callers keep out of view (opposite the view centre / outside the crop)."""
+    q = np.floor(x * (np.float32(1) / period))
+    q *= period
+    return x - q
 
 
 def _grid_rays(out_w: int, out_h: int, f: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -103,7 +114,7 @@ class _Plane:
             az_c = np.float32(np.arctan2(R[1, 0], R[0, 0]))
             az = np.arctan2(d[1], d[0]) - az_c
             az += np.float32(np.pi)
-            np.mod(az, np.float32(2 * np.pi), out=az)
+            az = _wrap(az, np.float32(2 * np.pi))
             az += az_c - np.float32(np.pi)
             shape, sz = (self.ch, self.cw), (self.cw * self.step, self.ch * self.step)
         else:
@@ -117,14 +128,16 @@ class _Plane:
         if self.crop is not None:
             x0, y0, cw, chh = self.crop
             if cw < W:  # a column window (never one through a pole or the seam, see source_crop)
-                mx = np.mod(mx - np.float32(x0), np.float32(W))
+                mx = _wrap(mx - np.float32(x0), np.float32(W))
             my = my - np.float32(y0)
             y_hi = min(H - 1.0 - y0, chh - 1.0)
+        # clipped before the upsampling when coarse: bilinear values are convex combinations of the
+        # grid's, so they stay inside the range (and the clip touches 16x fewer values)
+        np.clip(my, 0.0, y_hi, out=my)
         if coarse:
             s = self.step
             mx = cv2.resize(mx, sz, interpolation=cv2.INTER_LINEAR)[s : s + self.out_h, s : s + self.out_w]
             my = cv2.resize(my, sz, interpolation=cv2.INTER_LINEAR)[s : s + self.out_h, s : s + self.out_w]
-        np.clip(my, 0.0, y_hi, out=my)
         if fixed_point:
             return cv2.convertMaps(mx, my, cv2.CV_16SC2)
         return np.ascontiguousarray(mx), np.ascontiguousarray(my)
@@ -139,7 +152,9 @@ class Projector:
     ``prescale`` downsizes the equirect (INTER_AREA) when it is much denser than the output
     would sample it (a 90° view over 640 px of a 3840-wide frame is ~4x minified and aliases).
     ``exact`` computes the maps at every output pixel (default: on a 4-pixel grid, upsampled,
-    except near the poles; see ``_COARSE_STEP``).
+    except near the poles; see ``_COARSE_STEP``). ``fixed_point`` converts the maps to OpenCV's
+    16-bit form first: only worth it when one map serves many frames; per-frame maps go to
+    ``cv2.remap`` as float (the conversion cost more than the faster remap saved, ~0.2 ms a frame).
 
     :meth:`render` takes and returns rgb (or gray) frames; :meth:`render_i420` takes and returns
     planar yuv420p frames ``(h*3/2, w)`` as ffmpeg pipes them (half the bytes of rgb24, no colour
@@ -153,7 +168,7 @@ class Projector:
     in_h: int
     prescale: bool = True
     projection_pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    fixed_point: bool = True
+    fixed_point: bool = False
     exact: bool = False
     _src_w: int = field(init=False)
     _src_h: int = field(init=False)
