@@ -134,7 +134,10 @@ class Synthesizer:
 
 
 def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Path) -> Path:
-    """Copy the video stream (H.264 re-encoded only if it isn't) and add the audio as AAC."""
+    """Copy the video stream (H.264 re-encoded only if it isn't) and add the audio as AAC
+    (intensity stereo and PNS off: they would rewrite the generated interaural cues)."""
+    from biaudio.media.video import aac_args
+
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
@@ -142,7 +145,7 @@ def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Pa
     vcodec = ["-c:v", "copy"] if r.stdout.strip() == "h264" else ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "20"]
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(video_path), "-i", str(audio_path), "-map", "0:v:0",
-           "-map", "1:a:0", *vcodec, "-c:a", "aac", "-b:a", "192k", "-ac", "2", "-shortest", str(tmp)]
+           "-map", "1:a:0", *vcodec, *aac_args("192k"), "-ac", "2", "-shortest", str(tmp)]
     r2 = subprocess.run(cmd, capture_output=True, text=True)
     if r2.returncode != 0:
         tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,6 +55,9 @@ class RenderConfig(BaseModel):
     crf: int = Field(20, ge=0, le=51)
     preset: str = "veryfast"
     audio_bitrate: str = "192k"
+    aac_coder: Literal["fast", "twoloop"] = "fast"
+    """AAC coder of the mp4's audio; intensity stereo and PNS are always off (they rewrite the
+    interaural cues above ~8 kHz, see ``biaudio.media.video.aac_args``). The FLAC is the lossless copy."""
     peak_limit: float = Field(0.99, gt=0, le=1.0)
     """A clip whose binaural peak exceeds this is scaled down (both ears alike: cues kept, no clipping)."""
     preview_width: int = Field(640, ge=64)
@@ -241,7 +244,8 @@ def render_clip(
         # the lossless audio first: the video encoder muxes it in as AAC in the same process
         write_audio(flac, binaural, out_sr)
         with VideoWriter(mp4, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset, threads=threads,
-                         pix_fmt=pix_fmt, extra_args=writer_args, audio=flac, audio_bitrate=cfg.audio_bitrate) as vw:
+                         pix_fmt=pix_fmt, extra_args=writer_args, audio=flac, audio_bitrate=cfg.audio_bitrate,
+                         aac_coder=cfg.aac_coder) as vw:
             k = 0
             last = None
             frames = iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s,
