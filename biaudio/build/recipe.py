@@ -150,7 +150,7 @@ class ExecutionConfig(_Strict):
     item_fn: str | None = None
     on_write_error: Literal["stop", "continue"] = "stop"
     threads_per_worker: int = Field(
-        1, ge=1, description="BLAS/OpenMP/torch threads inside one worker; parallelism comes from workers "
+        1, ge=1, description="BLAS/OpenMP/torch and ffmpeg decoder/x264 threads inside one worker; parallelism comes from workers "
                              "(1 keeps N workers on N cores from oversubscribing, and results independent of N)")
 
 

@@ -61,6 +61,11 @@ def rotation_matrix(yaw_deg: ArrayLike, pitch_deg: ArrayLike = 0.0, roll_deg: Ar
     y = np.deg2rad(np.asarray(yaw_deg, dtype=np.float64))
     p = np.deg2rad(np.asarray(pitch_deg, dtype=np.float64))
     r = np.deg2rad(np.asarray(roll_deg, dtype=np.float64))
+    if y.ndim == 0 and p.ndim == 0 and r.ndim == 0:  # one pose (per video frame): no stacking
+        cy, sy, cp, sp, cr, sr = np.cos(y), np.sin(y), np.cos(-p), np.sin(-p), np.cos(r), np.sin(r)
+        return (np.array([[cy, -sy, 0.0], [sy, cy, 0.0], [0.0, 0.0, 1.0]])
+                @ np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+                @ np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]]))
     y, p, r = np.broadcast_arrays(y, p, r)
     return _rz(y) @ _ry(-p) @ _rx(r)
 
