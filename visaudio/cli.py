@@ -18,10 +18,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
+    from biaudio.commands._common import tidy_help
     from visaudio.commands import evaluate, model
 
     model.register(app)
     evaluate.register(app)
+    tidy_help(app)
 
 
 _register()
