@@ -117,8 +117,8 @@ def tiny_text_model(tmp_path_factory) -> Path:
 def test_local_model_text_stage_runs_offline(tiny_text_model: Path, tmp_path: Path, monkeypatch):
     """Loading + generation + parsing of the text stage with a tiny random model from a local folder.
 
-    The audio-visual stage (Qwen2.5-Omni) is stubbed: it is exercised only when a real local
-    checkpoint exists (none ships with the tests).
+    The audio-visual stage is stubbed here; test_local_model_av_stage_runs_qwen_omni_offline runs it
+    for real with a tiny Qwen2.5-Omni.
     """
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = CaptionConfig(backend="local-model", av_model_path=tmp_path, text_model_path=tiny_text_model,
@@ -145,3 +145,149 @@ def test_local_model_bad_checkpoint_folder(tmp_path: Path):
     with pytest.raises(BiaudioError) as e:
         c.restructure("x")
     assert e.value.reason == "model_load_failed"
+
+
+_OMNI_TOKENS = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+                "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+# Qwen2.5-Omni's chat template, reduced to what a video + text turn needs
+_OMNI_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif c['type'] == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif c['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_omni_model(tmp_path_factory) -> Path:
+    """A randomly initialised Qwen2.5-Omni (1-layer thinker: text, vision and audio towers; no talker)
+    and its real processor (BPE tokenizer with the Omni special tokens, Qwen2-VL image/video processor,
+    Whisper feature extractor), saved locally like a downloaded checkpoint (nothing downloaded)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import decoders as tdec
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5OmniConfig,
+        Qwen2_5OmniForConditionalGeneration,
+        Qwen2_5OmniProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    d = tmp_path_factory.mktemp("tiny_omni_model")
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tdec.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *_OMNI_TOKENS.values()]
+    tk.train_from_iterator(["Describe the sounds in this video. system user assistant"] * 5,
+                           trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  extra_special_tokens=_OMNI_TOKENS)
+    Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
+                         feature_extractor=WhisperFeatureExtractor(feature_size=32), tokenizer=tok,
+                         chat_template=_OMNI_TEMPLATE).save_pretrained(d)
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in _OMNI_TOKENS.items()}
+    h = 32
+    thinker = dict(
+        text_config=dict(vocab_size=len(tok), hidden_size=h, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=h,
+                           fullatt_block_indexes=[0]),
+        audio_config=dict(num_mel_bins=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, output_dim=h),
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"])
+    torch.manual_seed(0)
+    model = Qwen2_5OmniForConditionalGeneration(Qwen2_5OmniConfig(thinker_config=thinker, enable_audio_output=False))
+    model.save_pretrained(d)
+    # real checkpoints ship the talker's speaker table; from_pretrained insists on the file
+    torch.save({"Chelsie": {"bos_token": 0}}, d / "spk_dict.pt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def av_clip(tmp_path_factory) -> Path:
+    """A real 3-s 64x48 H.264 clip at 8 fps with a stereo AAC track (two tones, one per ear)."""
+    import numpy as np
+
+    from biaudio.media.audio import write_audio
+    from biaudio.media.video import VideoWriter
+
+    d = tmp_path_factory.mktemp("av_clip")
+    sr = 48000
+    t = np.arange(3 * sr) / sr
+    write_audio(d / "a.flac", (0.3 * np.stack([np.sin(2 * np.pi * 440 * t),
+                                              np.sin(2 * np.pi * 660 * t)])).astype(np.float32), sr)
+    rng = np.random.default_rng(0)
+    with VideoWriter(d / "clip.mp4", 64, 48, 8, audio=d / "a.flac") as w:
+        for _ in range(24):
+            w.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    return d / "clip.mp4"
+
+
+def _runs(ids: list[int], names: dict[int, str]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for i in ids:
+        n = names.get(i, "?")
+        if out and out[-1][0] == n:
+            out[-1] = (n, out[-1][1] + 1)
+        else:
+            out.append((n, 1))
+    return out
+
+
+def test_local_model_av_stage_runs_qwen_omni_offline(tiny_omni_model: Path, tiny_text_model: Path, av_clip: Path,
+                                                     monkeypatch):
+    """The real audio-visual stage: clip decoded by ffmpeg, Qwen2.5-Omni processor, thinker generate."""
+    from biaudio.media.audio import decode_audio
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    cfg = CaptionConfig(backend="local-model", av_model_path=tiny_omni_model, text_model_path=tiny_text_model,
+                        max_new_tokens=6, av_video_fps=2)
+    c = cap.LocalModelCaptioner(cfg)
+    processor, model, kind = c._load_av()
+    assert kind == "qwen2_5_omni" and not model.has_talker
+
+    inputs = c.av_inputs(av_clip)
+    # 3 s at 2 fps = 6 frames = 3 temporal patches of 2 frames
+    grid = inputs["video_grid_thw"][0].tolist()
+    assert grid[0] == 3
+    # the whole soundtrack as one mono 16-kHz signal: ~3 s (AAC adds a few ms) = ~300 mel frames (hop 160)
+    # -> 75 audio tokens
+    n = decode_audio(av_clip, sr=16000)[0].shape[1]
+    assert inputs["input_features"].shape[:2] == (1, 32)
+    assert int(inputs["feature_attention_mask"].sum()) == -(-n // 160) and 300 <= -(-n // 160) <= 302
+    # video and audio tokens interleave in 2-s chunks between <|audio_bos|> and <|audio_eos|>
+    ids = inputs["input_ids"][0].tolist()
+    per_t = grid[1] * grid[2] // 4
+    names = {processor.video_token_id: "V", processor.audio_token_id: "A"}
+    span = ids[ids.index(processor.tokenizer.audio_bos_token_id) + 1:ids.index(processor.tokenizer.audio_eos_token_id)]
+    assert _runs(span, names) == [("V", 2 * per_t), ("A", 50), ("V", per_t), ("A", 25)]
+    assert ids.count(processor.video_token_id) == int(inputs["pixel_values_videos"].shape[0]) // 4
+
+    calls = {"visual": 0, "audio_tower": 0}
+    hooks = [getattr(model.thinker.model, n).register_forward_hook(
+        lambda mod, a, out, n=n: calls.__setitem__(n, calls[n] + 1)) for n in calls]
+    try:
+        text = c.describe(av_clip)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    assert isinstance(text, str)
+    assert calls == {"visual": 1, "audio_tower": 1}  # both towers ran, once (the prompt), not per new token
+    assert text == c.describe(av_clip)  # greedy: deterministic
+
+    # the whole chain: a random text model does not write the format -> a clear reject
+    with pytest.raises(RejectItem) as e:
+        c.caption("x_0", "x", video_path=av_clip)
+    assert e.value.reason == "caption_unparsable"

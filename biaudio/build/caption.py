@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from biaudio.errors import BiaudioError, RejectItem
+from biaudio.errors import BiaudioError, MediaError, RejectItem
 
 STAGE = "caption"
 
@@ -31,6 +33,11 @@ DEFAULT_AV_PROMPT = (
     "Describe the sounds in this video. For each sound say what makes it and whether its source "
     "is visible in the picture or not."
 )
+OMNI_SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+    "auditory and visual inputs, as well as generating text and speech."
+)
+"""The system prompt Qwen2.5-Omni was trained with (its model card asks for it)."""
 DEFAULT_TEXT_PROMPT = (
     "Rewrite the following description of a video's sounds as exactly one line of the form "
     "'Visible sound: <sounds whose source is on screen>, Invisible sound: <other sounds>'. "
@@ -118,6 +125,15 @@ def parse_caption(text: str) -> tuple[str, str]:
     if not invisible:
         raise ValueError(f"empty invisible field in {text[:80]!r}")
     return visible, invisible
+
+
+def _max_pixels(size: Any) -> int | None:
+    """Pixel budget per frame from a Qwen-VL style processor ``size`` (``longest_edge``/``max_pixels``)."""
+    if size is None:
+        return None
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    v = get("longest_edge") or get("max_pixels")
+    return int(v) if v else None
 
 
 def format_caption(visible: str, invisible: str) -> str:
@@ -286,39 +302,107 @@ class LocalModelCaptioner(Captioner):
                 conf = AutoConfig.from_pretrained(p, local_files_only=True)
                 kind = getattr(conf, "model_type", "")
                 processor = AutoProcessor.from_pretrained(p, local_files_only=True)
-                if "omni" in kind:
+                if kind == "qwen2_5_omni":
+                    # text only: the talker and token2wav (speech output) are never built
                     model = transformers.Qwen2_5OmniForConditionalGeneration.from_pretrained(
-                        p, local_files_only=True, torch_dtype="auto")
-                    if hasattr(model, "disable_talker"):
-                        model.disable_talker()  # text only: the speech head is not needed
+                        p, local_files_only=True, dtype="auto", enable_audio_output=False)
+                    if getattr(model, "has_talker", False):
+                        model.disable_talker()
                 else:
                     model = transformers.AutoModelForImageTextToText.from_pretrained(
-                        p, local_files_only=True, torch_dtype="auto")
-            except (OSError, ValueError) as e:
+                        p, local_files_only=True, dtype="auto")
+            except (OSError, ValueError, ImportError) as e:
                 raise BiaudioError(p, "model_load_failed", f"audio-visual model: {e}", STAGE) from None
             model.to(self.cfg.device).eval()
             self._av = (processor, model, kind)
         return self._av
+
+    def _clip_frames(self, video_path: Path, processor) -> np.ndarray:
+        """The clip's frames at ``av_video_fps`` as ``(T, H, W, 3)`` uint8 RGB.
+
+        Decoded here (ffmpeg pipe) rather than by the processor, so no av/decord backend is needed.
+        Frames larger than the video processor's pixel budget are scaled down by ffmpeg first (the
+        processor still does its own exact resize to a multiple of the patch size).
+        """
+        from biaudio.media.probe import probe
+        from biaudio.media.video import iter_frames
+
+        info = probe(video_path)
+        size = None
+        vp = getattr(processor, "video_processor", None)
+        # a processor-level default (Qwen2.5-Omni's) takes precedence over the video processor's own
+        max_px = _max_pixels((getattr(processor, "videos_kwargs", None) or {}).get("size")
+                             or getattr(vp, "size", None))
+        if max_px and info.width and info.height and info.width * info.height > max_px:
+            scale = math.sqrt(max_px / (info.width * info.height))
+            size = (max(2, int(info.width * scale) // 2 * 2), max(2, int(info.height * scale) // 2 * 2))
+        frames = list(iter_frames(video_path, size=size, fps=self.cfg.av_video_fps, info=info))
+        return np.stack(frames)
+
+    def _clip_audio(self, video_path: Path, processor) -> np.ndarray | None:
+        """The clip's soundtrack mixed to mono float32 at the feature extractor's rate (``None``: silent clip)."""
+        from biaudio.media.audio import decode_audio
+
+        fe = getattr(processor, "feature_extractor", None)
+        sr = int(getattr(fe, "sampling_rate", None) or 16000)
+        try:
+            x, _ = decode_audio(video_path, sr=sr)
+        except MediaError as e:
+            if e.reason == "no_audio":
+                return None
+            raise
+        return x.mean(axis=0).astype(np.float32)
+
+    def av_inputs(self, video_path: Path) -> dict[str, Any]:
+        """Processor output (tensors on the model's device) for one clip: prompt + frames (+ audio for Omni)."""
+        from transformers.video_utils import VideoMetadata
+
+        processor, model, kind = self._load_av()
+        omni = kind == "qwen2_5_omni"
+        conv: list[dict[str, Any]] = []
+        if omni:
+            conv.append({"role": "system", "content": [{"type": "text", "text": OMNI_SYSTEM_PROMPT}]})
+        conv.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.cfg.av_prompt}]})
+        text = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        frames = self._clip_frames(video_path, processor)
+        fps = self.cfg.av_video_fps
+        # the frames are already sampled at av_video_fps: the processor must not resample them, and its
+        # time axis (Qwen2.5-Omni: ``fps``; Qwen2.5-VL and others: the metadata) must know their rate
+        kw: dict[str, Any] = {"text": [text], "videos": [frames], "return_tensors": "pt", "fps": fps,
+                              "do_sample_frames": False}
+        if hasattr(getattr(processor, "video_processor", None), "cap_pixels_per_frame"):
+            kw["cap_pixels_per_frame"] = True  # the per-video pixel budget of qwen-vl-utils (reference)
+        if omni:
+            audio = self._clip_audio(video_path, processor)
+            if audio is not None:
+                # the soundtrack of videos[0], already decoded: its tokens interleave with the video's
+                kw.update(audio=[audio], audio_from_video_indices=[0], load_audio_from_video=True)
+        else:
+            kw["video_metadata"] = [VideoMetadata(total_num_frames=len(frames), fps=fps, width=frames.shape[2],
+                                                  height=frames.shape[1], duration=len(frames) / fps)]
+        inputs = processor(**kw).to(model.device)
+        # pixels and mel features in the model's dtype (bf16 checkpoints); ids and the float time
+        # steps (``*second_per_grid*``, used for positions) stay as they are
+        for k in ("pixel_values", "pixel_values_videos", "input_features"):
+            if k in inputs:
+                inputs[k] = inputs[k].to(model.dtype)
+        return inputs
 
     def describe(self, video_path: Path) -> str:
         """Free-text description of the clip (picture + binaural soundtrack) by the AV model."""
         import torch
 
         processor, model, kind = self._load_av()
-        omni = "omni" in kind
-        conv = [{"role": "user", "content": [{"type": "video", "video": str(video_path)},
-                                             {"type": "text", "text": self.cfg.av_prompt}]}]
-        kw: dict[str, Any] = {"video_fps": self.cfg.av_video_fps}
-        if omni:
-            kw.update(load_audio_from_video=True, use_audio_in_video=True)
-        inputs = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True, return_tensors="pt", **kw)
-        inputs = inputs.to(model.device)
+        inputs = self.av_inputs(Path(video_path))
         gen_kw: dict[str, Any] = {"max_new_tokens": self.cfg.max_new_tokens, "do_sample": False}
-        if omni:
-            gen_kw.update(use_audio_in_video=True, return_audio=False)
+        if kind == "qwen2_5_omni":
+            # the thinker writes the text; the wrapper's generate() also wants speaker files (spk_dict)
+            generator = model.thinker
+            gen_kw["use_audio_in_video"] = "input_features" in inputs
+        else:
+            generator = model
         with torch.no_grad():
-            out = model.generate(**inputs, **gen_kw)
+            out = generator.generate(**inputs, **gen_kw)
         if isinstance(out, tuple):
             out = out[0]
         n_in = inputs["input_ids"].shape[1]
