@@ -157,3 +157,29 @@ def test_speech_spans_run_the_detector_only_there():
     assert f.extra["analyzed_s"] == pytest.approx(3.0)
     assert len(f.extra["activity"]) == 300 and all(1.0 <= s < e <= 4.0 for s, e in f.extra["segments"])
     assert 0.0 <= f.score <= 1.0
+
+
+def test_silero_one_call_equals_its_own_loop(tmp_path):
+    """Our one-call Silero path (audio_forward + its own post-processing) gives exactly what
+    silero's get_speech_timestamps gives, on speech and on lengths that are not whole steps."""
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    from biaudio.clean.speech import VAD_SR, _segments_silero, _silero_model
+    from biaudio.media.audio import decode_audio
+
+    wav = tmp_path / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "One two three, the rain in Spain stays mainly in the plain."],
+                   check=True, timeout=60)
+    x, _ = decode_audio(wav, sr=VAD_SR)
+    speech = np.concatenate([np.zeros(VAD_SR, np.float32), x[0], np.zeros(777, np.float32)])
+    noise = (0.01 * np.random.default_rng(0).standard_normal(5000)).astype(np.float32)
+    cfg = SpeechConfig()
+    for sig in (speech, speech[: 3 * VAD_SR + 300], noise, speech[VAD_SR + 2000: VAD_SR + 2300]):
+        model = _silero_model()
+        model.reset_states()
+        ref = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(sig)), model, threshold=cfg.silero_threshold,
+                                    sampling_rate=VAD_SR, min_speech_duration_ms=cfg.min_speech_ms,
+                                    min_silence_duration_ms=cfg.min_silence_ms)
+        assert _segments_silero(sig, cfg) == [(t["start"] / VAD_SR, t["end"] / VAD_SR) for t in ref]
+    assert _segments_silero(speech, cfg)  # the speech is found (the comparison is not between two empties)
