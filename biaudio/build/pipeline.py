@@ -13,6 +13,11 @@ each window (clip): a window that fails one becomes a reject row with its clip i
 silence / static / speech ratios are the clip's own. Per window the binaural audio and the spatial-cue
 filter come before the video, so a clip without spatial cue never pays for a video render.
 
+The video is decoded once per source (``execution.single_decode``, default): ``analyze_file`` decodes
+the audio first, the windows a cut-free video would have get their audio side and a render that rides
+along in the analysis' video decode (:class:`_Speculation`); only windows that a cut moved render
+with a decode of their own. Same files either way.
+
 Rows are manifest v1 rows without ``split``, ``schema_version``, ``recipe_hash`` and
 ``tool_versions`` (the engine adds those). Times in ``trajectory`` and ``window_directions`` are
 seconds from the clip start; ``start_s``/``end_s`` are times in the source.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,98 @@ def _threads(recipe: Any) -> int:
     pay for with throughput."""
     execution = getattr(recipe, "execution", None)
     return int(getattr(execution, "threads_per_worker", 1) or 1)
+
+
+class _Speculation:
+    """The clips rendered inside the source's analysis decode (``execution.single_decode``).
+
+    Why: decoding the video twice (once for the analysis, once per window for the render) was a
+    fifth of a clip's CPU. ``analyze_file`` decodes the audio first and calls :meth:`plan` with the
+    windows a video without cuts would have; each gets its audio side (direction, trajectory,
+    binaural, spatial cue) and, if it passes, a :class:`ClipRender` that rides along in the video
+    pass. Afterwards the windows the analysis really kept take their render from here when one was
+    made for exactly that window (:meth:`rendered`); any other window (after a cut, or a render
+    that failed) renders with its own decode as before, and :meth:`abort_all` deletes the renders
+    of windows the analysis dropped (a cut, a static or speech reject). The frames, hence the
+    files, are the same either way (tested).
+    """
+
+    def __init__(self, recipe: Any, path: Path, source_id: str, out_dir: Path, sr: int, timer: _Timer,
+                 log: logging.Logger) -> None:
+        self.recipe, self.path, self.source_id, self.out_dir = recipe, path, source_id, out_dir
+        self.sr, self.timer, self.log = sr, timer, log
+        self.foa: np.ndarray | None = None  # the FOA at the render rate, once planned
+        self.preps: dict[tuple[float, float], _Prepared | BiaudioError] = {}
+        self.jobs: dict[tuple[float, float], Any] = {}
+        self._all: list[Any] = []
+        self.plan_s = 0.0
+
+    @staticmethod
+    def _key(w) -> tuple[float, float]:
+        return (round(float(w.start_s), 6), round(float(w.end_s), 6))
+
+    def plan(self, info: Any, foa: np.ndarray, sr_src: int, planned: list) -> list:
+        """Audio side of each planned window; a render branch for those that pass the spatial cue."""
+        from biaudio.build.render import ClipRender
+
+        t0 = time.perf_counter()
+        try:
+            if int(sr_src) != self.sr:
+                from biaudio.media.audio import resample_audio
+
+                with self.timer("audio_resample"):
+                    foa = resample_audio(foa, int(sr_src), self.sr)
+            self.foa = foa
+            branches = []
+            for w in planned:
+                key, clip_id = self._key(w), w.clip_id(self.source_id)
+                try:
+                    prep = _prepare_window(w, clip_id, self.path, info, foa, self.sr, self.recipe, self.timer)
+                    self.preps[key] = prep
+                    job = ClipRender(self.path, w.start_s, float(w.end_s - w.start_s), None, self.sr, prep.traj,
+                                     self.recipe.render, self.out_dir, clip_id, info, binaural=prep.binaural,
+                                     directions=(prep.d.azimuth_deg, prep.d.elevation_deg), clip_dir=prep.clip_dir,
+                                     threads=_threads(self.recipe))
+                except BiaudioError as e:
+                    self.preps.setdefault(key, e)  # the window's reject, if the analysis keeps it
+                    continue
+                if job.can_branch:
+                    self.jobs[key] = job
+                    self._all.append(job)
+                    branches.append(job.branch())
+            return branches
+        finally:
+            self.plan_s += time.perf_counter() - t0
+
+    def prepared(self, w) -> _Prepared | None:
+        """The window's audio side if planned (raising its reject), else None."""
+        p = self.preps.get(self._key(w))
+        if isinstance(p, BiaudioError):
+            raise p
+        return p
+
+    def rendered(self, w, clip_id: str):
+        """The finished speculative render of exactly this window, or None (render it anew)."""
+        job = self.jobs.pop(self._key(w), None)
+        if job is None:
+            return None
+        try:
+            with self.timer("render"):
+                return job.finish(job.snapshot)
+        except BiaudioError as e:
+            self.log.info("clip %s: render inside the analysis decode failed (%s); rendering it alone", clip_id, e)
+            job.abort()
+            return None
+        except BaseException:
+            job.abort()
+            raise
+
+    def render_s(self) -> float:
+        return sum(j.render_s for j in self._all)
+
+    def abort_all(self) -> None:
+        while self.jobs:
+            self.jobs.popitem()[1].abort()
 
 
 def _as_source_item(source: Any, item_id: str):
@@ -117,12 +215,25 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
 
     # -- probe + validate + clean filters + segmentation (one decode of video and audio) -------
     section = tuple(src.section) if src.section and src.kind == "file" else None  # a local file: windows inside it
-    a = analyze_file(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
-                     static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment,
-                     section=section, threads=_threads(recipe))
+    sr = int(recipe.render.sample_rate)
+    spec = _Speculation(recipe, path, source_id, out_dir, sr, timer, log)
+    try:
+        a = analyze_file(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
+                         static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment,
+                         section=section, threads=_threads(recipe),
+                         plan=spec.plan if getattr(recipe.execution, "single_decode", True) else None)
+    except BaseException:
+        spec.abort_all()
+        raise
     for k, v in a.timings.items():
         res.stats[k] = res.stats.get(k, 0.0) + float(v)
+    # the planning (direction ... spatial cue) ran between the analysis' two passes: not decode time;
+    # the renders inside the decode overlap it (stage seconds are wall time, so these two add up to more)
+    res.stats["decode"] = max(0.0, res.stats.get("decode", 0.0) - spec.plan_s)
+    if spec.render_s():
+        res.stats["render"] = res.stats.get("render", 0.0) + spec.render_s()
     if a.reject is not None:
+        spec.abort_all()
         log.info("rejected at %s: %s", a.reject.stage, a.reject)
         res.rejects.append(_from_error(item.item_id, a.reject, "clean"))
         return res
@@ -130,19 +241,32 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
         clip_id = w.clip_id(source_id)
         log.info("clip %s rejected at %s: %s", clip_id, e.stage, e)
         res.rejects.append(_from_error(item.item_id, e, "clean", clip_id))
+    wins = list(a.windows)
+    try:
+        return _finish_item(item, res, a, wins, spec, path, src, recipe, out_dir, timer, log)
+    finally:
+        spec.abort_all()  # speculative renders of windows the analysis did not keep leave no file
+
+
+def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Speculation, path: Path, src: Any,
+                 recipe: Any, out_dir: Path, timer: _Timer, log: logging.Logger) -> ItemResult:
+    """The back half for the windows the analysis kept: rows from the renders made inside the
+    analysis decode where they match, a render of its own for any other window."""
+    source_id = src.source_id
     probe = a.validated.probe
     convention = a.validated.convention
-    wins = list(a.windows)
     if not wins:
         return res
 
     # -- audio: the ambiX FOA analyze_file decoded; resampled only if the render rate differs ----
-    sr = int(recipe.render.sample_rate)
+    sr = spec.sr
     foa, a.foa = a.foa, None  # the analysis no longer holds it: one copy alive
     if foa is None:
         res.rejects.append(_reject(item.item_id, "decode", "no_audio", f"{path}: no FOA decoded"))
         return res
-    if int(a.audio_sr) != sr:
+    if spec.foa is not None:
+        foa = spec.foa  # the plan resampled it already
+    elif int(a.audio_sr) != sr:
         from biaudio.media.audio import resample_audio
 
         with timer("audio_resample"):
@@ -163,7 +287,8 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
     for w in wins:
         clip_id = w.clip_id(source_id)
         try:
-            row, nbytes = _process_window(w, clip_id, source_id, path, probe, foa, sr, recipe, out_dir, timer, log)
+            row, nbytes = _process_window(w, clip_id, source_id, path, probe, foa, sr, recipe, out_dir, timer, log,
+                                          spec)
         except BiaudioError as e:
             remove_clip_files(out_dir, clip_id)
             log.info("clip %s rejected at %s: %s", clip_id, e.stage, e)
@@ -181,10 +306,22 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
     return res
 
 
-def _process_window(w, clip_id: str, source_id: str, path: Path, probe: Any, foa: np.ndarray, sr: int, recipe: Any,
-                    out_dir: Path, timer: _Timer, log: logging.Logger) -> tuple[dict, int]:
-    """One window -> (row, bytes written); raises BiaudioError (with its stage) to reject the clip."""
-    from biaudio.build.caption import get_captioner
+@dataclass
+class _Prepared:
+    """A window's audio-side results (all a pure function of the window's FOA and the recipe)."""
+
+    d: Any
+    clip_dir: tuple[float, float]
+    traj: Any
+    binaural: np.ndarray
+    lr: float
+
+
+def _prepare_window(w, clip_id: str, path: Path, probe: Any, foa: np.ndarray, sr: int, recipe: Any,
+                    timer: _Timer) -> _Prepared:
+    """Direction, trajectory, binaural audio and the spatial-cue filter of one window; raises
+    BiaudioError (with its stage) to reject the clip. Comes before any video work, so a clip
+    without spatial cue never pays for a render."""
     from biaudio.spatial.direction import estimate
 
     duration = float(w.end_s - w.start_s)
@@ -215,11 +352,28 @@ def _process_window(w, clip_id: str, source_id: str, path: Path, probe: Any, foa
         lr, reason, detail = spatial_cue_check(binaural, recipe.spatial_cue)
     if reason is not None:
         raise BiaudioError(str(path), reason, f"{clip_id}: {detail}", "spatial_cue")
+    return _Prepared(d, clip_dir, traj, binaural, float(lr))
 
-    with timer("render"):
-        rendered = render_clip(path, w.start_s, duration, seg, sr, traj, rcfg, out_dir, clip_id, probe,
-                               binaural=binaural, directions=(d.azimuth_deg, d.elevation_deg), clip_dir=clip_dir,
-                               threads=_threads(recipe))
+
+def _process_window(w, clip_id: str, source_id: str, path: Path, probe: Any, foa: np.ndarray, sr: int, recipe: Any,
+                    out_dir: Path, timer: _Timer, log: logging.Logger, spec: _Speculation | None = None
+                    ) -> tuple[dict, int]:
+    """One window -> (row, bytes written); raises BiaudioError (with its stage) to reject the clip.
+    With ``spec``: the window's audio side and render from the analysis decode when it made them."""
+    from biaudio.build.caption import get_captioner
+
+    duration = float(w.end_s - w.start_s)
+    prep = spec.prepared(w) if spec is not None else None
+    if prep is None:
+        prep = _prepare_window(w, clip_id, path, probe, foa, sr, recipe, timer)
+    d, clip_dir, traj, binaural, lr = prep.d, prep.clip_dir, prep.traj, prep.binaural, prep.lr
+    rcfg = recipe.render
+    rendered = spec.rendered(w, clip_id) if spec is not None else None
+    if rendered is None:
+        with timer("render"):
+            rendered = render_clip(path, w.start_s, duration, None, sr, traj, rcfg, out_dir, clip_id, probe, binaural=binaural,
+                                   directions=(d.azimuth_deg, d.elevation_deg), clip_dir=clip_dir,
+                                   threads=_threads(recipe))
     with timer("caption"):
         cap = get_captioner(recipe.caption).caption(clip_id, source_id, rendered.video_path, rendered.audio_path)
 

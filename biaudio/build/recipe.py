@@ -149,6 +149,10 @@ class ExecutionConfig(_Strict):
     ray_address: str | None = None
     item_fn: str | None = None
     on_write_error: Literal["stop", "continue"] = "stop"
+    single_decode: bool = Field(
+        True, description="render the clips inside the source's analysis decode (audio first, then one video decode "
+                          "for the analysis and the windows of a cut-free video); False: each clip decodes its window "
+                          "again. The files are the same either way")
     threads_per_worker: int = Field(
         1, ge=1, description="BLAS/OpenMP/torch and ffmpeg decoder/x264 threads inside one worker; parallelism comes from workers "
                              "(1 keeps N workers on N cores from oversubscribing, and results independent of N)")

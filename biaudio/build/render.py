@@ -4,9 +4,10 @@ Why one module for both: the dataset's value is that picture and sound agree. Th
 the binaural rotation use the same per-frame poses at the same frame times (``traj.t``), so a source
 seen on the right of the image is heard louder in the right ear (CONVENTIONS §7).
 
-Memory and speed: source frames are streamed once per clip through ``iter_frames`` (``-ss`` before
-``-i``, resampled to the output fps and, when denser than ~2x the output's pixel density,
-pre-downscaled by ffmpeg's area filter) as planar yuv420p, projected plane by plane and piped to
+Memory and speed: source frames are streamed once per clip, either from a branch of the source's
+analysis decode (:meth:`ClipRender.branch`, the build's default) or from a decode of the window alone
+(:func:`render_clip`: ``iter_frames`` with ``-ss`` before ``-i``), resampled to the output fps and, when
+denser than ~2x the output's pixel density, pre-downscaled by ffmpeg's area filter, as planar yuv420p, projected plane by plane and piped to
 x264 in the same format (no colour conversion anywhere, the source's colour tags are kept), and
 encoded as they are made; at no time are more than a couple of frames in memory, whatever the
 input size. The mux copies the H.264 stream and only encodes the AAC. Decoder and encoder run with
@@ -188,103 +189,214 @@ def render_clip(
     on the preview. ``probe`` is the source's ProbeInfo (fps, size, projection pose). ``threads``
     is given to the ffmpeg decoder and to x264 (1: a worker per core, the decoder, the projection and
     the encoder already run side by side as three processes).
+
+    The window is decoded by its own ffmpeg process here; the build usually renders inside the
+    analysis decode instead (:class:`ClipRender` as a branch of ``biaudio.ingest.shared_decode``),
+    with the same frames and so the same bytes.
     """
-    from biaudio.media.audio import write_audio
-    from biaudio.media.video import VideoWriter, iter_frames
-    from biaudio.spatial.projection import Projector
+    from biaudio.media.video import iter_frames
 
-    src_path, out_dir = Path(src_path), Path(out_dir)
-    fps = output_fps(_probe_field(probe, "fps"), cfg)
-    n_expected = len(frame_times(duration_s, fps))
-    if len(traj) != n_expected:
-        raise BiaudioError(str(src_path), "trajectory_mismatch",
-                           f"{len(traj)} poses for {n_expected} frames at {fps:g} fps", STAGE)
-    in_w, in_h = _probe_field(probe, "width"), _probe_field(probe, "height")
-    if not in_w or not in_h:
-        raise MediaError(str(src_path), "no_video", "probe has no frame size", STAGE)
-    pose = tuple(float(a) for a in (_probe_field(probe, "projection_pose") or (0.0, 0.0, 0.0)))
-
-    if binaural is None:
-        binaural = render_binaural_along(foa_ambix, sr, traj, cfg)
-    out_sr = cfg.sample_rate
-    peak = float(np.max(np.abs(binaural))) if binaural.size else 0.0
-    gain = 1.0
-    if peak > cfg.peak_limit:
-        gain = cfg.peak_limit / peak
-        binaural = (binaural * gain).astype(np.float32)
-
-    mp4, flac, jpg = clip_paths(out_dir, clip_id)
-    mp4.parent.mkdir(parents=True, exist_ok=True)
-    jpg.parent.mkdir(parents=True, exist_ok=True)
-    # ffmpeg decodes the window once (-ss before -i, fps filter to the output rate) and does the
-    # pre-downscale (area filter), so the pipe carries only what the maps sample
-    probe_proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, int(in_w), int(in_h), prescale=True)
-    src_w, src_h = probe_proj.source_size
-    proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, src_w, src_h, prescale=False, projection_pose=pose)
-    size = None if (src_w, src_h) == (int(in_w), int(in_h)) else (src_w, src_h)
-    # planar yuv420p end to end (decoder -> remap per plane -> encoder): half the pipe bytes of
-    # rgb24 and no colour conversion; the source's colour tags are passed on to the H.264 stream
-    yuv = src_w % 2 == 0 and src_h % 2 == 0
-    pix_fmt = "yuv420p" if yuv else "rgb24"
-    render = proj.render_i420 if yuv else proj.render
-    writer_args = _color_args(probe) if yuv else []
-    preview_src: np.ndarray | None = None
-    mid = n_expected // 2
-    # only the part of the equirect the whole trajectory looks at travels through the pipe; the
-    # preview (the whole equirect at the window's middle frame) comes from the same decode
-    crop = proj.source_crop(traj.yaw, traj.pitch, traj.roll) if yuv else None
-    proj.set_crop(crop)
+    job = ClipRender(src_path, start_s, duration_s, foa_ambix, sr, traj, cfg, out_dir, clip_id, probe,
+                     binaural=binaural, directions=directions, clip_dir=clip_dir, threads=threads)
     snap = None
-    if crop is not None:
-        pw = cfg.preview_width
-        ph = max(2, int(round(pw * src_h / src_w)))
-        snap_path = jpg.with_name(f".{clip_id}.mid.tmp-{os.getpid()}.rgb")
-        snap = (mid, snap_path, (pw, ph))
+    if job.crop is not None:
+        snap_path = job.jpg.with_name(f".{clip_id}.mid.tmp-{os.getpid()}.rgb")
+        snap = (job.mid, snap_path, job.preview_size)
     try:
-        # the lossless audio first: the video encoder muxes it in as AAC in the same process
-        write_audio(flac, binaural, out_sr)
-        with VideoWriter(mp4, cfg.width, cfg.height, fps, crf=cfg.crf, preset=cfg.preset, threads=threads,
-                         pix_fmt=pix_fmt, extra_args=writer_args, audio=flac, audio_bitrate=cfg.audio_bitrate,
-                         aac_coder=cfg.aac_coder) as vw:
-            k = 0
-            last = None
-            frames = iter_frames(src_path, size=size, fps=fps, start_s=start_s, duration_s=duration_s,
-                                 pix_fmt=pix_fmt, threads=threads, info=_frame_info(probe), crop=crop, snapshot=snap)
-            for frame in frames:
-                if k >= n_expected:
-                    continue  # read to the end (-t bounds it): the snapshot is written at ffmpeg's exit
-                vw.write(render(frame, traj.yaw[k], traj.pitch[k], traj.roll[k]))
-                if k == mid and crop is None:
-                    preview_src = _thumb(frame, cfg.preview_width, yuv)
-                last = frame
-                k += 1
-            frames.close()
-            # ffmpeg's fps filter may deliver one or two frames fewer than floor(d * fps): repeat the last
-            if last is None or n_expected - k > max(2, int(0.05 * n_expected)):
-                raise MediaError(str(src_path), "truncated", f"decoded {k} of {n_expected} frames", STAGE)
-            while k < n_expected:
-                vw.write(render(last, traj.yaw[k], traj.pitch[k], traj.roll[k]))
-                if k == mid and crop is None:
-                    preview_src = _thumb(last, cfg.preview_width, yuv)
-                k += 1
-        if snap is not None:
-            pw, ph = snap[2]
-            raw = snap[1].read_bytes() if snap[1].exists() else b""
-            if len(raw) == pw * ph * 3:
-                preview_src = np.frombuffer(raw, np.uint8).reshape(ph, pw, 3)
-            else:  # no frame `mid` (a short decode): the last full frame's thumbnail, decoded alone
-                log.debug("%s: no snapshot frame %d (%d bytes); preview decoded separately", clip_id, mid, len(raw))
-                preview_src = _last_full_thumb(src_path, start_s, duration_s, size, cfg.preview_width, threads, probe)
-        if preview_src is None:
-            preview_src = _thumb(last, cfg.preview_width, yuv)
-        write_preview(jpg, preview_src, traj, cfg, pose, directions, clip_dir)
+        job.open()
+        frames = iter_frames(job.src_path, size=job.size, fps=job.fps, start_s=start_s, duration_s=duration_s,
+                             pix_fmt=job.pix_fmt, threads=threads, info=_frame_info(probe), crop=job.crop,
+                             snapshot=snap)
+        for frame in frames:
+            job.push(frame)  # frames past the window are read and dropped: the snapshot comes at ffmpeg's exit
+        frames.close()
+        raw = snap[1].read_bytes() if snap is not None and snap[1].exists() else None
+        return job.finish(raw)
     except BaseException:
-        remove_clip_files(out_dir, clip_id)
+        job.abort()
         raise
     finally:
         if snap is not None and snap[1].exists():
             snap[1].unlink()
-    return RenderedClip(mp4, flac, jpg, n_expected, fps, cfg.width, cfg.height, binaural, gain)
+
+
+class ClipRender:
+    """One clip's render, fed decoded source frames one at a time.
+
+    Set-up (projector, the crop of the equirect the whole trajectory looks at, pixel format,
+    preview frame), then ``open()`` (the FLAC, then the x264 encoder that muxes it as AAC),
+    ``push(frame)`` per decoded frame (projected and piped to x264; the encoder is closed as soon
+    as the last frame of the window is in), ``finish(snapshot)`` (frames the decoder did not
+    deliver at the very end are repeats of the last one, the preview is written) or ``abort()``
+    (no file left). Frames come either from :func:`render_clip`'s own decode of the window or
+    from a branch of the source's analysis decode (:meth:`branch`), which delivers the same
+    frames: ``trim`` + ``setpts`` in the graph equal ``-ss`` before ``-i``.
+    """
+
+    def __init__(self, src_path: str | Path, start_s: float, duration_s: float, foa_ambix: np.ndarray | None,
+                 sr: int, traj: Trajectory, cfg: RenderConfig, out_dir: str | Path, clip_id: str, probe: Any, *,
+                 binaural: np.ndarray | None = None, directions: tuple[np.ndarray, np.ndarray] | None = None,
+                 clip_dir: tuple[float, float] | None = None, threads: int = 1) -> None:
+        from biaudio.spatial.projection import Projector
+
+        self.src_path, self.out_dir = Path(src_path), Path(out_dir)
+        self.start_s, self.duration_s = float(start_s), float(duration_s)
+        self.traj, self.cfg, self.clip_id, self.threads = traj, cfg, clip_id, threads
+        self.directions, self.clip_dir, self._info = directions, clip_dir, _frame_info(probe)
+        self.fps = output_fps(_probe_field(probe, "fps"), cfg)
+        self.n = len(frame_times(duration_s, self.fps))
+        if len(traj) != self.n:
+            raise BiaudioError(str(self.src_path), "trajectory_mismatch",
+                               f"{len(traj)} poses for {self.n} frames at {self.fps:g} fps", STAGE)
+        in_w, in_h = _probe_field(probe, "width"), _probe_field(probe, "height")
+        if not in_w or not in_h:
+            raise MediaError(str(self.src_path), "no_video", "probe has no frame size", STAGE)
+        self.pose = tuple(float(a) for a in (_probe_field(probe, "projection_pose") or (0.0, 0.0, 0.0)))
+        if binaural is None:
+            binaural = render_binaural_along(foa_ambix, sr, traj, cfg)
+        peak = float(np.max(np.abs(binaural))) if binaural.size else 0.0
+        self.gain = 1.0
+        if peak > cfg.peak_limit:
+            self.gain = cfg.peak_limit / peak
+            binaural = (binaural * self.gain).astype(np.float32)
+        self.binaural = binaural
+        self.mp4, self.flac, self.jpg = clip_paths(self.out_dir, clip_id)
+        # ffmpeg decodes the window once (fps filter to the output rate) and does the pre-downscale
+        # (area filter), so the pipe carries only what the maps sample
+        probe_proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, int(in_w), int(in_h), prescale=True)
+        src_w, src_h = probe_proj.source_size
+        self.proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, src_w, src_h, prescale=False,
+                              projection_pose=self.pose)
+        self.size = None if (src_w, src_h) == (int(in_w), int(in_h)) else (src_w, src_h)
+        # planar yuv420p end to end (decoder -> remap per plane -> encoder): half the pipe bytes of
+        # rgb24 and no colour conversion; the source's colour tags are passed on to the H.264 stream
+        self.yuv = src_w % 2 == 0 and src_h % 2 == 0
+        self.pix_fmt = "yuv420p" if self.yuv else "rgb24"
+        self._render = self.proj.render_i420 if self.yuv else self.proj.render
+        self._writer_args = _color_args(probe) if self.yuv else []
+        self.mid = self.n // 2
+        # only the part of the equirect the whole trajectory looks at travels through the pipe; the
+        # preview (the whole equirect at the window's middle frame) comes from the same decode
+        self.crop = self.proj.source_crop(traj.yaw, traj.pitch, traj.roll) if self.yuv else None
+        self.proj.set_crop(self.crop)
+        pw = cfg.preview_width
+        self.preview_size = (pw, max(2, int(round(pw * src_h / src_w))))
+        self._vw = None
+        self.k = 0
+        self._last: np.ndarray | None = None
+        self._preview_src: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.render_s = 0.0
+
+    # -- as a branch of the source's analysis decode ------------------------------------------
+    @property
+    def can_branch(self) -> bool:
+        """Only the cropped yuv420p path rides along in another decode (the rare rgb24 path of
+        odd-sized sources keeps its own decode)."""
+        return self.crop is not None
+
+    def branch(self):
+        """This clip as a :class:`biaudio.ingest.VideoBranch`: the window's frames (exact ``-ss``
+        semantics: ``trim`` from the start time, timestamps shifted to 0, then the output fps, the
+        pre-downscale and the crop) and the preview frame. Sink errors are kept in ``error`` (the
+        sink goes on reading, so the shared decoder never blocks)."""
+        from biaudio.ingest import VideoBranch
+
+        cx, cy, cw, ch = (int(v) for v in self.crop)
+        sw, sh = self.preview_size
+        t0, dur = f"{self.start_s:.6f}", f"{self.duration_s:.6f}"
+        pre = f"trim=start={t0},setpts=PTS-{t0}/TB,fps={self.fps}"
+        if self.size:
+            pre += f",scale={self.size[0]}:{self.size[1]}:flags=area"
+        graph = (f"{pre},split=2[{{p}}m][{{p}}s];[{{p}}m]crop={cw}:{ch}:{cx}:{cy}:exact=1[{{p}}mo];"
+                 f"[{{p}}s]select=eq(n\\,{self.mid}),scale={sw}:{sh}:flags=area[{{p}}so]")
+        self.snapshot: bytes | None = None
+
+        def on_frame(i: int, buf) -> None:
+            if self.error is not None:
+                return
+            try:
+                if self._vw is None and self.k == 0:
+                    self.open()
+                self.push(np.frombuffer(buf, np.uint8).reshape(ch * 3 // 2, cw))
+            except BaseException as e:  # noqa: BLE001 - reported by finish(); the decode must go on
+                self.error = e
+
+        def on_snapshot(i: int, buf) -> None:
+            self.snapshot = bytes(buf)
+
+        outs = [("so", ["-t", dur, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24"], sw * sh * 3, on_snapshot),
+                ("mo", ["-t", dur, "-f", "rawvideo", "-pix_fmt", "yuv420p"], cw * ch * 3 // 2, on_frame)]
+        return VideoBranch(self.clip_id, graph, outs)
+
+    # -- the render ---------------------------------------------------------------------------
+    def open(self) -> None:
+        """The lossless audio first: the video encoder muxes it in as AAC in the same process."""
+        from biaudio.media.audio import write_audio
+        from biaudio.media.video import VideoWriter
+
+        self.mp4.parent.mkdir(parents=True, exist_ok=True)
+        self.jpg.parent.mkdir(parents=True, exist_ok=True)
+        write_audio(self.flac, self.binaural, self.cfg.sample_rate)
+        cfg = self.cfg
+        self._vw = VideoWriter(self.mp4, cfg.width, cfg.height, self.fps, crf=cfg.crf, preset=cfg.preset,
+                               threads=self.threads, pix_fmt=self.pix_fmt, extra_args=self._writer_args,
+                               audio=self.flac, audio_bitrate=cfg.audio_bitrate, aac_coder=cfg.aac_coder)
+
+    def _write(self, frame: np.ndarray) -> None:
+        t = self.traj
+        k = self.k
+        self._vw.write(self._render(frame, t.yaw[k], t.pitch[k], t.roll[k]))
+        if k == self.mid and self.crop is None:
+            self._preview_src = _thumb(frame, self.cfg.preview_width, self.yuv)
+        self.k += 1
+
+    def push(self, frame: np.ndarray) -> None:
+        """One decoded frame; frames past the window's last are dropped. The encoder closes at the
+        last frame (its file is complete then), so a long source never has many encoders open."""
+        if self.k >= self.n:
+            return
+        import time
+
+        t0 = time.perf_counter()
+        self._write(frame)
+        self._last = frame
+        if self.k == self.n:
+            self._vw.close()
+        self.render_s += time.perf_counter() - t0
+
+    def finish(self, snapshot: bytes | None = None) -> RenderedClip:
+        """Close the clip: repeat the last frame if the decoder delivered a frame or two fewer than
+        ``floor(d * fps)`` (ffmpeg's fps filter at the end of a stream), write the preview."""
+        if self.error is not None:
+            raise self.error
+        k, n = self.k, self.n
+        if self._last is None or n - k > max(2, int(0.05 * n)):
+            raise MediaError(str(self.src_path), "truncated", f"decoded {k} of {n} frames", STAGE)
+        while self.k < n:
+            self._write(self._last)
+        self._vw.close()
+        preview_src = self._preview_src
+        if self.crop is not None:
+            pw, ph = self.preview_size
+            if snapshot is not None and len(snapshot) == pw * ph * 3:
+                preview_src = np.frombuffer(snapshot, np.uint8).reshape(ph, pw, 3)
+            else:  # no frame `mid` (a short decode): the last full frame's thumbnail, decoded alone
+                log.debug("%s: no snapshot frame %d (%d bytes); preview decoded separately", self.clip_id, self.mid,
+                          len(snapshot or b""))
+                preview_src = _last_full_thumb(self.src_path, self.start_s, self.duration_s, self.size,
+                                               self.cfg.preview_width, self.threads, self._info)
+        if preview_src is None:
+            preview_src = _thumb(self._last, self.cfg.preview_width, self.yuv)
+        write_preview(self.jpg, preview_src, self.traj, self.cfg, self.pose, self.directions, self.clip_dir)
+        return RenderedClip(self.mp4, self.flac, self.jpg, n, self.fps, self.cfg.width, self.cfg.height,
+                            self.binaural, self.gain)
+
+    def abort(self) -> None:
+        """Stop the encoder and delete every file of the clip."""
+        if self._vw is not None:
+            self._vw.abort()
+        remove_clip_files(self.out_dir, self.clip_id)
 
 
 # -- preview --------------------------------------------------------------------------------------

@@ -146,10 +146,22 @@ def _big_pipe() -> tuple[int, int]:
 _LEVEL_ERR = ("[error]", "[fatal]", "[panic]")
 
 
+@dataclass
+class VideoBranch:
+    """One more consumer of :func:`shared_decode`'s video: ``graph`` is a filter chain applied to
+    one split of the decoded video (the input label is prepended) whose pad labels are written
+    ``[{p}name]`` (``{p}`` becomes a per-branch prefix); ``outputs`` are ``(name, output args,
+    record bytes, sink(index, buf))`` for its output pads."""
+
+    name: str
+    graph: str
+    outputs: list
+
+
 def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, static_fps: float | None,
                   static_size: tuple[int, int] | None, on_audio, on_proxy, on_static, threads: int | None = None,
                   audio_block: int = 48000, proxy_flags: str = "area", static_y_plane: bool = False,
-                  on_header=None, proxy_band: float = 1.0) -> None:
+                  on_header=None, proxy_band: float = 1.0, extra: list | None = None) -> None:
     """One ffmpeg process, up to three outputs: float32 audio blocks (all channels, no layout
     options), I420 (yuv420p) proxy frames at the source fps, gray frames at ``static_fps`` (native size unless
     ``static_size``). Callbacks receive ``(index, bytes)``; raises MediaError on decode failure.
@@ -163,7 +175,13 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     ``[info]`` lines (the whole dump, up to "Stream mapping:", or what there was if ffmpeg stopped)
     and returns ``{"audio"|"proxy"|"static": (record_bytes, sink)}`` for the outputs requested
     through non-None ``on_*`` arguments (their values here only say which outputs exist), or
-    raises (a rejected file: ffmpeg is killed). See :mod:`biaudio.media.header` for why."""
+    raises (a rejected file: ffmpeg is killed). See :mod:`biaudio.media.header` for why.
+
+    ``extra`` (needs ``info``): more branches of the same video decode, each a :class:`VideoBranch`
+    (a filter chain from one split of the decoded video, and its raw outputs with their record
+    sizes and sinks). The build renders its clips this way inside the analysis decode
+    (``biaudio.build.pipeline``), so the video is decoded once per source. Their sinks must never
+    stop reading (a failing sink records its error and discards the rest), or ffmpeg would block."""
     path = Path(path)
     header_mode = info is None
     if header_mode and on_header is None:
@@ -184,6 +202,10 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
         vlabels.append("p")
     if on_static is not None:
         vlabels.append("s")
+    extra = list(extra or [])
+    if extra and header_mode:
+        raise ValueError("shared_decode: extra branches need info (their sizes come from the probe)")
+    vlabels += [f"x{j}" for j in range(len(extra))]
     if vlabels:
         chain = "[0:v:0]" + (f"split={len(vlabels)}" + "".join(f"[{v}0]" for v in vlabels) if len(vlabels) > 1 else "null[" + vlabels[0] + "0]")
         graphs.append(chain)
@@ -209,6 +231,10 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
         gray = "extractplanes=y" if static_y_plane else "format=gray"
         graphs.append(f"[s0]fps={static_fps}{sc},{gray}[so]")
         add_out("static", ["-map", "[so]", "-f", "rawvideo", "-pix_fmt", "gray"], None if header_mode else sw * sh, on_static)
+    for j, br in enumerate(extra):
+        graphs.append(f"[x{j}0]" + br.graph.format(p=f"x{j}_"))
+        for lab, args, rec, sink in br.outputs:  # flushed per frame: a branch's last frame comes at once
+            add_out(f"extra:{br.name}:{lab}", ["-map", f"[x{j}_{lab}]", *args, "-flush_packets", "1"], rec, sink)
     if graphs:
         cmd += ["-filter_complex", ";".join(graphs)]
     if on_audio is not None:
@@ -276,7 +302,7 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     if any(m in low for m in ("file ended prematurely", "truncat", "invalid nal", "error while decoding")):
         raise MediaError(str(path), "truncated", err.strip().splitlines()[-1])
     for r in readers:
-        if r.name != "audio" and r.count == 0:
+        if r.name in ("proxy", "static") and r.count == 0:
             raise MediaError(str(path), "zero_length", f"decoded no {r.name} frames")
 
 
@@ -329,6 +355,27 @@ class _Grow:
         return self.buf[:, : self.n]
 
 
+def _plan_branches(plan, st, res: FileAnalysis, path: Path, segcfg, section, audio_passes) -> list:
+    """Between the audio pass and the video pass: the FOA as ambiX and the windows of a video
+    without cuts that pass the audio filters go to ``plan``; its branches join the video decode.
+    A FOA that cannot be converted plans nothing (the end of analyze_file reports it as before)."""
+    from biaudio.segment import windows
+    from biaudio.spatial.foa import to_ambix
+
+    info = st.info
+    try:
+        st.foa = to_ambix(st.audio.array(), res.validated.convention, str(path))
+    except BiaudioError:
+        return []
+    fps = float(info.fps or 30.0)
+    n_frames = int(round(float(info.duration_s or 0.0) * fps))
+    planned = windows(n_frames / fps, fps, [], segcfg)
+    if section is not None:
+        planned = [w for w in planned if w.start_s >= section[0] - 1e-6 and w.end_s <= section[1] + 1e-6]
+    planned = audio_passes(planned)
+    return list(plan(info, st.foa, st.sr, planned) or []) if planned else []
+
+
 def analyze_file(
     path: str | Path,
     source_id: str | None = None,
@@ -341,6 +388,7 @@ def analyze_file(
     threads: int | None = None,
     keep_foa: bool = True,
     section: tuple[float, float] | None = None,
+    plan=None,
 ) -> FileAnalysis:
     """Probe, validate, filter and segment one file with a single ffmpeg decode.
 
@@ -360,6 +408,14 @@ def analyze_file(
     ``keep_foa``: keep the decoded audio as ``foa`` (4, T) ambiX float32 at the source rate
     ``audio_sr``, so the build renders from this decode instead of decoding the file again.
     ``section``: (start_s, end_s): only windows inside it count (a local file with a section).
+
+    ``plan`` (with ``keep_foa``): audio first, then video, so that the build decodes the video
+    once. An audio-only pass (its input dump is the probe) comes first; then
+    ``plan(info, foa, sr, windows)`` gets the ambiX FOA and the windows the segmentation gives if
+    the video has no cut, and returns :class:`VideoBranch` es that ride along in the video pass
+    (the build's renders of those windows, see ``biaudio.build.pipeline``). The analysis itself
+    (scores, windows, rejects) is the same with or without ``plan``; the audio-only pass costs
+    ~0.1 s for a 10-s 4-channel Vorbis track, a second decode of the video for the render ~0.6 s.
     """
     import cv2
 
@@ -390,7 +446,8 @@ def analyze_file(
     # biaudio.media.header), then one decode: audio blocks, proxy frames, 2-fps gray frames
     need_audio = scfg.enabled or spcfg.enabled or keep_foa
     st = SimpleNamespace(sr=48000, ch=4, n_chunk=1, audio=None, det=None, acc=None, pw=0, ph=0, sw=0, sh=0,
-                         y_plane=True)
+                         y_plane=True, two_pass=plan is not None and keep_foa, info=None, foa=None,
+                         speech_s=0.0)
     peaks: list[np.ndarray] = []
     bad_audio: list[str] = []
     t0 = time.perf_counter()
@@ -420,8 +477,11 @@ def analyze_file(
         st.n_chunk = chunk_samples(st.sr, scfg)
         st.audio = _Grow(min(st.ch, 4), int((info.duration_s or 0.0) * st.sr) + st.sr)
         st.det = CutDetector(fps, segcfg)
+        st.info = info
         y_plane, lut = _static_gray(info)
-        if stcfg.enabled and not y_plane and st.y_plane:
+        if st.two_pass:  # the video pass comes after the probe: choose its graph now
+            st.y_plane = y_plane
+        elif stcfg.enabled and not y_plane and st.y_plane:
             raise _Regraph(info)
         st.acc = StaticAccumulator(stcfg, lut=lut if st.y_plane else None) if stcfg.enabled else None
         st.sw, st.sh = tuple(stcfg.size) if stcfg.size else (int(info.width), int(info.height))
@@ -459,6 +519,34 @@ def analyze_file(
     def on_static(i: int, buf: bytes) -> None:
         st.acc.add(i / stcfg.fps, np.frombuffer(buf, dtype=np.uint8).reshape(st.sh, st.sw))
 
+    speech_memo: dict = {}
+
+    def speech_for(w_channel: np.ndarray, spans) -> object:
+        """speech_score, once per set of spans (the plan and the verdict ask for the same ones
+        when the video has no cut)."""
+        key = None if spans is None else tuple(spans)
+        if key not in speech_memo:
+            t = time.perf_counter()
+            try:
+                speech_memo[key] = speech_score(w_channel, st.sr, spcfg, spans=spans)
+            finally:
+                st.speech_s += time.perf_counter() - t
+        return speech_memo[key]
+
+    def audio_passes(planned: list) -> list:
+        """The planned windows the silence and speech filters would keep (rendering the others
+        in advance would be wasted): the same per-window verdicts as below, from the audio pass."""
+        db = np.concatenate(peaks) if peaks else np.zeros(0, np.float32)
+        keep = [w for w in planned if not scfg.enabled or window_silence(db, st.sr, scfg, w.start_s, w.end_s).passed]
+        if spcfg.enabled and keep and stop_on_reject:
+            raw = st.audio.array()
+            try:
+                src = speech_for(raw[0] if raw.shape[0] else np.zeros(0, np.float32), [(w.start_s, w.end_s) for w in keep])
+            except BiaudioError:  # e.g. a missing checkpoint: the verdict below reports it (stage clean)
+                return keep
+            keep = [w for w in keep if window_speech(src, w.start_s, w.end_s, spcfg).passed]
+        return keep
+
     try:
         check_file(path)
     except BiaudioError as e:
@@ -470,11 +558,22 @@ def analyze_file(
         if need_audio:
             count_audio_decode(path)
         args = (st_size, on_audio if need_audio else None, on_proxy, on_static if stcfg.enabled else None)
-        try:
-            # static frames as the Y plane (a plane copy; the LUT in setup() makes it format=gray)
+        if st.two_pass:
+            # audio-only pass (probe from its dump), the caller's plan, then the video pass
+            shared_decode(path, None, None, None, None, on_audio, None, None, threads=threads, on_header=setup)
+            if bad_audio:
+                res.timings["decode"] = time.perf_counter() - t0 - res.timings.get("probe", 0.0)
+                fail(MediaError(str(path), "nan_audio", bad_audio[0], stage="decode"), "decode")
+                return res
+            branches = _plan_branches(plan, st, res, path, segcfg, section, audio_passes)
+            shared_decode(path, st.info, (st.pw, st.ph), stcfg.fps, st_size, None, on_proxy,
+                          on_static if stcfg.enabled else None, threads=threads, proxy_flags=proxy_flags,
+                          static_y_plane=st.y_plane, proxy_band=segcfg.proxy_band, extra=branches)
+        else:  # one process; static frames as the Y plane (a plane copy; setup()'s LUT makes it format=gray)
             shared_decode(path, None, (st.pw, st.ph), stcfg.fps, *args, threads=threads, proxy_flags=proxy_flags,
                           static_y_plane=True, on_header=setup, proxy_band=segcfg.proxy_band)
-        except _Regraph as rg:  # not 8-bit YUV: the general graph (format=gray), probed already
+    except _Regraph as rg:  # not 8-bit YUV: the general graph (format=gray), probed already
+        try:
             st.y_plane = False
             peaks.clear()
             bad_audio.clear()
@@ -483,10 +582,13 @@ def analyze_file(
                 count_audio_decode(path)  # the audio is decoded a second time too
             shared_decode(path, rg.info, (st.pw, st.ph), stcfg.fps, *args, threads=threads, proxy_flags=proxy_flags,
                           static_y_plane=False, audio_block=st.sr, proxy_band=segcfg.proxy_band)
+        except BiaudioError as e:
+            fail(e, e.stage or "decode")
+            return res
     except BiaudioError as e:
         fail(e, e.stage or "decode")
         return res
-    res.timings["decode"] = time.perf_counter() - t0 - res.timings.get("probe", 0.0)
+    res.timings["decode"] = time.perf_counter() - t0 - res.timings.get("probe", 0.0) - st.speech_s
     fps, sr, det, acc, audio = res.fps, st.sr, st.det, st.acc, st.audio
     if bad_audio:
         fail(MediaError(str(path), "nan_audio", bad_audio[0], stage="decode"), "decode")
@@ -527,15 +629,14 @@ def analyze_file(
     if scfg.enabled and not judge(silence_from_peaks(db, scfg), lambda w: window_silence(db, sr, scfg, w.start_s, w.end_s)):
         return res
     if spcfg.enabled:
-        t = time.perf_counter()
         spans = None if not stop_on_reject else [(w.start_s, w.end_s) for j, w in enumerate(wins) if j not in failed]
         try:
-            src = speech_score(raw[0] if raw.shape[0] else np.zeros(0, np.float32), sr, spcfg, spans=spans)
+            src = speech_for(raw[0] if raw.shape[0] else np.zeros(0, np.float32), spans)
         except BiaudioError as e:
             fail(e, "clean")
             return res
         finally:
-            res.timings["speech"] = time.perf_counter() - t
+            res.timings["speech"] = st.speech_s  # the detector's own time, wherever it ran
         analyzed = spans is None or bool(spans)
         if not judge(src, lambda w: window_speech(src, w.start_s, w.end_s, spcfg)
                      if analyzed and (spans is None or any(a <= w.start_s and w.end_s <= b for a, b in spans)) else None):
@@ -553,11 +654,11 @@ def analyze_file(
         from biaudio.spatial.foa import to_ambix
 
         try:
-            res.foa = to_ambix(raw, res.validated.convention, str(path))
+            res.foa = st.foa if st.foa is not None else to_ambix(raw, res.validated.convention, str(path))
             res.audio_sr = sr
         except BiaudioError as e:
             fail(e, "decode")
     return res
 
 
-__all__ = ["FileAnalysis", "analyze_file", "shared_decode"]
+__all__ = ["FileAnalysis", "VideoBranch", "analyze_file", "shared_decode"]
