@@ -11,7 +11,7 @@
 3. Memory: peak RSS of the worker (and of its largest ffmpeg child) for a 3840x1920 input made
    from the clip with ffmpeg scaling (target < 1.5 GB): frames are streamed, never all in memory.
 
-Usage: python benchmarks/bench_build.py [--clip FILE] [--items 4] [--skip-4k] [--json OUT.json]
+Usage: python benchmarks/bench_build.py [--clip FILE] [--items 4] [--skip-4k] [--separate-decodes] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def decode_cpu(path: Path) -> float:
     return cpu
 
 
+SINGLE_DECODE = True  # --separate-decodes sets False (each clip decodes its window again, the old way)
+
+
 def write_recipe(folder: Path, sources: list[Path], workers: int, static_filter: bool = True) -> Path:
     """The paper recipe with local files as sources (``static_filter=False``: never rejects as static,
     for the 4K copy whose upscale + re-encode smooths the picture until the filter drops it)."""
@@ -62,7 +65,7 @@ def write_recipe(folder: Path, sources: list[Path], workers: int, static_filter:
     if not static_filter:
         data["clean"]["static"]["max_static_ratio"] = 1.0
     data["sources"] = [str(s) for s in sources]
-    data["execution"] = {"workers": workers}
+    data["execution"] = {"workers": workers, "single_decode": SINGLE_DECODE}
     data.pop("output", None)
     p = folder / f"recipe-{workers}{'' if static_filter else '-nostatic'}.yaml"
     p.write_text(yaml.safe_dump(data))
@@ -99,8 +102,12 @@ def main() -> None:
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-4k", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--separate-decodes", action="store_true",
+                    help="execution.single_decode: false (each clip decodes its window again), for comparison")
     args = ap.parse_args()
-    res: dict = {"clip": str(args.clip), "cpus": os.cpu_count()}
+    global SINGLE_DECODE
+    SINGLE_DECODE = not args.separate_decodes
+    res: dict = {"clip": str(args.clip), "cpus": os.cpu_count(), "single_decode": SINGLE_DECODE}
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
     try:
         # 1. CPU: one clip, one worker, vs decode-only
@@ -170,6 +177,7 @@ def summary(res: dict) -> str:
     c = res["cpu"]
     dec = c["decode_only_cpu_s"]
     lines = [
+        f"execution.single_decode: {res.get('single_decode', True)}",
         f"decode-only CPU (ffmpeg, 1 thread, whole file): {dec:.2f} s",
         f"build CPU, 1 clip, cold, whole command (interpreter, imports, manifest): {c['build_cmd_cpu_s']:.2f} s"
         f" = {c['ratio_cmd']:.1f}x decode (target <= 3x)",
