@@ -139,3 +139,23 @@ def test_windows_the_audio_filters_reject_are_never_rendered(scenes, tmp_path: P
     assert made == ["half_2000", "half_4000"] and n_own == 0
     assert sorted(files) == sorted(f"{d}/{c}.{e}" for c in ("half_2000", "half_4000")
                                    for d, e in (("clips", "mp4"), ("clips", "flac"), ("previews", "jpg")))
+
+
+@pytest.mark.testdata
+def test_real_sphere360_clip_same_files_either_way(testdata_dir: Path, tmp_path: Path, monkeypatch):
+    """A real VP9/Vorbis Sphere360 clip at 1920x1080 with the paper's render size: one decode or
+    two, the mp4, FLAC and preview are byte-identical (and one decode means no window decode)."""
+    src = testdata_dir / "sphere360-erp-foa" / "JUN314mwb90_49.webm"
+
+    def recipe(single: bool) -> Recipe:
+        return Recipe.model_validate({
+            "clean": {"speech": {"enabled": False}},
+            "validate": {"declared_convention": "ambix"},  # WebM/Vorbis "quad" carries no ambisonic marker
+            "execution": {"single_decode": single},
+        })
+
+    one, f1, n1 = _run(src, recipe(True), tmp_path / "one", monkeypatch)
+    two, f2, n2 = _run(src, recipe(False), tmp_path / "two", monkeypatch)
+    assert len(one.rows) == 1 and one.rejects == [] and (n1, n2) == (0, 1)
+    assert f1 == f2 and len(f1) == 3
+    assert repr(one.rows) == repr(two.rows)
