@@ -265,25 +265,27 @@ class ClipRender:
         # (area filter), so the pipe carries only what the maps sample
         probe_proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, int(in_w), int(in_h), prescale=True)
         src_w, src_h = probe_proj.source_size
-        self.proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, src_w, src_h, prescale=False,
-                              projection_pose=self.pose)
+        proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, src_w, src_h, prescale=False, projection_pose=self.pose)
+        self._src_wh = (src_w, src_h)
         self.size = None if (src_w, src_h) == (int(in_w), int(in_h)) else (src_w, src_h)
         # planar yuv420p end to end (decoder -> remap per plane -> encoder): half the pipe bytes of
         # rgb24 and no colour conversion; the source's colour tags are passed on to the H.264 stream
         self.yuv = src_w % 2 == 0 and src_h % 2 == 0
         self.pix_fmt = "yuv420p" if self.yuv else "rgb24"
-        self._render = self.proj.render_i420 if self.yuv else self.proj.render
         self._writer_args = _color_args(probe) if self.yuv else []
         self.mid = self.n // 2
         # only the part of the equirect the whole trajectory looks at travels through the pipe; the
         # preview (the whole equirect at the window's middle frame) comes from the same decode
-        self.crop = self.proj.source_crop(traj.yaw, traj.pitch, traj.roll) if self.yuv else None
-        self.proj.set_crop(self.crop)
+        self.crop = proj.source_crop(traj.yaw, traj.pitch, traj.roll) if self.yuv else None
+        # the projector (its ray grids, ~4 MB) exists only while the clip is being rendered: a long
+        # source plans many clips at once, rendered one after the other as the decode reaches them
+        self._render = None
         pw = cfg.preview_width
         self.preview_size = (pw, max(2, int(round(pw * src_h / src_w))))
         self._vw = None
         self.k = 0
         self._last: np.ndarray | None = None
+        self._complete = False  # every frame of the window is in (and the encoder closed)
         self._preview_src: np.ndarray | None = None
         self.error: BaseException | None = None
         self.render_s = 0.0
@@ -339,6 +341,11 @@ class ClipRender:
         self.jpg.parent.mkdir(parents=True, exist_ok=True)
         write_audio(self.flac, self.binaural, self.cfg.sample_rate)
         cfg = self.cfg
+        from biaudio.spatial.projection import Projector
+
+        proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, *self._src_wh, prescale=False, projection_pose=self.pose)
+        proj.set_crop(self.crop)
+        self._render = proj.render_i420 if self.yuv else proj.render
         self._vw = VideoWriter(self.mp4, cfg.width, cfg.height, self.fps, crf=cfg.crf, preset=cfg.preset,
                                threads=self.threads, pix_fmt=self.pix_fmt, extra_args=self._writer_args,
                                audio=self.flac, audio_bitrate=cfg.audio_bitrate, aac_coder=cfg.aac_coder)
@@ -363,6 +370,10 @@ class ClipRender:
         self._last = frame
         if self.k == self.n:
             self._vw.close()
+            self._render = None  # done: free the projector
+            self._complete = True
+            if self.crop is not None:
+                self._last = None  # not needed any more: the preview is the snapshot frame
         self.render_s += time.perf_counter() - t0
 
     def finish(self, snapshot: bytes | None = None) -> RenderedClip:
@@ -371,11 +382,12 @@ class ClipRender:
         if self.error is not None:
             raise self.error
         k, n = self.k, self.n
-        if self._last is None or n - k > max(2, int(0.05 * n)):
+        if not self._complete and (self._last is None or n - k > max(2, int(0.05 * n))):
             raise MediaError(str(self.src_path), "truncated", f"decoded {k} of {n} frames", STAGE)
         while self.k < n:
             self._write(self._last)
         self._vw.close()
+        self._render = None
         preview_src = self._preview_src
         if self.crop is not None:
             pw, ph = self.preview_size
