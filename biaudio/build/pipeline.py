@@ -73,6 +73,16 @@ def _threads(recipe: Any) -> int:
     return int(getattr(execution, "threads_per_worker", 1) or 1)
 
 
+def _at_render_rate(foa: np.ndarray, sr_src: int, sr: int, timer: _Timer) -> np.ndarray:
+    """The FOA at the render rate (resampled only when the source rate differs)."""
+    if sr_src == sr:
+        return foa
+    from biaudio.media.audio import resample_audio
+
+    with timer("audio_resample"):
+        return resample_audio(foa, sr_src, sr)
+
+
 class _Speculation:
     """The clips rendered inside the source's analysis decode (``execution.single_decode``).
 
@@ -107,12 +117,7 @@ class _Speculation:
 
         t0 = time.perf_counter()
         try:
-            if int(sr_src) != self.sr:
-                from biaudio.media.audio import resample_audio
-
-                with self.timer("audio_resample"):
-                    foa = resample_audio(foa, int(sr_src), self.sr)
-            self.foa = foa
+            self.foa = foa = _at_render_rate(foa, int(sr_src), self.sr, self.timer)
             branches = []
             for w in planned:
                 key, clip_id = self._key(w), w.clip_id(self.source_id)
@@ -264,13 +269,7 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
     if foa is None:
         res.rejects.append(_reject(item.item_id, "decode", "no_audio", f"{path}: no FOA decoded"))
         return res
-    if spec.foa is not None:
-        foa = spec.foa  # the plan resampled it already
-    elif int(a.audio_sr) != sr:
-        from biaudio.media.audio import resample_audio
-
-        with timer("audio_resample"):
-            foa = resample_audio(foa, int(a.audio_sr), sr)
+    foa = spec.foa if spec.foa is not None else _at_render_rate(foa, int(a.audio_sr), sr, timer)  # planned: done
 
     speech = a.filters.get("speech")
     speech_extra = getattr(speech, "extra", {}) or {}

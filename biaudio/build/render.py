@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -303,15 +304,14 @@ class ClipRender:
         pre-downscale and the crop) and the preview frame. Sink errors are kept in ``error`` (the
         sink goes on reading, so the shared decoder never blocks)."""
         from biaudio.ingest import VideoBranch
+        from biaudio.media.video import crop_filter, frame_filters, snapshot_graph
 
-        cx, cy, cw, ch = (int(v) for v in self.crop)
+        _, _, cw, ch = (int(v) for v in self.crop)
         sw, sh = self.preview_size
         t0, dur = f"{self.start_s:.6f}", f"{self.duration_s:.6f}"
-        pre = f"trim=start={t0},setpts=PTS-{t0}/TB,fps={self.fps}"
-        if self.size:
-            pre += f",scale={self.size[0]}:{self.size[1]}:flags=area"
-        graph = (f"{pre},split=2[{{p}}m][{{p}}s];[{{p}}m]crop={cw}:{ch}:{cx}:{cy}:exact=1[{{p}}mo];"
-                 f"[{{p}}s]select=eq(n\\,{self.mid}),scale={sw}:{sh}:flags=area[{{p}}so]")
+        # render_clip's own decode (iter_frames) uses the same filters after `-ss t0 -i`
+        pre = [f"trim=start={t0}", f"setpts=PTS-{t0}/TB", *frame_filters(self.fps, size=self.size)]
+        graph = snapshot_graph(pre, [crop_filter(self.crop)], self.mid, self.preview_size, prefix="{p}")
         self.snapshot: bytes | None = None
 
         def on_frame(i: int, buf) -> None:
@@ -336,13 +336,12 @@ class ClipRender:
         """The lossless audio first: the video encoder muxes it in as AAC in the same process."""
         from biaudio.media.audio import write_audio
         from biaudio.media.video import VideoWriter
-
-        self.mp4.parent.mkdir(parents=True, exist_ok=True)
-        self.jpg.parent.mkdir(parents=True, exist_ok=True)
-        write_audio(self.flac, self.binaural, self.cfg.sample_rate)
-        cfg = self.cfg
         from biaudio.spatial.projection import Projector
 
+        cfg = self.cfg
+        self.mp4.parent.mkdir(parents=True, exist_ok=True)
+        self.jpg.parent.mkdir(parents=True, exist_ok=True)
+        write_audio(self.flac, self.binaural, cfg.sample_rate)
         proj = Projector(cfg.width, cfg.height, cfg.hfov_deg, *self._src_wh, prescale=False, projection_pose=self.pose)
         proj.set_crop(self.crop)
         self._render = proj.render_i420 if self.yuv else proj.render
@@ -363,8 +362,6 @@ class ClipRender:
         last frame (its file is complete then), so a long source never has many encoders open."""
         if self.k >= self.n:
             return
-        import time
-
         t0 = time.perf_counter()
         self._write(frame)
         self._last = frame

@@ -78,6 +78,35 @@ def _read_into(stream, out: np.ndarray) -> int:
     return got
 
 
+def frame_filters(fps: float | None = None, band: float = 1.0, size: tuple[int, int] | None = None) -> list[str]:
+    """The filters of :func:`iter_frames` before any crop: output fps, the central ``band`` of the
+    rows, the area-filter scale to ``size``. Shared with the build's branches of the analysis decode
+    (``biaudio.build.render.ClipRender.branch``), whose frames must equal these."""
+    filters = []
+    if fps:
+        filters.append(f"fps={fps}")
+    if band < 1:
+        filters.append(f"crop=iw:trunc(ih*{band:g}/2)*2")
+    if size:
+        filters.append(f"scale={int(size[0])}:{int(size[1])}:flags=area")
+    return filters
+
+
+def crop_filter(crop: tuple[int, int, int, int]) -> str:
+    """``crop=(x0, y0, w, h)`` as an exact ffmpeg crop (no rounding to chroma alignment)."""
+    cx, cy, cw, ch = (int(v) for v in crop)
+    return f"crop={cw}:{ch}:{cx}:{cy}:exact=1"
+
+
+def snapshot_graph(pre: list[str], post: list[str], k: int, snap_size: tuple[int, int], prefix: str = "") -> str:
+    """Filter graph body (after the input label): ``pre``, then a split into the main stream
+    (``post`` applied, pad ``[<prefix>mo]``) and frame ``k`` scaled to ``snap_size`` (pad ``[<prefix>so]``)."""
+    head = ",".join(pre) + "," if pre else ""
+    sw, sh = (int(v) for v in snap_size)
+    return (f"{head}split=2[{prefix}m][{prefix}s];[{prefix}m]{','.join(post) or 'null'}[{prefix}mo];"
+            f"[{prefix}s]select=eq(n\\,{int(k)}),scale={sw}:{sh}:flags=area[{prefix}so]")
+
+
 def iter_frames(
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
@@ -123,14 +152,8 @@ def iter_frames(
         raise ValueError(f"pix_fmt must be rgb24 or yuv420p, got {pix_fmt!r}")
     if fmt == "yuv420p" and (w % 2 or h % 2):
         raise ValueError(f"yuv420p needs an even frame size, got {w}x{h}")
-    filters = []
-    if fps:
-        filters.append(f"fps={fps}")
-    if band < 1:
-        filters.append(f"crop=iw:trunc(ih*{band:g}/2)*2")
-    if size:
-        filters.append(f"scale={w}:{h}:flags=area")
-    post = [f"crop={cw}:{ch}:{cx}:{cy}:exact=1"] if crop is not None else []
+    filters = frame_filters(fps, band, size)
+    post = [crop_filter(crop)] if crop is not None else []
     if crop is not None:
         w, h = cw, ch
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning"]
@@ -143,10 +166,8 @@ def iter_frames(
     if snapshot is None:
         cmd += tdur
     if snapshot is not None:
-        k, snap_path, (sw, sh) = int(snapshot[0]), Path(snapshot[1]), snapshot[2]
-        pre = ",".join(filters) + "," if filters else ""
-        graph = (f"[0:v:0]{pre}split=2[m][s];[m]{','.join(post) or 'null'}[mo];"
-                 f"[s]select=eq(n\\,{k}),scale={int(sw)}:{int(sh)}:flags=area[so]")
+        k, snap_path, snap_size = int(snapshot[0]), Path(snapshot[1]), snapshot[2]
+        graph = "[0:v:0]" + snapshot_graph(filters, post, k, snap_size)
         # ffmpeg writes the snapshot out only when it finishes: read the frames to the end
         cmd += ["-filter_complex", graph, "-map", "[so]", *tdur, "-frames:v", "1", "-f",
                 "rawvideo", "-pix_fmt", "rgb24", "-y", str(snap_path.absolute()), "-map", "[mo]", *tdur]
