@@ -14,6 +14,7 @@ workers and Ray workers alike:
 - ``crash``: [source_id] -> raises (an internal error)
 - ``big``: {source_id: n_bytes} -> also writes a file that size (fills a tiny disk)
 - ``calls``: a file to which every call appends ``<item_id> <attempt>`` (proves what ran)
+- ``n_clips``: {source_id: n} -> only the first n of the usual two clips
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def process_item(item: WorkItem, recipe, out_dir: Path, log: logging.Logger) -> 
         with open(tmp, "wb") as f:
             f.write(b"\0" * int(cfg["big"][sid]))
         os.replace(tmp, big)
-    for k, start_ms in enumerate((0, 1000)):
+    for k, start_ms in enumerate((0, 1000)[: int(cfg.get("n_clips", {}).get(sid, 2))]):
         clip_id = f"{sid}_{start_ms}"
         written += _put(tmpl / "t.mp4", out_dir / "clips" / f"{clip_id}.mp4")
         written += _put(tmpl / "t.flac", out_dir / "clips" / f"{clip_id}.flac")

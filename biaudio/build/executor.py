@@ -9,7 +9,8 @@ loses only its in-flight items and can never duplicate rows), and they say which
 
 The same worker function (``run_item``) runs in a ``spawn`` process pool (``--executor local``) and
 as a Ray task (``--executor ray``), so both executors produce the same records and the same
-manifest. For Ray on a real cluster, OUT must be on a filesystem every node sees.
+manifest. For Ray on a real cluster, OUT must be on a filesystem every node sees; each record says
+on which host and Ray node its item ran.
 
 Layout of OUT::
 
@@ -19,7 +20,20 @@ Layout of OUT::
     sources/                    inputs the build made itself (synthetic scenes)
     .state/build.json           schema version + recipe hash of the folder
     .state/items/<item_id>.json completion records
-    .state/lock                 flock'ed while a build runs (released by the kernel if it dies)
+    .state/lock                 held while a build runs (atomic link; a dead holder's lock is taken over)
+
+A completion record names the input it was made from (kind, uri, section; size and mtime of a
+local file; the parameters of a scene the build makes) and counts as done only while that is still
+the item's input: ids may move between inputs (a list edited by hand) and files may be replaced in
+place, and neither may leave a record standing in for another input.
+
+The build deletes only what it wrote: temporaries by their names, and orphaned media that a
+completion record lists as the build's own. It refuses an OUT that is not empty and not a build
+folder, or that holds another recipe's build, unless told to (``force_out``).
+
+On a shared network filesystem correctness rests on atomic renames and ``link()`` only, never on
+``flock`` or ``O_APPEND``: records, manifests and archive entries are whole files renamed into
+place, and the lock is a file created by ``link()``.
 """
 
 from __future__ import annotations
@@ -187,6 +201,7 @@ def run_item(item: WorkItem, recipe: Recipe, out_dir: str, item_fn: str, rhash: 
                                "write_error": None, "record_written": False}
     log, handler = None, None
     _limit_threads(recipe.execution.threads_per_worker)  # applied on call; a worker runs only items
+    fingerprint = source_fingerprint(item)  # before the work: a file changed meanwhile is redone next run
     try:
         log, handler = _item_logger(out, item)
         log.info("attempt %d of item %s (%s)", item.attempt, item.item_id, item.source_uri)
@@ -242,12 +257,15 @@ def run_item(item: WorkItem, recipe: Recipe, out_dir: str, item_fn: str, rhash: 
             "recipe_hash": rhash,
             "attempt": item.attempt,
             "source": _source_dict(item.source),
+            "fingerprint": fingerprint,
             "result": result.to_dict(),
+            "files": _owned_files(out, item.item_id, result),
             "wall_s": round(time.perf_counter() - wall0, 4),
             "cpu_s": round(_cpu_seconds() - cpu0, 4),
             "started_at": round(started_at, 3),
             "finished_at": round(time.time(), 3),
             "pid": os.getpid(),
+            "node": _node(),
             # peaks so far of this worker process and of its largest child (ffmpeg), MiB
             "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "child_max_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
@@ -269,6 +287,37 @@ def run_item(item: WorkItem, recipe: Recipe, out_dir: str, item_fn: str, rhash: 
         log.removeHandler(handler)
         handler.close()
     return _finish(outcome, result, item, wall0, cpu0)
+
+
+def _node() -> dict:
+    """Where the item ran: the host, and the Ray node when it ran as a Ray task."""
+    import socket
+    import sys
+
+    node: dict[str, Any] = {"host": socket.gethostname()}
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            node["ray_node_id"] = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - only information
+            pass
+    return node
+
+
+def _rows_files(result: dict) -> set[str]:
+    return {r[k] for r in result.get("rows", []) for k in ("video_path", "audio_path", "preview_path") if r.get(k)}
+
+
+def _owned_files(out: Path, item_id: str, result: ItemResult) -> list[str]:
+    """Media files this build folder's runs of the item wrote (this run's rows plus what earlier
+    records of the item listed): the only files the build may later delete as orphans."""
+    files = _rows_files(result.to_dict())
+    try:
+        old = json.loads(record_path(out, item_id).read_text(encoding="utf-8"))
+        files |= set(old.get("files") or ()) | _rows_files(old.get("result") or {})
+    except (OSError, ValueError, AttributeError):
+        pass
+    return sorted(files)
 
 
 class _PrepareFailed(Exception):
@@ -372,15 +421,74 @@ def resolve_items(recipe: Recipe, out_dir: Path) -> tuple[list[WorkItem], list[d
         items.extend(res.items)
         errors.extend({"item_id": safe_item_id(str(e.path or "source")), "stage": "sources", "reason": e.reason,
                        "detail": e.detail, "attempt": 1, "source_uri": e.path} for e in res.errors)
-    work: dict[str, WorkItem] = {}
+    # Ids must be a function of the input alone, never of its place in the list: when two different
+    # inputs (a synthetic scene and a file, or two ids that differ only in unsafe characters) map
+    # to the same item id, every one of them gets the id plus a hash of its identity.
+    by_id: dict[str, dict[tuple, Any]] = {}
     for it in items:
         sid = str(source_field(it, "source_id"))
-        iid = safe_item_id(sid)
-        if iid in work:
-            notes.append(f"duplicate source id {iid}: kept the first")
+        key = _identity(it, prepares.get(sid))
+        if key in by_id.setdefault(safe_item_id(sid), {}):
+            notes.append(f"duplicate source {sid}: listed twice, built once")
             continue
-        work[iid] = WorkItem(iid, it, 1, prepares.get(sid))
+        by_id[safe_item_id(sid)][key] = it
+    work: dict[str, WorkItem] = {}
+    for iid, group in by_id.items():
+        for key, it in group.items():
+            sid = str(source_field(it, "source_id"))
+            name = iid if len(group) == 1 else safe_item_id(f"{iid}-{hashlib.sha1(repr(key).encode()).hexdigest()[:6]}")
+            work[name] = WorkItem(name, it, 1, prepares.get(sid))
     return [work[k] for k in sorted(work)], errors, notes
+
+
+def _identity(source: Any, prepare: dict | None) -> tuple:
+    """What makes two inputs the same input: the build's own recipe for a scene it makes, else the
+    kind, uri and section of the source (not its id, which is derived from these)."""
+    if prepare:
+        return ("prepare", _prepare_hash(prepare))
+    section = source_field(source, "section")
+    return (str(source_field(source, "kind")), str(source_field(source, "uri")),
+            None if section is None else tuple(float(x) for x in section))
+
+
+def _prepare_hash(prepare: dict) -> str:
+    """The parameters of a scene the build makes, without where OUT is (a moved folder stays done)."""
+    spec = {k: {kk: vv for kk, vv in v.items() if kk != "folder"} if isinstance(v, dict) else v
+            for k, v in prepare.items()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_fingerprint(item: WorkItem) -> dict:
+    """Identity and state of an item's input, stored in its completion record and compared on every
+    later run: a record made from another input (ids moved) or from an older version of the same
+    file (replaced in place: size or mtime differ) does not count as done."""
+    key = _identity(item.source, item.prepare)
+    fp: dict[str, Any] = {"key": json.loads(json.dumps(list(key)))}
+    if key[0] == "file":
+        try:
+            st = os.stat(key[1])
+            fp.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        except OSError:
+            fp.update(size=None, mtime_ns=None)
+    return fp
+
+
+def _record_mismatch(rec: dict, item: WorkItem) -> str | None:
+    """Why ``rec`` is not the record of ``item``'s current input (None: it is)."""
+    old = rec.get("fingerprint")
+    now = source_fingerprint(item)
+    if old is None:  # a record from before fingerprints: compare what it says its source was
+        src = rec.get("source") or {}
+        same = item.prepare is not None or (str(src.get("uri")) == item.source_uri
+                                            and str(src.get("kind")) == str(source_field(item.source, "kind")))
+        return None if same else f"record is for another source ({src.get('uri')})"
+    if old.get("key") != now["key"]:
+        return f"record is for another source ({old.get('key', ['', '?'])[1]})"
+    if "size" in now and now["size"] is None:
+        return None  # the file is gone: keep what was built from it (it cannot be rebuilt anyway)
+    if (old.get("size"), old.get("mtime_ns")) != (now.get("size"), now.get("mtime_ns")):
+        return "source file changed (size or mtime)"
+    return None
 
 
 def _synth_items(entry: SynthSource, out_dir: Path) -> list[tuple[Any, dict]]:
@@ -434,82 +542,211 @@ def _read_record(out_dir: Path, item_id: str) -> dict | None:
     return rec
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an OUT written by another schema version (its records and manifest cannot be mixed)."""
+class OutDirError(BiaudioError):
+    """OUT holds something a build must not take over without being told to."""
+
+
+def check_out_dir(out_dir: Path, recipe_name: str | None = None, force: bool = False) -> None:
+    """Refuse an OUT the build must not write into.
+
+    Always: a folder written by another schema version (its records and manifest cannot be mixed).
+    Unless ``force``: a non-empty folder that no build wrote (its files are someone else's), and a
+    build folder of another recipe (its manifest would be replaced). ``recipe_name=None`` checks
+    only the schema version.
+    """
     state = out_dir / STATE / "build.json"
     if state.is_file():
         try:
-            v = json.loads(state.read_text()).get("schema_version")
+            info = json.loads(state.read_text())
         except ValueError:
-            v = None
+            info = {}
+        v = info.get("schema_version")
         if v != SCHEMA_VERSION:
             raise SchemaVersionError(str(out_dir), "schema_version",
                                      f"this folder was built with manifest schema v{v}; this biaudio writes "
                                      f"v{SCHEMA_VERSION}. Build into a new --out folder.")
+        other = info.get("recipe")
+        if recipe_name is not None and not force and other and other != recipe_name:
+            raise OutDirError(str(out_dir), "other_recipe",
+                              f"this folder holds a build of recipe {other!r}; building {recipe_name!r} into it "
+                              "would replace its manifest. Use another --out, or --force-out to build here anyway")
+    elif recipe_name is not None and not force and out_dir.is_dir():
+        # a run killed before it wrote build.json leaves only .state/ (the lock): still ours
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name != STATE)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutDirError(str(out_dir), "not_a_build_folder",
+                              f"the folder is not empty ({len(foreign)} entries: {shown}) and no biaudio build "
+                              "wrote it. Use a new or empty --out, or --force-out to build here anyway")
     if (out_dir / MANIFEST_NAME).is_file():
         read_manifest(out_dir, columns=["clip_id"])  # raises SchemaVersionError for another version
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of ``pid`` (clock ticks since boot), so a reused pid is not taken for the holder."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _Lock:
-    """``flock`` on OUT/.state/lock: exclusive while a build runs, released by the kernel on death."""
+    """OUT/.state/lock: held while a build runs.
+
+    Taken with an atomic ``link()`` of a file that names this process (host, boot id, pid, its
+    start time, a random token): the link either creates the name or fails, on a local disk and on
+    NFS alike, where ``flock`` may be local to one client or a silent no-op. A lock whose holder is
+    dead -- same host and boot, process gone -- is taken over (a SIGKILLed build does not block the
+    next one). A lock held from another host cannot be checked and is refused, naming its holder;
+    remove the file when that build is known to be dead.
+    """
 
     def __init__(self, out_dir: Path):
         self.path = out_dir / STATE / "lock"
-        self.fd: int | None = None
+        self.token: str | None = None
 
     def __enter__(self) -> _Lock:
+        import socket
+        import uuid
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        pid = os.getpid()
+        me = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": pid, "proc_start": _proc_start(pid),
+              "token": uuid.uuid4().hex, "since": round(time.time(), 3)}
+        tmp = self.path.with_name(f".lock-{me['token']}{TEMP_MARKER}{pid}")
+        tmp.write_text(json.dumps(me, sort_keys=True))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise BuildLockedError(str(self.path.parent.parent), "locked",
-                                   f"another build (pid {holder}) is writing this folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
+            for _ in range(5):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    pass
+                holder = self._holder()
+                if holder.get("token") == me["token"]:  # also when NFS reported EEXIST for our own link
+                    self.token = me["token"]
+                    return self
+                if holder and not self._dead(holder, me):
+                    where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+                    raise BuildLockedError(str(self.path.parent.parent), "locked",
+                                           f"another build ({where}) is writing this folder; if it is dead, "
+                                           f"remove {self.path}")
+                self._break(holder)
+            raise BuildLockedError(str(self.path.parent.parent), "locked", "could not take the lock (contended)")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _holder(self) -> dict:
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return {}
+        try:
+            info = json.loads(text)
+            return info if isinstance(info, dict) else {"legacy": text}
+        except ValueError:
+            return {"legacy": text}  # an older biaudio's flock'ed "pid" file
+
+    def _dead(self, holder: dict, me: dict) -> bool:
+        if "legacy" in holder:  # older builds held it with flock: free when flock can be taken
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                return False
+            finally:
+                os.close(fd)
+        if holder.get("host") != me["host"] or holder.get("boot_id") != me["boot_id"]:
+            return bool(holder.get("boot_id")) and holder.get("host") == me["host"]  # same host, rebooted
+        pid = int(holder.get("pid", -1))
+        return not _pid_alive(pid) or (holder.get("proc_start") is not None and _proc_start(pid) != holder["proc_start"])
+
+    def _break(self, holder: dict) -> None:
+        """Move a dead holder's lock away; if a live build took the lock meanwhile, put its lock back."""
+        aside = self.path.with_name(f".lock-stale-{os.getpid()}{TEMP_MARKER}{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text(errors="replace"))
+        except (OSError, ValueError):
+            moved = {}
+        if isinstance(moved, dict) and moved.get("token") and moved.get("token") != holder.get("token"):
+            try:
+                os.link(aside, self.path)  # not the dead one: give it back
+            except FileExistsError:
+                pass
+        aside.unlink(missing_ok=True)
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.token is not None and self._holder().get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        self.token = None
 
 
-def _sweep_temps(out_dir: Path) -> int:
+def _sweep_temps(out_dir: Path, items: list[WorkItem] | None = None) -> int:
     """Delete temporary files left by a killed run (they are never part of a finished output).
 
-    In clips/, previews/ and .state/items/ every hidden or ``.tmp-`` file is a temporary; in OUT
-    itself only our own ``.tmp-`` names are, since other tools (QA review) keep files there.
+    Only names the build itself gives its temporaries are touched, so a folder shared with other
+    tools (or a user's hidden files) loses nothing: in .state/items/ (the build's own) every hidden
+    or ``.tmp-`` file; in clips/ and previews/ hidden files tagged ``.tmp-`` and the stages'
+    ``.<clip id>-XXXX`` temporaries of the build's items; in OUT itself only ``.tmp-`` names.
     """
+    ids = sorted({i for it in items or () for i in (it.item_id, safe_item_id(it.source_id))}, key=len, reverse=True)
+    clip_temp = re.compile(rf"^\.(?:{'|'.join(re.escape(i) for i in ids)})_\d+[-.]") if ids else None
     n = 0
     for d in (*MEDIA_DIRS, STATE + "/items", ""):
         folder = out_dir / d
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            ours = is_temp_name(p.name) if d else TEMP_MARKER in p.name
+            if d == STATE + "/items":
+                ours = is_temp_name(p.name)
+            elif d:
+                ours = p.name.startswith(".") and (TEMP_MARKER in p.name
+                                                   or (clip_temp is not None and bool(clip_temp.match(p.name))))
+            else:
+                ours = TEMP_MARKER in p.name
             if p.is_file() and ours:
                 p.unlink(missing_ok=True)
                 n += 1
     return n
 
 
-def _sweep_orphans(out_dir: Path, done_ids: set[str], referenced: set[str]) -> int:
-    """Delete media of finished items that no manifest row references (killed before its record, or a
-    clip the stages rejected after rendering): what remains in clips/ is exactly the manifest."""
-    pats = [re.compile(rf"^{re.escape(i)}_\d+\.") for i in done_ids]
+def _sweep_orphans(out_dir: Path, records: list[dict], referenced: set[str]) -> int:
+    """Delete media the build wrote for an item that no manifest row references any more (an item
+    redone with fewer clips, a clip dropped after rendering): only files a completion record lists
+    as the build's own are candidates, so a file the build did not write is never deleted, whatever
+    its name."""
     n = 0
-    for d in MEDIA_DIRS:
-        folder = out_dir / d
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            rel = f"{d}/{p.name}"
-            if p.is_file() and rel not in referenced and any(pt.match(p.name) for pt in pats):
+    for rec in records:
+        for rel in set(rec.get("files") or ()) | _rows_files(rec.get("result") or {}):
+            parts = Path(rel).parts
+            if rel in referenced or len(parts) != 2 or parts[0] not in MEDIA_DIRS or parts[1].startswith("."):
+                continue
+            p = out_dir / rel
+            if p.is_file() and not p.is_symlink():
                 p.unlink(missing_ok=True)
                 n += 1
     return n
@@ -528,6 +765,8 @@ def plan_items(items: list[WorkItem], out_dir: Path, rhash: str, retry_failed: l
         elif rec.get("recipe_hash") != rhash:
             plan.append(PlannedItem(replace(it, attempt=int(rec.get("attempt", 1)) + 1), "run",
                                     "recipe changed"))
+        elif (why := _record_mismatch(rec, it)) is not None:
+            plan.append(PlannedItem(replace(it, attempt=1), "run", why))
         else:
             rejects = rec["result"].get("rejects", [])
             wanted = [r for r in rejects if retry_failed is not None
@@ -653,13 +892,15 @@ def build(
     dry_run: bool = False,
     retry_failed: list[str] | None = None,
     on_event: EventFn | None = None,
+    force_out: bool = False,
 ) -> BuildSummary:
     """Run (or resume) a build of ``recipe`` into ``out_dir``; see the module docstring.
 
     ``retry_failed``: None = failed items stay as they are; [] = redo every item whose record has
     rejects; [reasons/stages...] = redo only items with a reject of those reasons (or stages).
     Raises :class:`BiaudioError` for problems with the build as a whole (lock held, another schema
-    version, no sources, item function not importable); item failures are rejects, not exceptions.
+    version, no sources, item function not importable, OUT not empty and not a build folder or
+    built by another recipe -- unless ``force_out``); item failures are rejects, not exceptions.
     """
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -669,7 +910,7 @@ def build(
     item_fn = ex.item_fn or DEFAULT_ITEM_FN
     summary = BuildSummary(out, rhash, dry_run=dry_run)
     if out.exists():
-        check_out_dir(out)
+        check_out_dir(out, recipe.name, force_out)
 
     if dry_run:  # touches nothing on disk
         items, summary.source_errors, summary.notes = resolve_items(recipe, out)
@@ -683,8 +924,7 @@ def build(
     load_item_fn(item_fn)  # fail the whole build early (exit 2) if the stages cannot be imported
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
-        check_out_dir(out)
-        _sweep_temps(out)
+        check_out_dir(out, recipe.name, force_out)
         for d in (*MEDIA_DIRS, "logs", STATE + "/items"):
             (out / d).mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / STATE / "build.json",
@@ -693,6 +933,7 @@ def build(
         atomic_write_text(out / "recipe.yaml", _recipe_yaml(recipe))
         emit("sources", {"recipe": recipe.name})
         items, summary.source_errors, summary.notes = resolve_items(recipe, out)
+        _sweep_temps(out, items)
         summary.planned = plan_items(items, out, rhash, retry_failed)
         todo = [p.item for p in summary.planned if p.action != "skip"]
         if limit is not None:
@@ -727,7 +968,7 @@ def build(
                 _run_ray(todo, recipe, out, item_fn, rhash, workers, ex.ray_address, on_result)
             else:
                 _run_local(todo, recipe, out, item_fn, rhash, workers, on_result)
-        _sweep_temps(out)  # every worker has finished: leftovers of failed writes go
+        _sweep_temps(out, items)  # every worker has finished: leftovers of failed writes go
         emit("assemble", {})
         try:
             _assemble(out, recipe, rhash, items, transient, summary, time.perf_counter() - t0, workers)
@@ -752,7 +993,7 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
     records = []
     for it in items:
         rec = _read_record(out, it.item_id)
-        if rec is not None and rec.get("recipe_hash") == rhash:
+        if rec is not None and rec.get("recipe_hash") == rhash and _record_mismatch(rec, it) is None:
             records.append(rec)
     rows: list[dict] = []
     rejects: list[dict] = list(summary.source_errors) + transient
@@ -768,15 +1009,27 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
     write_manifest(out, rows)
     write_rejects(out, rejects)
     referenced = {r[k] for r in rows for k in ("video_path", "audio_path", "preview_path") if r.get(k)}
-    _sweep_orphans(out, {rec["item_id"] for rec in records}, referenced)
+    _sweep_orphans(out, records, referenced)
     summary.kept_clips = len(rows)
     summary.total_rejects = len(rejects)
     stats = compute_stats(records, rows, rejects, n_items=len(items), rhash=rhash)
     stats["last_run"] = {"processed": len(summary.processed), "skipped": summary.skipped,
                          "wall_s": round(wall_s, 3), "executor": recipe.execution.executor, "workers": workers,
                          "internal_errors": len(summary.internal_errors), "write_errors": len(summary.write_errors),
-                         "stopped": summary.stopped}
+                         "stopped": summary.stopped,
+                         "items_per_node": _items_per_node(records, set(summary.processed))}
     write_stats(out, stats)
+
+
+def _items_per_node(records: list[dict], processed: set[str]) -> dict[str, int]:
+    """Items of this run per node (the Ray node id, else the host): how the work was spread."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        if rec["item_id"] in processed:
+            node = rec.get("node") or {}
+            label = str(node.get("ray_node_id") or node.get("host") or "?")
+            counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _keep_qa(out: Path, rows: list[dict], rhash: str) -> None:

@@ -3,8 +3,9 @@
 Checks what downstream users silently depend on: the schema version and column types, unique
 clip ids, media paths that are relative and stay inside OUT (a manifest must be movable and must
 never point a training job at ``/etc`` or ``../``), files present and non-empty, media durations
-matching the manifest (ffprobe), per-frame trajectories of the right length, and splits that are
-disjoint by *source* video (no leakage between train and test).
+matching the manifest (ffprobe), per-frame trajectories of the right length, splits that are
+disjoint by *source* video (no leakage between train and test), and no source video under two
+source ids (built twice, e.g. after ids moved between inputs).
 """
 
 from __future__ import annotations
@@ -70,6 +71,44 @@ def _inside(out: Path, rel: str) -> tuple[bool, str]:
     return True, ""
 
 
+def _one_source_many_ids(out: Path, rows: list[dict]) -> list[tuple[str, list[str]]]:
+    """Inputs that appear under more than one source id (the same video built twice).
+
+    An input is what its completion record says it was built from (kind, uri, section), else, for a
+    local file, its path; a URL without a record is skipped, since several sections of one video
+    are legitimately several sources.
+    """
+    recs: dict[str, dict] = {}
+    items = out / ".state" / "items"
+    for f in sorted(items.glob("*.json")) if items.is_dir() else ():
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+            recs[str((rec.get("source") or {}).get("source_id"))] = rec
+        except (OSError, ValueError, AttributeError):
+            continue
+    by_input: dict[str, set[str]] = {}
+    for r in rows:
+        sid, uri = str(r["source_id"]), str(r.get("source_uri") or "")
+        rec = recs.get(sid)
+        if rec is not None and (rec.get("fingerprint") or {}).get("key"):
+            key = json.dumps(rec["fingerprint"]["key"])
+        elif rec is not None:
+            src = rec.get("source") or {}
+            key = json.dumps([src.get("kind"), src.get("uri"), src.get("section")])
+        elif uri and "://" not in uri:
+            key = json.dumps(["file", uri, None])
+        else:
+            continue
+        by_input.setdefault(key, set()).add(sid)
+    out_list = []
+    for key, ids in sorted(by_input.items()):
+        if len(ids) > 1:
+            k = json.loads(key)
+            what = k[1] if k and k[0] != "prepare" else f"(generated scene {k[1] if len(k) > 1 else '?'})"
+            out_list.append((str(what), sorted(ids)))
+    return out_list
+
+
 def validate(out_dir: Path | str, *, tolerance_s: float = 0.15, check_media: bool = True, jobs: int = 4) -> ValidationReport:
     """Check a build folder; returns a report (``ok`` is False when anything is wrong)."""
     out = Path(out_dir)
@@ -124,6 +163,9 @@ def validate(out_dir: Path | str, *, tolerance_s: float = 0.15, check_media: boo
     for src, splits in sorted(split_of.items()):
         if len(splits) > 1:
             rep.problems.append(Problem("split_leak", f"source {src} is in {sorted(splits)}"))
+    for what, ids in _one_source_many_ids(out, rows):
+        rep.problems.append(Problem("source_two_ids", f"source {what} is in the manifest under {len(ids)} ids "
+                                                      f"({', '.join(ids)}): built twice, maybe in two splits"))
 
     if check_media and media:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

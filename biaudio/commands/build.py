@@ -30,7 +30,12 @@ command resumes where a killed run stopped, and a finished build does nothing. E
 Exit status: 0 = the build ran (clips dropped by filters are data, listed in rejects.parquet);
 1 = it ran but some items hit an internal error (a bug, see logs/<item>.log) or a write failure
 (disk full: the run stops, finished items stay valid, rerun to continue); 2 = it could not start
-(bad recipe or --set, output folder locked by another build or written by another schema version).
+(bad recipe or --set, output folder locked by another build, written by another schema version,
+not empty and not a build folder, or holding another recipe's build: see --force-out).
+
+The build deletes only files it wrote itself. A completion record names the input it was made
+from; an item whose input changed (another file under the same id, a file replaced in place) is
+built again.
 """
 
 
@@ -52,6 +57,12 @@ def build_cmd(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo items whose record has rejects."),
     reason: list[str] = typer.Option([], "--reason", help="With --retry-failed: only items rejected for this reason (or stage); repeatable."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress goes to stderr)."),
+    force_out: bool = typer.Option(
+        False, "--force-out",
+        help="Build into OUT although it is not empty and no build wrote it, or it holds a build of another "
+             "recipe (whose manifest is then replaced). Without it such a folder is refused (exit 2). Files the "
+             "build did not write are never deleted; a file at a path the build writes (clips/<clip_id>.mp4) "
+             "is replaced."),
 ) -> None:
     from biaudio.build.executor import build
     from biaudio.build.recipe import load_recipe
@@ -108,7 +119,8 @@ def build_cmd(
 
     try:
         with progress:
-            summary = build(rec, out_dir, limit=limit, dry_run=dry_run, retry_failed=retry, on_event=on_event)
+            summary = build(rec, out_dir, limit=limit, dry_run=dry_run, retry_failed=retry, on_event=on_event,
+                            force_out=force_out)
     except BiaudioError as e:
         _fail(console, json_out, f"build not started: {e}", 2)
         return

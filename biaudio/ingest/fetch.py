@@ -11,7 +11,8 @@ Why it is built this way:
 - **Failures become reason slugs** (``unavailable``, ``private``, ``geo_blocked``, ``bot_check``,
   ``http_404``, ``timeout``, ``truncated``, ``network``, ``too_small``, ``no_foa_format`` ...) for the
   rejects table; only transient ones are retried, with exponential backoff.
-- **A download archive** (JSONL of finished ids) means a rerun never fetches a finished item again.
+- **A download archive** (finished ids with their uri and section, one file per id, renamed into
+  place) means a rerun never fetches a finished item again.
 - Ids are always wrapped in URLs and handed to the API, never to a command line, so an id like
   ``-x1234567890`` can not be read as an option.
 """
@@ -200,33 +201,62 @@ def archive_path(out_dir: Path, cfg: FetchConfig) -> Path:
     return Path(cfg.archive) if cfg.archive else Path(out_dir) / ARCHIVE_NAME
 
 
+def archive_entries(path: Path) -> Path:
+    """The folder of the archive's entries: one small JSON file per finished download."""
+    return path.with_name(path.name + ".d")
+
+
 def read_archive(path: Path) -> dict[str, dict]:
-    """source_id -> record of finished downloads (later lines win; broken lines are skipped)."""
+    """source_id -> record of finished downloads.
+
+    Entries are files in ``<archive>.d/`` (one per source, renamed into place whole, so concurrent
+    workers on several hosts never tear or lose one, on NFS as on a local disk); the JSONL file
+    itself is still read (archives written by older versions; later lines win, broken lines are
+    skipped) and entry files win over it.
+    """
     done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["source_id"]] = rec
+            except (ValueError, KeyError, TypeError):
+                continue
+    folder = archive_entries(path)
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else ():
         try:
-            rec = json.loads(line)
+            rec = json.loads(f.read_text(encoding="utf-8"))
             done[rec["source_id"]] = rec
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue
     return done
 
 
-_archive_lock = threading.Lock()
-
-
 def _append_archive(path: Path, rec: dict) -> None:
-    # One short O_APPEND write per record: concurrent workers do not interleave lines.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
-    with _archive_lock:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+    """Add one finished download: a whole file renamed into place (no ``O_APPEND``, no lock: on a
+    network filesystem appends from several clients can interleave or vanish, renames cannot)."""
+    import re
+    import socket
+
+    folder = archive_entries(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["source_id"])).lstrip(".") + ".json")
+    tmp = folder / f".{final.name}.tmp-{os.getpid()}-{socket.gethostname()}-{threading.get_ident()}"
+    try:
+        tmp.write_text(json.dumps(rec, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _archived_for(rec: dict | None, item: SourceItem) -> bool:
+    """An archive entry counts only for the input it was made from (ids can move between inputs)."""
+    if not rec:
+        return False
+    section = list(item.section) if item.section else None
+    sec = rec.get("section")
+    return rec.get("uri") == item.uri and (None if sec is None else [float(x) for x in sec]) == (
+        None if section is None else [float(x) for x in section])
 
 
 # ---------------------------------------------------------------------------------- fetch
@@ -375,7 +405,7 @@ def fetch(item: SourceItem, out_dir: str | Path, cfg: FetchConfig | None = None)
     out_dir.mkdir(parents=True, exist_ok=True)
     arch = archive_path(out_dir, cfg)
     rec = read_archive(arch).get(item.source_id)
-    if rec:
+    if _archived_for(rec, item):
         done = Path(rec["path"])
         done = done if done.is_absolute() else arch.parent / done
         if done.is_file():

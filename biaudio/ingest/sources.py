@@ -253,15 +253,21 @@ def _add_entry(entry: str, origin: str | None, section, base: Path | None, out: 
 
 
 def _disambiguate(items: list[SourceItem]) -> list[SourceItem]:
-    """Two different inputs must never share an id (clip ids and archives key on it)."""
-    used: dict[str, int] = {}
-    result = []
+    """Two different inputs must never share an id (clip ids, completion records and archives key
+    on it), and an id must not depend on where an input stands in the list: when several inputs
+    would get the same id, *every* one of them gets ``<id>-<hash of its uri and section>``, so
+    reordering the list (or inserting a file earlier) never moves an id from one input to another."""
+    count: dict[str, int] = {}
     for it in items:
-        if it.source_id in used:
-            it = SourceItem(f"{it.source_id}-{_short_hash(it.uri + repr(it.section), 6)}", it.kind, it.uri, it.section, it.origin)
-        used[it.source_id] = 1
-        result.append(it)
-    return result
+        count[it.source_id] = count.get(it.source_id, 0) + 1
+    return [it if count[it.source_id] == 1 else
+            SourceItem(f"{it.source_id}-{source_hash(it.uri, it.section)}", it.kind, it.uri, it.section, it.origin)
+            for it in items]
+
+
+def source_hash(uri: str, section: tuple[float, float] | None) -> str:
+    """The short hash that tells apart inputs whose plain ids collide (a pure function of the input)."""
+    return _short_hash(uri + repr(section), 6)
 
 
 def read_sources(spec: str | Path | list[str] | tuple[str, ...]) -> SourceReadResult:
