@@ -173,7 +173,8 @@ def validate_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check a build folder: schema v1, unique clip ids, paths relative and inside OUT, files present,
-    media durations (ffprobe) within --tolerance, trajectories per frame, splits disjoint by source.
+    media durations (ffprobe) within --tolerance, trajectories per frame, splits disjoint by source,
+    no source video under two source ids (built twice).
 
     Exit status 0 only when no problem is found; each problem names the clip and the check.
     """
