@@ -576,7 +576,8 @@ def check_out_dir(out_dir: Path, recipe_name: str | None = None, force: bool = F
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise OutDirError(str(out_dir), "not_a_build_folder",
-                              f"the folder is not empty ({len(foreign)} entries: {shown}) and no biaudio build "
+                              f"the folder is not empty ({len(foreign)} {'entry' if len(foreign) == 1 else 'entries'}: {shown}) "
+                              "and no biaudio build "
                               "wrote it. Use a new or empty --out, or --force-out to build here anyway")
     if (out_dir / MANIFEST_NAME).is_file():
         read_manifest(out_dir, columns=["clip_id"])  # raises SchemaVersionError for another version
