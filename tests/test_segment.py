@@ -57,3 +57,79 @@ def test_window_rules():
     assert min(w.start_s for w in ws if w.shot_index == 1) == pytest.approx(303 / 30)
     assert len(windows(100.0, 25, [], SegmentConfig(stride_s=1.0, max_windows=5))) == 5
     assert ws[1].clip_id("abc_5") == f"abc_5_{round(ws[1].start_s * 1000)}"
+
+
+# ---- flashes are not cuts (fireworks, lightning, strobes, exposure jumps)
+
+FLASH_FPS = 25
+FLASH_TRUTH = [150, 300]  # the hard cuts
+FLASHES = [(30, 1), (60, 2), (90, 3), (120, 5), (200, 4), (230, 1), (240, 1)]  # whole-frame, 1-5 frames, repeated
+BURSTS = [(170, 40, 90.0), (320, 30, 250.0), (360, 25, 10.0)]  # fireworks: local glow blooming ~1-1.6 s
+
+
+@pytest.fixture(scope="module")
+def flash_video(tmp_path_factory):
+    from biaudio.synth import FlashScene
+
+    d = tmp_path_factory.mktemp("flash")
+    return FlashScene(n_frames=440, fps=FLASH_FPS, cuts=FLASH_TRUTH, flashes=FLASHES, bursts=BURSTS).write(d / "flash.mp4")
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_flashes_and_bursts_are_not_cuts(flash_video, detector):
+    cuts = find_cuts(flash_video, SegmentConfig(detector=detector))
+    assert len(cuts) == len(FLASH_TRUTH), cuts
+    for c, t in zip(cuts, FLASH_TRUTH, strict=True):
+        assert abs(c - t) <= 2, (cuts, FLASH_TRUTH)
+
+
+def test_without_the_flash_check_flashes_cut(flash_video):
+    """The scene is hard enough: PySceneDetect alone cuts at flashes and bursts (the old behaviour)."""
+    cuts = find_cuts(flash_video, SegmentConfig(flash_frames=0))
+    light = [s for s, *_ in FLASHES + BURSTS]
+    fired = [c for c in cuts if any(0 <= c - s <= 5 for s in light)]
+    assert len(fired) >= 6, cuts
+    assert all(any(abs(c - t) <= 2 for t in FLASH_TRUTH) for c in set(cuts) - set(fired))
+
+
+def test_fireworks_clip_keeps_its_window(tmp_path):
+    """10 s of fireworks with three bursts: too_short before the flash check, one 8-s window after."""
+    from biaudio.synth import FlashScene
+
+    fps = 30
+    path = FlashScene(n_frames=300, fps=fps, bursts=[(75, 40, 80.0), (165, 30, 200.0), (240, 45, 320.0)],
+                      flashes=[(120, 2)], seed=3).write(tmp_path / "fireworks.mp4")
+    before = SegmentConfig(flash_frames=0)
+    cuts = find_cuts(path, before)
+    assert len(cuts) >= 2 and windows(300 / fps, fps, cuts, before) == []
+    cuts = find_cuts(path, SegmentConfig())
+    assert cuts == [] and windows(300 / fps, fps, cuts, SegmentConfig()) == [Window(0.0, 8.0, 0)]
+
+
+def test_cut_right_after_a_flash_is_kept(tmp_path):
+    """A vetoed flash must not hide a real cut inside PySceneDetect's minimum scene length."""
+    from biaudio.synth import FlashScene
+
+    path = FlashScene(n_frames=120, cuts=[50], flashes=[(40, 2)], seed=5).write(tmp_path / "f.mp4")
+    cuts = find_cuts(path, SegmentConfig())
+    assert len(cuts) == 1 and abs(cuts[0] - 50) <= 2, cuts
+    assert find_cuts(path, SegmentConfig(flash_frames=0)) == [40]  # the flash hid the cut before
+
+
+@pytest.mark.parametrize("frames", [4, 12])
+def test_dissolve_is_not_detected(tmp_path, frames):
+    """Measured: neither detector sees a dissolve (the largest frame-to-frame content score of a
+    4-frame dissolve is ~11, threshold 27), with or without the flash check; the flash check
+    changes nothing there. A window may span a dissolve."""
+    from biaudio.synth import FlashScene
+
+    path = FlashScene(n_frames=120, dissolve=(50, frames), seed=7).write(tmp_path / "d.mp4")
+    for det in ("content", "adaptive"):
+        assert find_cuts(path, SegmentConfig(detector=det)) == find_cuts(path, SegmentConfig(detector=det, flash_frames=0)) == []
+
+
+def test_flash_keys_validated():
+    with pytest.raises(ValueError):
+        SegmentConfig(flash_frames=-1)
+    with pytest.raises(ValueError):
+        SegmentConfig(flash_structure=1.5)
