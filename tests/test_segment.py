@@ -128,8 +128,14 @@ def test_dissolve_is_not_detected(tmp_path, frames):
         assert find_cuts(path, SegmentConfig(detector=det)) == find_cuts(path, SegmentConfig(detector=det, flash_frames=0)) == []
 
 
-def test_flash_keys_validated():
-    with pytest.raises(ValueError):
-        SegmentConfig(flash_frames=-1)
-    with pytest.raises(ValueError):
-        SegmentConfig(flash_structure=1.5)
+def test_flash_keys_in_recipes():
+    """The recipes set the flash check; a bad value stops the build naming the dotted key."""
+    from biaudio.build.recipe import load_recipe
+    from biaudio.errors import RecipeError
+
+    for name in ("demo", "biaudio"):
+        assert load_recipe(name).segment.flash_frames == 5
+    assert load_recipe("demo", ["segment.flash_frames=0"]).segment.flash_frames == 0
+    for bad in ("segment.flash_frames=-1", "segment.flash_structure=1.5"):
+        with pytest.raises(RecipeError, match=bad.split("=")[0]):
+            load_recipe("demo", [bad])
