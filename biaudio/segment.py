@@ -98,14 +98,15 @@ class FlashCheck:
 
     * **comes back**: some frame at most ``flash_frames`` before the candidate and some frame at
       most ``flash_frames`` after it (not the candidate pair itself) are closer than half the
-      content threshold. A flash of up to ``flash_frames`` frames passes (its onset and its end),
+      content threshold, allowing for a yaw pan of up to 2 degrees per frame (a roll of the
+      equirect's columns). A flash of up to ``flash_frames`` frames passes (its onset and its end),
       however bright, even when it clips the picture to white; a real cut never does, because every
       such pair straddles it.
     * **one-sided light**: brightness (HSV value) makes at least a quarter of the content score (a
       change of colour grade between two takes of one spot is mostly hue and saturation), at least 80 %
       of the luma change across the candidate goes one way (only brighter, or only darker), and at least ``flash_structure`` of the proxy's tiles keep their
       structure (zero-mean normalised correlation >= 0.5, or flat on both sides) between the frames
-      ``flash_frames`` before and after. This catches what lasts longer than ``flash_frames``: a
+      ``flash_frames`` before and after (the same pan allowed). This catches what lasts longer than ``flash_frames``: a
       firework that blooms for a second, an auto-exposure step. A hard cut changes the structure
       everywhere; a cut between two takes from the same spot changes pixels both ways; a short
       dissolve's end frames are the two different shots.
@@ -116,6 +117,7 @@ class FlashCheck:
     MIN_CHANGE = 8.0  # a pixel "changed" above this many grey levels
     TILE_NCC = 0.5
     FLAT_STD = 4.0  # a tile this flat has no structure to compare
+    PAN_DEG = 2.0  # fastest yaw pan (degrees per frame) the comparisons allow for
 
     def __init__(self, cfg: SegmentConfig) -> None:
         self.k = int(cfg.flash_frames)
@@ -132,6 +134,12 @@ class FlashCheck:
         self.frames[i] = (hsv, v)
         self.frames.pop(i - self.keep, None)
 
+    def _shifts(self, w: int, frames_apart: int) -> range:
+        """Horizontal shifts (columns) a yaw pan of up to ``PAN_DEG`` per frame makes in
+        ``frames_apart`` frames: on an equirect a yaw turn is a roll of the columns."""
+        r = int(np.ceil(w * self.PAN_DEG * frames_apart / 360.0))
+        return range(-r, r + 1)
+
     def is_flash(self, c: int, last: int) -> bool:
         """Whether candidate ``c`` is a flash, seeing frames up to ``last`` (the look-ahead is
         shorter at the end of the video)."""
@@ -140,10 +148,13 @@ class FlashCheck:
             return False
         pre = [f[c - 1 - j] for j in range(self.k + 1) if c - 1 - j in f]
         post = [f[c + k] for k in range(self.k + 1) if c + k in f and c + k <= last]
-        for j, (a, _) in enumerate(pre):
-            for k, (b, _) in enumerate(post):
-                if (j or k) and _content_score(a, b) < self.back:
-                    return True
+        w = f[c][1].shape[1]
+        # comes back: the frame before vs a later one, or the first after vs an earlier one
+        pairs = [(0, k) for k in range(1, len(post))] + [(j, 0) for j in range(1, len(pre))]
+        for j, k in pairs:
+            a, b = pre[j][0], post[k][0]
+            if min(_content_score(a, np.roll(b, r, axis=1)) for r in self._shifts(w, j + k + 1)) < self.back:
+                return True
         dh = np.abs(f[c][0].astype(np.int16) - f[c - 1][0].astype(np.int16)).reshape(-1, 3).mean(0)
         if dh[2] < self.VALUE_SHARE * float(dh.sum()):  # mostly hue/saturation: a colour change, not light
             return False
@@ -154,7 +165,8 @@ class FlashCheck:
         dc = d[changed]
         if abs(float(dc.sum())) < self.SIGN_SHARE * float(np.abs(dc).sum()):
             return False
-        return self.tiles_kept(pre[-1][1], post[-1][1]) >= self.structure
+        a, b = pre[-1][1], post[-1][1]
+        return max(self.tiles_kept(a, np.roll(b, r, axis=1)) for r in self._shifts(w, len(pre) + len(post) - 1)) >= self.structure
 
     def tiles_kept(self, a: np.ndarray, b: np.ndarray) -> float:
         """Share of tiles (about square, two rows on the usual horizon band) whose structure is the

@@ -685,13 +685,15 @@ def truth_directions(truth: dict, source: int | str = 0) -> tuple[np.ndarray, np
 
 @dataclass
 class FlashScene:
-    """A video-only 360° scene for shot detection: textured equirect shots that pan slowly (a
-    quarter of a degree per frame), hard ``cuts`` and an optional ``dissolve=(first_frame, frames)`` between shots,
+    """A video-only 360° scene for shot detection: textured equirect shots that pan by
+    ``pan_deg_per_frame``, hard ``cuts`` and an optional ``dissolve=(first_frame, frames)`` between shots,
     and light that is not a cut: ``flashes=[(first_frame, frames), ...]`` brighten the whole frame
     (gain ``flash_gain`` plus ``flash_offset`` grey levels, clipped to white where it saturates, as
     lightning, a strobe or an exposure jump does) and ``bursts=[(first_frame, frames, azimuth_deg),
     ...]`` are fireworks: a coloured glow above the horizon that blooms and fades while the sky lights
-    up a little. Frame indices count from 0 at ``fps``."""
+    up a little. ``exposure=[(frame, gain), ...]``: from that frame on the picture keeps that gain (an
+auto-exposure step; steps multiply). ``noise``: std of Gaussian sensor noise in grey levels. Frame
+indices count from 0 at ``fps``."""
 
     n_frames: int
     fps: float = 25.0
@@ -702,6 +704,9 @@ class FlashScene:
     bursts: list[tuple[int, int, float]] = field(default_factory=list)
     flash_gain: float = 1.6
     flash_offset: float = 60.0
+    exposure: list[tuple[int, float]] = field(default_factory=list)
+    pan_deg_per_frame: float = 0.25
+    noise: float = 0.0
     seed: int = 0
 
     def boundaries(self) -> list[int]:
@@ -729,12 +734,14 @@ class FlashScene:
         tex = [self._texture(k) for k in range(len(bounds) + 1)]
         el = (0.5 - (np.arange(H) + 0.5) / H) * 180.0
         az = (np.arange(W) + 0.5) / W * 360.0
+        rng = np.random.default_rng([self.seed, 99])
         for f in range(self.n_frames):
             k = sum(1 for b in bounds if f >= b)
-            img = np.roll(tex[k], f * W // 1280, axis=1)
+            shift = int(round(f * self.pan_deg_per_frame * W / 360.0))
+            img = np.roll(tex[k], shift, axis=1)
             if self.dissolve and self.dissolve[0] <= f < self.dissolve[0] + self.dissolve[1]:
                 a = (f - self.dissolve[0] + 1) / (self.dissolve[1] + 1)
-                img = (1 - a) * np.roll(tex[k - 1], f * W // 1280, axis=1) + a * img
+                img = (1 - a) * np.roll(tex[k - 1], shift, axis=1) + a * img
             for s, n, baz in self.bursts:
                 if s <= f < s + n:
                     life = (f - s) / max(1, n)
@@ -744,6 +751,11 @@ class FlashScene:
                     img = img * (1 + 0.6 * np.exp(-3.0 * life)) + glow
             if any(s <= f < s + n for s, n in self.flashes):
                 img = img * self.flash_gain + self.flash_offset
+            for s, g in self.exposure:
+                if f >= s:
+                    img = img * g
+            if self.noise:
+                img = img + rng.normal(0.0, self.noise, img.shape)
             yield np.clip(img, 0, 255).astype(np.uint8)
 
     def write(self, path: str | os.PathLike) -> Path:

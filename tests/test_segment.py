@@ -116,6 +116,30 @@ def test_cut_right_after_a_flash_is_kept(tmp_path):
     assert find_cuts(path, SegmentConfig(flash_frames=0)) == [40]  # the flash hid the cut before
 
 
+@pytest.mark.parametrize("pan", [1.0, 2.0])
+def test_flashes_while_the_camera_pans(tmp_path, pan):
+    """A yaw pan of up to 2 degrees per frame and sensor noise: flashes and a burst still no cut."""
+    from biaudio.synth import FlashScene
+
+    path = FlashScene(n_frames=300, cuts=[150], flashes=[(40, 2), (100, 4), (200, 1), (250, 5)], bursts=[(170, 30, 45.0)],
+                      pan_deg_per_frame=pan, noise=3.0, seed=12).write(tmp_path / "pan.mp4")
+    assert len(find_cuts(path, SegmentConfig(flash_frames=0))) >= 5
+    cuts = find_cuts(path, SegmentConfig())
+    assert len(cuts) == 1 and abs(cuts[0] - 150) <= 2, cuts
+
+
+@pytest.mark.parametrize("seed", [100, 101, 102])
+def test_cut_to_a_brighter_or_darker_shot_is_kept(tmp_path, seed):
+    """A real cut that also brightens (x2) or darkens (x0.45) the whole picture changes the
+    structure: the one-sided-light test must not take it for a flash."""
+    from biaudio.synth import FlashScene
+
+    for gain in (2.0, 0.45):
+        path = FlashScene(n_frames=200, cuts=[100], exposure=[(100, gain)], seed=seed,
+                          pan_deg_per_frame=0.75 * (seed % 3)).write(tmp_path / f"b{gain}.mp4")
+        assert find_cuts(path, SegmentConfig()) == find_cuts(path, SegmentConfig(flash_frames=0)) == [100]
+
+
 @pytest.mark.parametrize("frames", [4, 12])
 def test_dissolve_is_not_detected(tmp_path, frames):
     """Measured: neither detector sees a dissolve (the largest frame-to-frame content score of a
