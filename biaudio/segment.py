@@ -52,6 +52,16 @@ class SegmentConfig(BaseModel):
         0.6, ge=0, le=1, description="flash check: share of the proxy's tiles whose structure must survive a "
         "one-sided brightness change for it to count as a flash (a local burst changes the rest)")
 
+    @staticmethod
+    def hash_view(dumped: dict) -> dict:
+        """The section as the recipe hash sees it: with the flash check off (``flash_frames: 0``) the
+        detector is the one before the check existed, so its keys stay out and such a recipe keeps
+        the hash (and the resumable items) it had then. With the check on the data can change, and
+        so does the hash."""
+        if dumped.get("flash_frames") == 0:
+            return {k: v for k, v in dumped.items() if k not in ("flash_frames", "flash_structure")}
+        return dumped
+
     def proxy_dims(self) -> tuple[int, int]:
         """(w, h) of the proxy frames actually decoded: the band's share of ``proxy_size`` rows."""
         w, h = self.proxy_size

@@ -163,3 +163,17 @@ def test_flash_keys_in_recipes():
     for bad in ("segment.flash_frames=-1", "segment.flash_structure=1.5"):
         with pytest.raises(RecipeError, match=bad.split("=")[0]):
             load_recipe("demo", [bad])
+
+
+def test_flash_check_off_keeps_the_old_recipe_hash():
+    """Off, the check changes no data, so its keys stay out of the hash (an old build resumes);
+    on, they are in it."""
+    from biaudio.build.recipe import load_recipe, recipe_hash
+
+    off = load_recipe("demo", ["segment.flash_frames=0"])
+    assert recipe_hash(off) == recipe_hash(load_recipe("demo", ["segment.flash_frames=0", "segment.flash_structure=0.9"]))
+    data = off.dump()
+    assert data["segment"]["flash_frames"] == 0  # the written recipe still says so (a reload keeps it off)
+    on = load_recipe("demo")
+    assert recipe_hash(on) != recipe_hash(off)
+    assert recipe_hash(on) != recipe_hash(load_recipe("demo", ["segment.flash_structure=0.9"]))
