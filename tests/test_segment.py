@@ -177,3 +177,26 @@ def test_flash_check_off_keeps_the_old_recipe_hash():
     on = load_recipe("demo")
     assert recipe_hash(on) != recipe_hash(off)
     assert recipe_hash(on) != recipe_hash(load_recipe("demo", ["segment.flash_structure=0.9"]))
+
+
+def test_ingest_keeps_the_fireworks_window(tmp_path):
+    """Through the build's analysis (one ffmpeg decode feeding the proxy to the detector): a 10-s
+    360° fireworks source with FOA is too_short without the flash check and keeps its window with it."""
+    import numpy as np
+
+    from biaudio.clean.speech import SpeechConfig
+    from biaudio.ingest import analyze_file
+    from biaudio.media.video import mux_foa
+    from biaudio.synth import FlashScene
+
+    fps, sr = 30, 48000
+    video = FlashScene(n_frames=300, fps=fps, size=(640, 320), bursts=[(75, 40, 80.0), (165, 30, 200.0), (240, 45, 320.0)],
+                       seed=3).write(tmp_path / "v.mp4")
+    rng = np.random.default_rng(0)
+    foa = (0.1 * rng.standard_normal((4, 10 * sr))).astype(np.float32)
+    src = mux_foa(video, foa, sr, tmp_path / "fireworks.mp4")
+    kw = dict(speech_cfg=SpeechConfig(enabled=False), keep_foa=False)
+    old = analyze_file(src, segment_cfg=SegmentConfig(flash_frames=0), **kw)
+    assert old.reject is not None and old.reject.reason == "too_short" and len(old.cuts) >= 2, (old.reject, old.cuts)
+    new = analyze_file(src, segment_cfg=SegmentConfig(), **kw)
+    assert new.reject is None and new.cuts == [] and [(w.start_s, w.end_s) for w in new.windows] == [(0.0, 8.0)]
