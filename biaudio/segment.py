@@ -11,7 +11,8 @@ strobe, headlight or auto-exposure jump (2-3 "cuts" in a 10-s fireworks clip lea
 every candidate cut is checked with a few frames of look-ahead (see :class:`FlashCheck`): a picture
 that comes back within ``flash_frames`` frames was a flash, and a change that only brightens or only
 darkens while the structure of most of the frame survives was a burst of light. A real cut does
-neither: every frame pair straddling it differs, and its pixels change both ways. The check runs on
+neither: every frame pair straddling it differs, and it changes the structure (or the colour, or
+its pixels change both ways). The check runs on
 the proxy frames the detector already gets (one decode).
 """
 
@@ -106,20 +107,23 @@ class FlashCheck:
 
     Two tests, either one makes the candidate a flash:
 
-    * **comes back**: some frame at most ``flash_frames`` before the candidate and some frame at
-      most ``flash_frames`` after it (not the candidate pair itself) are closer than half the
-      content threshold, allowing for a yaw pan of up to 2 degrees per frame (a roll of the
-      equirect's columns). A flash of up to ``flash_frames`` frames passes (its onset and its end),
-      however bright, even when it clips the picture to white; a real cut never does, because every
-      such pair straddles it.
+    * **comes back**: the frame before the candidate and one of the ``flash_frames`` after it, or
+      the candidate frame and one of the ``flash_frames`` before the frame before it, are closer
+      than half the content threshold, allowing for a yaw pan of up to 2 degrees per frame (a roll
+      of the equirect's columns). A flash of up to ``flash_frames`` frames passes (its onset and
+      its end), however bright, even when it clips the picture to white; a real cut never does,
+      because every such pair straddles it.
     * **one-sided light**: brightness (HSV value) makes at least a quarter of the content score (a
-      change of colour grade between two takes of one spot is mostly hue and saturation), at least 80 %
-      of the luma change across the candidate goes one way (only brighter, or only darker), and at least ``flash_structure`` of the proxy's tiles keep their
-      structure (zero-mean normalised correlation >= 0.5, or flat on both sides) between the frames
-      ``flash_frames`` before and after (the same pan allowed). This catches what lasts longer than ``flash_frames``: a
-      firework that blooms for a second, an auto-exposure step. A hard cut changes the structure
-      everywhere; a cut between two takes from the same spot changes pixels both ways; a short
-      dissolve's end frames are the two different shots.
+      change of colour grade between two takes of one spot is mostly hue and saturation), at least
+      80 % of the luma change across the candidate goes one way (only brighter, or only darker),
+      and at least ``flash_structure`` of the proxy's tiles keep their structure (zero-mean
+      normalised correlation >= 0.5, or flat on both sides) between the frames ``flash_frames``
+      before and after (the same pan allowed). This catches what lasts longer than
+      ``flash_frames``: a firework that blooms for a second, an auto-exposure step. A hard cut
+      changes the structure everywhere, even one to a much brighter shot; a cut between two takes
+      from the same spot is mostly a change of colour or changes pixels both ways; a short
+      dissolve's end frames are the two different shots. What it cannot tell: a change of light
+      between two takes of one spot that keeps the structure counts as a flash.
     """
 
     SIGN_SHARE = 0.8  # share of the changed luma that must go one way
@@ -176,7 +180,8 @@ class FlashCheck:
         if abs(float(dc.sum())) < self.SIGN_SHARE * float(np.abs(dc).sum()):
             return False
         a, b = pre[-1][1], post[-1][1]
-        return max(self.tiles_kept(a, np.roll(b, r, axis=1)) for r in self._shifts(w, len(pre) + len(post) - 1)) >= self.structure
+        kept = max(self.tiles_kept(a, np.roll(b, r, axis=1)) for r in self._shifts(w, len(pre) + len(post) - 1))
+        return kept >= self.structure
 
     def tiles_kept(self, a: np.ndarray, b: np.ndarray) -> float:
         """Share of tiles (about square, two rows on the usual horizon band) whose structure is the
