@@ -678,3 +678,92 @@ def truth_directions(truth: dict, source: int | str = 0) -> tuple[np.ndarray, np
         np.array([x["azimuth_deg"] for x in f]),
         np.array([x["elevation_deg"] for x in f]),
     )
+
+
+# ----------------------------------------------------------------------------------- flashes
+
+
+@dataclass
+class FlashScene:
+    """A video-only 360° scene for shot detection: textured equirect shots that pan by
+    ``pan_deg_per_frame``, hard ``cuts`` and an optional ``dissolve=(first_frame, frames)`` between shots,
+    and light that is not a cut: ``flashes=[(first_frame, frames), ...]`` brighten the whole frame
+    (gain ``flash_gain`` plus ``flash_offset`` grey levels, clipped to white where it saturates, as
+    lightning, a strobe or an exposure jump does) and ``bursts=[(first_frame, frames, azimuth_deg),
+    ...]`` are fireworks: a coloured glow above the horizon that blooms and fades while the sky lights
+    up a little. ``exposure=[(frame, gain), ...]``: from that frame on the picture keeps that gain (an
+auto-exposure step; steps multiply). ``noise``: std of Gaussian sensor noise in grey levels. Frame
+indices count from 0 at ``fps``."""
+
+    n_frames: int
+    fps: float = 25.0
+    size: tuple[int, int] = (320, 160)
+    cuts: list[int] = field(default_factory=list)
+    dissolve: tuple[int, int] | None = None
+    flashes: list[tuple[int, int]] = field(default_factory=list)
+    bursts: list[tuple[int, int, float]] = field(default_factory=list)
+    flash_gain: float = 1.6
+    flash_offset: float = 60.0
+    exposure: list[tuple[int, float]] = field(default_factory=list)
+    pan_deg_per_frame: float = 0.25
+    noise: float = 0.0
+    seed: int = 0
+
+    def boundaries(self) -> list[int]:
+        """First frame of each new shot (a dissolve's shot starts with its first blended frame)."""
+        return sorted([*self.cuts, *([self.dissolve[0]] if self.dissolve else [])])
+
+    def _texture(self, k: int) -> np.ndarray:
+        W, H = self.size
+        rng = np.random.default_rng([self.seed, k])
+        az = (np.arange(W) + 0.5) / W * 2 * np.pi
+        el = (0.5 - (np.arange(H) + 0.5) / H) * np.pi
+        A, E = np.meshgrid(az, el)
+        img = np.zeros((H, W, 3))
+        for c in range(3):
+            tex = sum(rng.uniform(0.3, 1) * np.sin(int(rng.integers(1, 9)) * A + rng.uniform(1, 6) * E + rng.uniform(0, 6.3))
+                      for _ in range(5))
+            img[..., c] = tex
+        img = (img - img.min()) / (np.ptp(img) + 1e-9)
+        return 30 + 150 * img * rng.uniform(0.5, 1.0, 3)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """RGB uint8 frames ``(h, w, 3)``."""
+        W, H = self.size
+        bounds = self.boundaries()
+        tex = [self._texture(k) for k in range(len(bounds) + 1)]
+        el = (0.5 - (np.arange(H) + 0.5) / H) * 180.0
+        az = (np.arange(W) + 0.5) / W * 360.0
+        rng = np.random.default_rng([self.seed, 99])
+        for f in range(self.n_frames):
+            k = sum(1 for b in bounds if f >= b)
+            shift = int(round(f * self.pan_deg_per_frame * W / 360.0))
+            img = np.roll(tex[k], shift, axis=1)
+            if self.dissolve and self.dissolve[0] <= f < self.dissolve[0] + self.dissolve[1]:
+                a = (f - self.dissolve[0] + 1) / (self.dissolve[1] + 1)
+                img = (1 - a) * np.roll(tex[k - 1], shift, axis=1) + a * img
+            for s, n, baz in self.bursts:
+                if s <= f < s + n:
+                    life = (f - s) / max(1, n)
+                    r = 25.0 + 25.0 * life  # degrees, blooming
+                    d2 = ((((az - baz + 180) % 360) - 180)[None, :] ** 2 + (el - 20.0)[:, None] ** 2) / r**2
+                    glow = 255.0 * np.exp(-3.0 * life) * np.exp(-d2)[..., None] * np.array([1.0, 0.7, 0.35])
+                    img = img * (1 + 0.6 * np.exp(-3.0 * life)) + glow
+            if any(s <= f < s + n for s, n in self.flashes):
+                img = img * self.flash_gain + self.flash_offset
+            for s, g in self.exposure:
+                if f >= s:
+                    img = img * g
+            if self.noise:
+                img = img + rng.normal(0.0, self.noise, img.shape)
+            yield np.clip(img, 0, 255).astype(np.uint8)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Encode to H.264 (no audio: shot detection only needs the picture)."""
+        from biaudio.media.video import VideoWriter
+
+        W, H = self.size
+        with VideoWriter(path, W, H, self.fps, crf=18, preset="ultrafast") as vw:
+            for img in self.frames():
+                vw.write(img)
+        return Path(path)

@@ -207,6 +207,8 @@ def recipe_hash(recipe: Recipe) -> str:
     data = recipe.dump()
     data.pop("output", None)
     data.pop("execution", None)
+    if hasattr(SegmentConfig, "hash_view"):  # keys at a setting that changes nothing stay out
+        data["segment"] = SegmentConfig.hash_view(data["segment"])
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
