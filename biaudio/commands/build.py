@@ -7,6 +7,7 @@ stays instant.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -106,11 +107,21 @@ def build_cmd(
         elif kind == "assemble":
             console.print("[dim]assembling manifest ...[/dim]")
 
+    missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
+    if missing and not dry_run:
+        _fail(console, json_out, f"build not started: {', '.join(missing)} not found on PATH "
+                                 "(install ffmpeg, e.g. apt-get install ffmpeg)", 2)
+        return
     try:
         with progress:
             summary = build(rec, out_dir, limit=limit, dry_run=dry_run, retry_failed=retry, on_event=on_event)
     except BiaudioError as e:
         _fail(console, json_out, f"build not started: {e}", 2)
+        return
+    except OSError as e:  # the output folder cannot be made or written (read-only, no permission)
+        from biaudio.commands._common import os_error_line
+
+        _fail(console, json_out, f"build not started: {os_error_line(e)}", 2)
         return
     if json_out:
         sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -150,7 +161,9 @@ def _print_summary(console, summary) -> None:
 def _fail(console, json_out: bool, msg: str, code: int) -> None:
     if json_out:
         sys.stdout.write(json.dumps({"error": msg, "exit_code": code}) + "\n")
-    console.print(f"[red]{msg}[/red]")
+    from rich.markup import escape
+
+    console.print(f"[red]{escape(msg)}[/red]", soft_wrap=True)  # one line, whatever the terminal width
     raise typer.Exit(code)
 
 

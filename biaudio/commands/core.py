@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from biaudio.commands._common import parse_size as _parse_size
+from biaudio.commands._common import refuse_overwrite
 
 CONVENTION_HELP = "FOA channel convention of the input: ambix (ACN/SN3D; YouTube, Sphere360, DCASE), fuma, ambix-n3d."
 
@@ -153,6 +154,8 @@ def render_command(
     from biaudio.spatial.projection import Projector
 
     ow, oh = _parse_size(size)
+    refuse_overwrite(out, {"input video": input, "trajectory": trajectory,
+                           "HRTF file": hrtf if hrtf != "kemar" else None})
     if decoder not in ("magls", "cube"):
         raise typer.BadParameter(f"--decoder must be magls or cube, got {decoder!r}")
     try:
