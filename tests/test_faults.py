@@ -422,8 +422,8 @@ def test_render_output_path_is_a_folder(foa360, tmp_path):
     (tmp_path / "o.mp4").mkdir()
     (tmp_path / "o.mp4" / "keep.txt").write_text("mine")
     r = runner.invoke(app, ["render", str(foa360), "--out", str(tmp_path / "o.mp4"), "--size", "64x32"])
-    assert r.exit_code == 1, r.output
-    assert "o.mp4" in _one_line_error(r)
+    assert r.exit_code == 2, r.output
+    assert "is a folder" in _one_line_error(r)
     assert (tmp_path / "o.mp4" / "keep.txt").read_text() == "mine"
 
 
@@ -437,3 +437,22 @@ def test_validate_and_stats_on_a_manifest_of_another_schema(built):
     _one_line_error(r)
     r = runner.invoke(app, ["stats", str(built)])
     assert r.exit_code == 1 and "manifest.parquet" in _one_line_error(r)
+
+
+def test_visaudio_generate_refuses_to_write_over_its_video(foa360, tmp_path):
+    """The check runs before any checkpoint is read: OUT.mp4 (or OUT.flac beside it) naming the
+    input video is refused and the video is untouched."""
+    from visaudio.data import DataError
+    from visaudio.generate import generate_to_files
+
+    v = tmp_path / "v.mp4"
+    v.write_bytes(foa360.read_bytes())
+    before = _digest(v)
+    for out in (v, tmp_path / "sub" / ".." / "v.mp4"):
+        with pytest.raises(DataError, match="input video"):
+            generate_to_files(v, tmp_path / "no-run", out)
+    flac_video = tmp_path / "w.flac"
+    flac_video.write_bytes(foa360.read_bytes())
+    with pytest.raises(DataError, match="input video"):
+        generate_to_files(flac_video, tmp_path / "no-run", tmp_path / "w.mp4")
+    assert _digest(v) == before

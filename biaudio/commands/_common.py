@@ -31,17 +31,11 @@ def parse_size(s: str) -> tuple[int, int]:
     return w, h
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when ``a`` and ``b`` name the same file (also through links and ``..``)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def refuse_overwrite(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], option: str = "--out") -> None:
     """Exit 2 (bad options) when ``out`` names one of the command's inputs: no command may write
     over what it reads (``biaudio render IN --out IN`` would replace the 360° source)."""
+    from biaudio.media.ffpath import same_file  # here: biaudio.media imports numpy, --help stays fast
+
     for what, p in inputs.items():
         if p is not None and same_file(out, p):
             raise typer.BadParameter(f"{out} is the {what}; choose another output file (inputs are never overwritten)",

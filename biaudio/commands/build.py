@@ -31,7 +31,8 @@ command resumes where a killed run stopped, and a finished build does nothing. E
 Exit status: 0 = the build ran (clips dropped by filters are data, listed in rejects.parquet);
 1 = it ran but some items hit an internal error (a bug, see logs/<item>.log) or a write failure
 (disk full: the run stops, finished items stay valid, rerun to continue); 2 = it could not start
-(bad recipe or --set, output folder locked by another build or written by another schema version).
+(bad recipe or --set, output folder locked by another build, written by another schema version or
+not writable, ffmpeg not on PATH). Every fault and what it shows: docs/FAULTS.md.
 """
 
 

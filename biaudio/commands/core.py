@@ -156,6 +156,9 @@ def render_command(
     ow, oh = _parse_size(size)
     refuse_overwrite(out, {"input video": input, "trajectory": trajectory,
                            "HRTF file": hrtf if hrtf != "kemar" else None})
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the output file's name (e.g. {out / 'view.mp4'})",
+                                 param_hint="'--out'")
     if decoder not in ("magls", "cube"):
         raise typer.BadParameter(f"--decoder must be magls or cube, got {decoder!r}")
     try:

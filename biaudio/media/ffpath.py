@@ -42,6 +42,15 @@ def probe_args(path: str | os.PathLike) -> list[str]:
     return ["-protocol_whitelist", PROTOCOLS, local(path)]
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file (also through hard or symbolic links and
+    ``..``): the check behind "no command writes over one of its inputs"."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 # what ffmpeg / the C library print for the errnos the build treats as write failures
 _WRITE_MESSAGES = (
     ("no space left on device", errno.ENOSPC),
