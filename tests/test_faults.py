@@ -423,7 +423,7 @@ def test_render_output_path_is_a_folder(foa360, tmp_path):
     (tmp_path / "o.mp4" / "keep.txt").write_text("mine")
     r = runner.invoke(app, ["render", str(foa360), "--out", str(tmp_path / "o.mp4"), "--size", "64x32"])
     assert r.exit_code == 2, r.output
-    assert "is a folder" in _one_line_error(r)
+    assert "folder" in _one_line_error(r)
     assert (tmp_path / "o.mp4" / "keep.txt").read_text() == "mine"
 
 
