@@ -138,8 +138,9 @@ class QADatabase:
     HTTP server's threads (sqlite3 connections are not) and between processes."""
 
     def __init__(self, path: Path, create: bool = True, readonly: bool = False):
-        """``readonly``: open the file for reading only (``qa summary``, ``qa apply``), so a command
-        that only reads decisions never changes the file and works on a read-only copy."""
+        """``readonly``: open the file for reading only (``qa summary``), so a command that only
+        reads decisions never changes the file and works on a read-only copy. A file SQLite cannot
+        read, or cannot write when it must, raises BiaudioError and is left as it is."""
         self.path = Path(path)
         self.readonly = readonly
         if (not create or readonly) and not self.path.is_file():
@@ -168,11 +169,12 @@ class QADatabase:
             # mode=ro never writes; immutable=1 also reads a WAL database in a folder we cannot
             # write (no -shm file can be made there)
             uri = Path(os.path.abspath(self.path)).as_uri()
+            con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                  isolation_level=None)
             try:
-                con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                      isolation_level=None)
                 con.execute("PRAGMA schema_version").fetchone()
             except sqlite3.OperationalError:
+                con.close()
                 con = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
             con.row_factory = sqlite3.Row
             try:
