@@ -57,6 +57,7 @@ def os_error_line(e: OSError) -> str:
         _errno.ENOENT: "check the path",
         _errno.EISDIR: "a folder is where a file is expected: give a file",
         _errno.ENOTDIR: "a file is where a folder is expected: give a folder",
+        _errno.EEXIST: "a file is where a folder is expected: give a folder",
     }.get(e.errno or 0)
     if e.errno == _errno.ENOENT and str(where) in ("ffmpeg", "ffprobe"):
         return f"{where}: not found on PATH (install ffmpeg, e.g. apt-get install ffmpeg)"

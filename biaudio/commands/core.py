@@ -21,10 +21,14 @@ CONVENTION_HELP = "FOA channel convention of the input: ambix (ACN/SN3D; YouTube
 
 
 def _fail(exc: Exception, as_json: bool) -> None:
+    from biaudio.commands._common import os_error_line
+
     reason = getattr(exc, "reason", type(exc).__name__)
+    line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
     if as_json:
-        typer.echo(json.dumps({"error": reason, "path": getattr(exc, "path", None), "detail": getattr(exc, "detail", str(exc))}))
-    typer.echo(f"error: {exc}", err=True)
+        typer.echo(json.dumps({"error": reason, "path": getattr(exc, "path", getattr(exc, "filename", None)),
+                               "detail": getattr(exc, "detail", line)}))
+    typer.echo(f"error: {line}", err=True)
     raise typer.Exit(1)
 
 
