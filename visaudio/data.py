@@ -90,10 +90,12 @@ def read_video_frames(path: str | Path, fps: float, width: int, height: int, sta
                       duration_s: float | None = None) -> np.ndarray:
     """Decode RGB frames (F, H, W, 3) uint8 resampled to ``fps`` and stretched to width x height
     (stretching, not cropping, keeps every horizontal position: the side cue survives)."""
+    from biaudio.media.ffpath import input_args
+
     cmd = ["ffmpeg", "-nostdin", "-v", "error"]
     if start_s > 0:
         cmd += ["-ss", f"{start_s:.6f}"]
-    cmd += ["-i", str(path)]
+    cmd += input_args(path)
     if duration_s is not None:
         cmd += ["-t", f"{duration_s:.6f}"]
     cmd += ["-an", "-vf", f"fps={fps},scale={width}:{height}:flags=area", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from visaudio.config import Config, load_config
-from visaudio.data import VideoTooShortError, read_video_frames
+from visaudio.data import DataError, VideoTooShortError, read_video_frames
 from visaudio.train import CKPT_NAME, build_model, load_checkpoint, load_weights
 
 
 def video_duration(path: str | Path) -> float:
-    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+    from biaudio.media.ffpath import probe_args
+
+    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", *probe_args(path)],
                        capture_output=True, text=True)
     try:
         return float(r.stdout.strip())
@@ -136,16 +138,17 @@ class Synthesizer:
 def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Path) -> Path:
     """Copy the video stream (H.264 re-encoded only if it isn't) and add the audio as AAC
     (intensity stereo and PNS off: they would rewrite the generated interaural cues)."""
+    from biaudio.media.ffpath import input_args, local, probe_args
     from biaudio.media.video import aac_args
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
-                        "-of", "csv=p=0", str(video_path)], capture_output=True, text=True)
+                        "-of", "csv=p=0", *probe_args(video_path)], capture_output=True, text=True)
     vcodec = ["-c:v", "copy"] if r.stdout.strip() == "h264" else ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "20"]
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(video_path), "-i", str(audio_path), "-map", "0:v:0",
-           "-map", "1:a:0", *vcodec, *aac_args("192k"), "-ac", "2", "-shortest", str(tmp)]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *input_args(video_path), *input_args(audio_path), "-map", "0:v:0",
+           "-map", "1:a:0", *vcodec, *aac_args("192k"), "-ac", "2", "-shortest", local(tmp)]
     r2 = subprocess.run(cmd, capture_output=True, text=True)
     if r2.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -161,6 +164,12 @@ def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Pat
 
     import soundfile as sf
 
+    from biaudio.media.ffpath import same_file
+
+    out = Path(out_mp4)
+    for o in (out, out.with_suffix(".flac")):
+        if same_file(o, video):
+            raise DataError(f"{o} is the input video; choose another --out (inputs are never overwritten)")
     syn = Synthesizer.from_run(run_dir, device=device)
     t0 = time.time()
     audio, sr = syn.generate(video, caption=caption, steps=steps, cfg=cfg, seed=seed)

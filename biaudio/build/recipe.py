@@ -224,6 +224,8 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     elif str(path) in builtin_recipes():
         p = builtin_recipes()[str(path)]
         origin, base = f"{path} (built-in)", p.parent
+    elif p.is_dir():
+        raise RecipeError(str(path), "is_a_directory", "give the recipe YAML file inside it, not the folder")
     else:
         names = ", ".join(builtin_recipes()) or "none"
         raise RecipeError(str(path), "not_found", f"no such recipe file, and not a built-in recipe ({names})")
@@ -233,8 +235,9 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         raise RecipeError(origin, "unreadable", str(e)) from e
     except yaml.YAMLError as e:
         raise RecipeError(origin, "yaml", str(e).replace("\n", " ")) from e
-    if data is None:
-        data = {}
+    if data is None:  # an empty file is a mistake (a truncated copy), not a recipe for an empty dataset
+        raise RecipeError(origin, "empty", "the recipe file is empty; see `biaudio build demo --dry-run` and "
+                                           "the built-in recipes (biaudio, demo) for the sections it needs")
     if not isinstance(data, dict):
         raise RecipeError(origin, "not_a_mapping", f"top level must be a mapping of sections, got {type(data).__name__}")
     recipe = recipe_from_dict(apply_overrides(data, overrides, origin), origin=origin)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from biaudio.build.manifest import SCHEMA_VERSION, SPLITS, read_manifest, read_stats
+from biaudio.errors import BiaudioError
 
 
 def compute_stats(records: list[dict], rows: list[dict], rejects: list[dict], *, n_items: int, rhash: str) -> dict:
@@ -59,13 +60,24 @@ def compute_stats(records: list[dict], rows: list[dict], rejects: list[dict], *,
 
 
 def load(out_dir: Path | str) -> dict[str, Any]:
-    """stats.json of a build folder (raises BiaudioError when there is none)."""
-    stats = read_stats(out_dir)
+    """stats.json of a build folder, with the current QA counts of its manifest.
+
+    Raises BiaudioError when there is no stats.json, and when the manifest is missing or unreadable:
+    stats.json describes the manifest the last build wrote, so without a readable manifest its
+    figures would be stale (the old clip counts of a folder whose data is gone or damaged)."""
+    try:
+        stats = read_stats(out_dir)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BiaudioError(str(Path(out_dir) / "stats.json"), "unreadable_stats",
+                           f"{e}; rerun `biaudio build` on this folder to rewrite it") from e
+    mpath = Path(out_dir) / "manifest.parquet"
     try:  # the manifest may have been edited by QA since: report its current QA counts
         table = read_manifest(out_dir, columns=["qa_status"])
-        stats["qa"] = dict(sorted(Counter(table.column("qa_status").to_pylist()).items()))
-    except Exception:  # noqa: BLE001 - stats stay useful without the manifest
-        pass
+    except Exception as e:  # noqa: BLE001 - any reason (missing, truncated, other schema) means stale figures
+        raise BiaudioError(str(mpath), "unreadable_manifest",
+                           f"{e}; stats.json would show stale figures: restore the manifest, or rerun "
+                           "`biaudio build` on this folder (finished items are reused)") from e
+    stats["qa"] = dict(sorted(Counter(table.column("qa_status").to_pylist()).items()))
     return stats
 
 

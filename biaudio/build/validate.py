@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from biaudio.build.manifest import QA_STATUSES, SPLITS, read_manifest
 from biaudio.errors import BiaudioError
+from biaudio.media.ffpath import probe_args
 
 
 @dataclass
@@ -50,7 +51,7 @@ def ffprobe_duration(path: Path) -> float | None:
     """Container duration in seconds (None when ffprobe cannot read the file)."""
     try:
         r = subprocess.run(
-            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", *probe_args(path)],
             capture_output=True, text=True, timeout=60, check=False,
         )
         return float(json.loads(r.stdout)["format"]["duration"])

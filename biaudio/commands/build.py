@@ -7,6 +7,7 @@ stays instant.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ Exit status: 0 = the build ran (clips dropped by filters are data, listed in rej
 1 = it ran but some items hit an internal error (a bug, see logs/<item>.log) or a write failure
 (disk full: the run stops, finished items stay valid, rerun to continue); 2 = it could not start
 (bad recipe or --set, output folder locked by another build, written by another schema version,
-not empty and not a build folder, or holding another recipe's build: see --force-out).
+not writable, not empty and not a build folder, or holding another recipe's build: see
+--force-out; ffmpeg not on PATH). Every fault and what it shows: docs/FAULTS.md.
 
 The build deletes only files it wrote itself. A completion record names the input it was made
 from; an item whose input changed (another file under the same id, a file replaced in place) is
@@ -117,12 +119,22 @@ def build_cmd(
         elif kind == "assemble":
             console.print("[dim]assembling manifest ...[/dim]")
 
+    missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
+    if missing and not dry_run:
+        _fail(console, json_out, f"build not started: {', '.join(missing)} not found on PATH "
+                                 "(install ffmpeg, e.g. apt-get install ffmpeg)", 2)
+        return
     try:
         with progress:
             summary = build(rec, out_dir, limit=limit, dry_run=dry_run, retry_failed=retry, on_event=on_event,
                             force_out=force_out)
     except BiaudioError as e:
         _fail(console, json_out, f"build not started: {e}", 2)
+        return
+    except OSError as e:  # the output folder cannot be made or written (read-only, no permission)
+        from biaudio.commands._common import os_error_line
+
+        _fail(console, json_out, f"build not started: {os_error_line(e)}", 2)
         return
     if json_out:
         sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -162,7 +174,9 @@ def _print_summary(console, summary) -> None:
 def _fail(console, json_out: bool, msg: str, code: int) -> None:
     if json_out:
         sys.stdout.write(json.dumps({"error": msg, "exit_code": code}) + "\n")
-    console.print(f"[red]{msg}[/red]")
+    from rich.markup import escape
+
+    console.print(f"[red]{escape(msg)}[/red]", soft_wrap=True)  # one line, whatever the terminal width
     raise typer.Exit(code)
 
 

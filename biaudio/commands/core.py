@@ -15,15 +15,20 @@ from pathlib import Path
 import typer
 
 from biaudio.commands._common import parse_size as _parse_size
+from biaudio.commands._common import refuse_overwrite
 
 CONVENTION_HELP = "FOA channel convention of the input: ambix (ACN/SN3D; YouTube, Sphere360, DCASE), fuma, ambix-n3d."
 
 
 def _fail(exc: Exception, as_json: bool) -> None:
+    from biaudio.commands._common import os_error_line
+
     reason = getattr(exc, "reason", type(exc).__name__)
+    line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
     if as_json:
-        typer.echo(json.dumps({"error": reason, "path": getattr(exc, "path", None), "detail": getattr(exc, "detail", str(exc))}))
-    typer.echo(f"error: {exc}", err=True)
+        typer.echo(json.dumps({"error": reason, "path": getattr(exc, "path", getattr(exc, "filename", None)),
+                               "detail": getattr(exc, "detail", line)}))
+    typer.echo(f"error: {line}", err=True)
     raise typer.Exit(1)
 
 
@@ -153,6 +158,11 @@ def render_command(
     from biaudio.spatial.projection import Projector
 
     ow, oh = _parse_size(size)
+    refuse_overwrite(out, {"input video": input, "trajectory": trajectory,
+                           "HRTF file": hrtf if hrtf != "kemar" else None})
+    if out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; give the output file's name (e.g. {out / 'view.mp4'})",
+                                 param_hint="'--out'")
     if decoder not in ("magls", "cube"):
         raise typer.BadParameter(f"--decoder must be magls or cube, got {decoder!r}")
     try:

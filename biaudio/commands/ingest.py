@@ -149,9 +149,9 @@ def segment_cmd(
     files: list[Path] = typer.Argument(..., help="Video files."),
     detector: str = typer.Option("content", help="content, adaptive or none."),
     threshold: float = typer.Option(27.0, help="ContentDetector threshold."),
-    window: float = typer.Option(8.0, help="Window length, seconds."),
-    stride: float | None = typer.Option(None, help="Window stride, seconds (default: the window length)."),
-    max_windows: int | None = typer.Option(None, help="Per-video maximum number of windows."),
+    window: float = typer.Option(8.0, min=0.1, help="Window length, seconds."),
+    stride: float | None = typer.Option(None, min=0.01, help="Window stride, seconds (default: the window length)."),
+    max_windows: int | None = typer.Option(None, min=1, help="Per-video maximum number of windows."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Detect shot cuts (frame indices) and cut fixed windows inside shots; print clip ids."""

@@ -51,7 +51,7 @@ def review(
         "Default: wrong sound, voice-over/music, static, bad direction, visual artefact, other.",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8765, "--port", help="Port (0 = any free port)."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port (0 = any free port)."),
     allow_remote: bool = typer.Option(
         False,
         "--allow-remote",
@@ -146,11 +146,12 @@ def summary(
     flag (skips are not decisions; reject reasons are not compared). A pass's decision on a clip is
     its newest one not undone. kappa = (p_o - p_e) / (1 - p_e); undefined (null) when p_e = 1.
     """
+    from biaudio.errors import BiaudioError
     from biaudio.review import qa
 
     try:
         res = qa.summary(out)
-    except FileNotFoundError as exc:
+    except (BiaudioError, FileNotFoundError) as exc:
         _fail(str(exc), as_json)
         return
     if as_json:

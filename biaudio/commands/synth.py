@@ -83,7 +83,9 @@ def synth_command(
             else:
                 typer.echo(f"{p.video}  {p.truth_json}")
     except (BiaudioError, ValueError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
+        from biaudio.commands._common import os_error_line
+
+        typer.echo(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", err=True)
         raise typer.Exit(1) from e
 
 

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from biaudio.errors import BiaudioError, MediaError, RejectItem
+from biaudio.media.ffpath import input_args
 
 
 @dataclass
@@ -190,7 +191,7 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     cmd += ["-loglevel", "level+info"] if header_mode else ["-v", "error"]
     if threads:
         cmd += ["-threads", str(threads)]
-    cmd += ["-i", str(path.absolute())]
+    cmd += input_args(path)
     if threads:
         cmd += ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)]
     readers: list[_PipeReader] = []

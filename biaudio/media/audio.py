@@ -20,6 +20,7 @@ source's FOA is decoded once without mocking ffmpeg.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import tempfile
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from biaudio.errors import MediaError
+from biaudio.media.ffpath import input_args
 from biaudio.media.probe import probe
 
 AUDIO_DECODES: Counter[str] = Counter()
@@ -59,8 +61,7 @@ def build_decode_cmd(path: str | os.PathLike, sr: int | None = None, stream: int
         "-hide_banner",
         "-v",
         "warning",
-        "-i",
-        str(path),
+        *input_args(path),
         "-map",
         f"0:a:{stream}",
         "-vn",
@@ -179,9 +180,14 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: st
     fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}-", suffix=suffix, dir=p.parent)
     os.close(fd)
     try:
+        # encoded in memory, written by Python: a full disk is then an OSError with its errno
+        # (libsndfile itself reports only "System error."), which the build treats as a write failure
+        buf = io.BytesIO()
         sf.write(
-            tmp, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub
+            buf, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub
         )
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException:

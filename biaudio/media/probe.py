@@ -17,6 +17,7 @@ from pathlib import Path
 
 from biaudio.errors import MediaError
 from biaudio.media import sa3d as _sa3d
+from biaudio.media.ffpath import probe_args
 
 _FFPROBE_TIMEOUT_S = 60
 
@@ -95,7 +96,7 @@ def run_ffprobe(path: str | os.PathLike) -> dict:
     """ffprobe ``-show_streams -show_format`` JSON; raises MediaError with a reason slug."""
     p = Path(path)
     check_file(p)
-    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(p)]
+    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", *probe_args(p)]
     try:
         r = subprocess.run(cmd, capture_output=True, timeout=_FFPROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:

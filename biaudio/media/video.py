@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from biaudio.errors import MediaError
+from biaudio.media.ffpath import input_args, local, write_failure
 from biaudio.media.probe import probe
 
 BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1"]
@@ -161,7 +162,7 @@ def iter_frames(
         cmd += ["-threads", str(int(threads))]
     if start_s:
         cmd += ["-ss", f"{float(start_s):.6f}"]
-    cmd += ["-i", str(p)]
+    cmd += input_args(p)
     tdur = ["-t", f"{float(duration_s):.6f}"] if duration_s is not None else []  # per output file
     if snapshot is None:
         cmd += tdur
@@ -170,7 +171,7 @@ def iter_frames(
         graph = "[0:v:0]" + snapshot_graph(filters, post, k, snap_size)
         # ffmpeg writes the snapshot out only when it finishes: read the frames to the end
         cmd += ["-filter_complex", graph, "-map", "[so]", *tdur, "-frames:v", "1", "-f",
-                "rawvideo", "-pix_fmt", "rgb24", "-y", str(snap_path.absolute()), "-map", "[mo]", *tdur]
+                "rawvideo", "-pix_fmt", "rgb24", "-y", local(snap_path), "-map", "[mo]", *tdur]
         if threads:
             cmd += ["-filter_complex_threads", str(int(threads))]
     else:
@@ -279,9 +280,11 @@ class VideoWriter:
             f"{self.width}x{self.height}",
             "-r",
             fps_s,
+            "-protocol_whitelist",
+            "pipe",
             "-i",
-            "-",
-            *(["-i", str(Path(audio).absolute()), "-map", "0:v:0", "-map", "1:a:0",
+            "pipe:0",
+            *([*input_args(audio), "-map", "0:v:0", "-map", "1:a:0",
                *aac_args(audio_bitrate, aac_coder), "-ar", "48000", "-shortest"] if audio is not None else ["-an"]),
             "-c:v",
             "libx264",
@@ -301,7 +304,7 @@ class VideoWriter:
             "+write_colr",
             "-f",
             "mp4",
-            self._tmp,
+            local(self._tmp),
         ]
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -317,7 +320,18 @@ class VideoWriter:
         try:
             self._proc.stdin.write(memoryview(np.ascontiguousarray(f)).cast("B"))
         except BrokenPipeError as e:
-            raise MediaError(str(self.path), "encode_failed", self._drain.text().strip()) from e
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            self._proc.wait()
+            err = self._drain.text().strip()
+            wf = write_failure(self.path, err)
+            self._closed = True
+            self._cleanup()
+            if wf is not None:
+                raise wf from e
+            raise MediaError(str(self.path), "encode_failed", err) from e
         self.frames_written += 1
 
     def close(self) -> Path:
@@ -331,7 +345,10 @@ class VideoWriter:
         rc = self._proc.wait()
         if rc != 0 or self.frames_written == 0:
             err = self._drain.text().strip()
+            wf = write_failure(self.path, err) if rc != 0 else None
             self._cleanup()
+            if wf is not None:
+                raise wf
             raise MediaError(
                 str(self.path), "encode_failed", err or f"ffmpeg exit {rc}, {self.frames_written} frames"
             )
@@ -377,13 +394,15 @@ def _atomic_ffmpeg(
         prefix=f".{out_path.stem}-", suffix=out_path.suffix or ".mp4", dir=out_path.parent
     )
     os.close(fd)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args_before_out, tmp]
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args_before_out, local(tmp)]
     try:
         r = subprocess.run(cmd, input=stdin_bytes, capture_output=True)
         if r.returncode != 0:
-            raise MediaError(
-                str(out_path), "encode_failed", r.stderr.decode("utf-8", "replace").strip()[-500:]
-            )
+            err = r.stderr.decode("utf-8", "replace").strip()
+            wf = write_failure(out_path, err)
+            if wf is not None:
+                raise wf
+            raise MediaError(str(out_path), "encode_failed", err[-500:])
         os.chmod(tmp, file_mode())
         os.replace(tmp, out_path)
     finally:
@@ -419,16 +438,17 @@ def mux(
     if check_video and not probe(vp).has_video:
         raise MediaError(str(vp), "no_video", "mux needs a video stream")
     args = [
-        "-i",
-        str(vp),
+        *input_args(vp),
         "-f",
         "f32le",
         "-ar",
         str(int(sr)),
         "-ac",
         "2",
+        "-protocol_whitelist",
+        "pipe",
         "-i",
-        "-",
+        "pipe:0",
         "-map",
         "0:v:0",
         "-map",
@@ -485,12 +505,10 @@ def mux_foa(
             "-v",
             "error",
             "-y",
-            "-i",
-            str(video_path),
+            *input_args(video_path),
             "-guess_layout_max",
             "0",
-            "-i",
-            str(wav),
+            *input_args(wav),
             "-map",
             "0:v:0",
             "-map",
@@ -505,11 +523,15 @@ def mux_foa(
             *BITEXACT,
             "-f",
             "mp4",
-            str(tmp),
+            local(tmp),
         ]
         r = subprocess.run(cmd, capture_output=True)
         if r.returncode != 0:
-            raise MediaError(str(op), "encode_failed", r.stderr.decode("utf-8", "replace").strip()[-500:])
+            err = r.stderr.decode("utf-8", "replace").strip()
+            wf = write_failure(op, err)
+            if wf is not None:
+                raise wf
+            raise MediaError(str(op), "encode_failed", err[-500:])
         if spatial_metadata:
             inject_spatial_metadata(tmp, ambix=True, projection=True)
         os.chmod(tmp, file_mode())

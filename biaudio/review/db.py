@@ -15,6 +15,7 @@ Why SQLite and why this shape:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from biaudio.errors import BiaudioError
 
 DB_NAME = "qa.sqlite"
 DB_SCHEMA_VERSION = 1
@@ -118,27 +121,67 @@ class Decision:
         }
 
 
+def _db_error(path: Path, e: sqlite3.Error) -> BiaudioError:
+    """A broken or unwritable qa.sqlite as one readable error; the file itself is left as it is
+    (it holds the reviewers' work)."""
+    msg = str(e)
+    if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+        return BiaudioError(str(path), "qa_db_read_only",
+                            f"{msg}: the QA database cannot be written; make it (and its folder) writable")
+    return BiaudioError(str(path), "qa_db_unreadable",
+                        f"{msg}: not a readable QA database; restore it from a copy or move it aside "
+                        "(a new one is made by `biaudio review`)")
+
+
 class QADatabase:
     """One ``qa.sqlite``. Opens a fresh connection per operation, so it is safe to share across the
     HTTP server's threads (sqlite3 connections are not) and between processes."""
 
-    def __init__(self, path: Path, create: bool = True):
+    def __init__(self, path: Path, create: bool = True, readonly: bool = False):
+        """``readonly``: open the file for reading only (``qa summary``), so a command that only
+        reads decisions never changes the file and works on a read-only copy. A file SQLite cannot
+        read, or cannot write when it must, raises BiaudioError and is left as it is."""
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        self.readonly = readonly
+        if (not create or readonly) and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no QA database (run `biaudio review` first)")
-        with self.connect() as con:
-            # journal_mode is persistent in the file; switching needs no open transaction.
-            con.execute("PRAGMA journal_mode=WAL")
-            with self.transaction(con):
-                for stmt in _split_sql(_SCHEMA):
-                    con.execute(stmt)
-                con.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('db_schema_version', ?)",
-                    (str(DB_SCHEMA_VERSION),),
-                )
+        try:
+            if readonly:
+                with self.connect() as con:
+                    con.execute("SELECT count(*) FROM decisions").fetchone()
+                return
+            with self.connect() as con:
+                # journal_mode is persistent in the file; switching needs no open transaction.
+                con.execute("PRAGMA journal_mode=WAL")
+                with self.transaction(con):
+                    for stmt in _split_sql(_SCHEMA):
+                        con.execute(stmt)
+                    con.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('db_schema_version', ?)",
+                        (str(DB_SCHEMA_VERSION),),
+                    )
+        except sqlite3.Error as e:
+            raise _db_error(self.path, e) from e
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            # mode=ro never writes; immutable=1 also reads a WAL database in a folder we cannot
+            # write (no -shm file can be made there)
+            uri = Path(os.path.abspath(self.path)).as_uri()
+            con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                  isolation_level=None)
+            try:
+                con.execute("PRAGMA schema_version").fetchone()
+            except sqlite3.OperationalError:
+                con.close()
+                con = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            try:
+                yield con
+            finally:
+                con.close()
+            return
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

@@ -83,7 +83,7 @@ def _reason_text(reason: str | None, note: str | None) -> str | None:
 def summary(out_dir: Path) -> dict[str, Any]:
     """Counts per pass (decisions, reject reasons, reviewers) and kappa for every pair of passes."""
     path = db_path(out_dir)
-    db = QADatabase(path, create=False)
+    db = QADatabase(path, create=False, readonly=True)
     rows = db.all_rows()
     effective = db.effective()
     by_pass: dict[int, dict[str, Any]] = {}
