@@ -122,8 +122,9 @@ class QADatabase:
     """One ``qa.sqlite``. Opens a fresh connection per operation, so it is safe to share across the
     HTTP server's threads (sqlite3 connections are not) and between processes."""
 
-    def __init__(self, path: Path, create: bool = True):
+    def __init__(self, path: Path, create: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.path = Path(path)
+        self.busy_timeout_ms = int(busy_timeout_ms)
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no QA database (run `biaudio review` first)")
         with self.connect() as con:
@@ -139,9 +140,9 @@ class QADatabase:
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        con.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         con.execute("PRAGMA synchronous=FULL")
         try:
             yield con
