@@ -290,3 +290,17 @@ def test_diverged_checkpoint_writes_no_audio(run, video, tmp_path):
     r = _cli("generate", video, "--ckpt", run, "--out", out, "--steps", "1")
     _one_line_error(r, 1, "non-finite", "Nothing was written")
     assert not out.exists() and not out.with_suffix(".flac").exists()
+
+
+def test_generation_only_export_generates_but_does_not_resume(run, toy_manifest, video, tmp_path):
+    """A slim export (EMA weights, no optimizer state, as benchmarks/gpu_train_demo.py writes)
+    still generates; resuming training from it is one line saying why, and the file is kept."""
+    p = run / "ckpt" / CKPT_NAME
+    ck = torch.load(p, weights_only=True)
+    torch.save({k: ck[k] for k in ("step", "config", "arch_hash", "ema", "latent_mean", "latent_std")}, p)
+    (run / "ckpt" / PREV_CKPT_NAME).unlink()
+    r = _cli("generate", video, "--ckpt", run, "--out", tmp_path / "o.mp4", "--steps", "1")
+    assert r.exit_code == 0, r.output
+    r = _cli("train", "--manifest", toy_manifest, "--run", run, "--config", "micro", "--max-steps", 4)
+    _one_line_error(r, 1, "generation only", "--run")
+    assert p.is_file()

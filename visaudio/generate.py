@@ -85,7 +85,8 @@ class Synthesizer:
             model = ViSAudio(cfg, codec.latent_dim)
         else:
             model, codec = build_model(cfg, "cpu")
-        load_weights(model, ck["ema" if use_ema else "model"], ck_path)
+        key = "ema" if (use_ema and "ema" in ck) or "model" not in ck else "model"
+        load_weights(model, ck[key], ck_path)
         return cls(model.to(device), codec.to(device), cfg, device)
 
     @property

@@ -32,7 +32,8 @@ from visaudio.data import ManifestDataset, collate
 
 CKPT_NAME = "last.pt"
 PREV_CKPT_NAME = "prev.pt"  # the checkpoint before last.pt: a damaged last.pt does not lose the run
-CKPT_KEYS = ("step", "model", "ema", "config")
+CKPT_KEYS = ("step", "config")  # plus "ema" or "model" (exports for generation carry only "ema")
+RESUME_KEYS = ("model", "ema", "opt", "sched", "sampler", "rng")
 
 
 class TrainingDiverged(RuntimeError):
@@ -262,10 +263,11 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
         raise CheckpointUnreadable(
             f"checkpoint {path} is unreadable, probably truncated ({why}); restore it, or delete it to start "
             "the run again") from None
-    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
-        have = sorted(ck)[:8] if isinstance(ck, dict) else type(ck).__name__
+    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS) or not ("ema" in ck or "model" in ck):
+        have = sorted(map(str, ck))[:8] if isinstance(ck, dict) else type(ck).__name__
         raise CheckpointUnreadable(f"{path} is not a ViSAudio training checkpoint (has {have}, needs "
-                                   f"{list(CKPT_KEYS)}); pass a run folder written by `visaudio train`")
+                                   f"{list(CKPT_KEYS)} and ema or model); pass a run folder written by "
+                                   "`visaudio train`")
     return ck
 
 
@@ -401,6 +403,10 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
     # resume check before any expensive work, so a wrong config fails fast
     found = newest_checkpoint(run / "ckpt", cfg, quarantine=is_main)
     ck = found[1] if found is not None else None
+    if ck is not None and any(k not in ck for k in RESUME_KEYS):
+        raise CheckpointUnreadable(
+            f"checkpoint {found[0]} holds weights for generation only (no {[k for k in RESUME_KEYS if k not in ck]}),"
+            " so training cannot resume from it; pass a new --run folder to start a run")
 
     train_ds = ManifestDataset(manifest_dir, "train", cfg, augment=cfg.data.augment)
     try:
