@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
                             overrides=list(set_), device=device)
         except (ConfigError, DataError) as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(_os_error(e))
         typer.echo(json.dumps(s, default=str))
 
     @app.command("generate")
