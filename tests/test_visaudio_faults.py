@@ -187,7 +187,7 @@ def test_every_checkpoint_damaged_is_one_line(run, toy_manifest, video, tmp_path
     _one_line_error(r, 1, str(run / "ckpt" / CKPT_NAME), "truncated", "damaged too")
     r = _cli("generate", video, "--ckpt", run, "--out", tmp_path / "o.mp4", "--steps", 1)
     _one_line_error(r, 1, "truncated")
-    (run / "ckpt" / PREV_CKPT_NAME).unlink()
+    (run / "ckpt" / PREV_CKPT_NAME).unlink(missing_ok=True)
     (run / "ckpt" / CKPT_NAME).write_bytes(b"")
     with pytest.raises(CheckpointUnreadable, match="no earlier checkpoint"):
         train(toy_manifest, "micro", run, max_steps=4, overrides=FAST, progress=False)
@@ -298,7 +298,7 @@ def test_generation_only_export_generates_but_does_not_resume(run, toy_manifest,
     p = run / "ckpt" / CKPT_NAME
     ck = torch.load(p, weights_only=True)
     torch.save({k: ck[k] for k in ("step", "config", "arch_hash", "ema", "latent_mean", "latent_std")}, p)
-    (run / "ckpt" / PREV_CKPT_NAME).unlink()
+    (run / "ckpt" / PREV_CKPT_NAME).unlink(missing_ok=True)
     r = _cli("generate", video, "--ckpt", run, "--out", tmp_path / "o.mp4", "--steps", "1")
     assert r.exit_code == 0, r.output
     r = _cli("train", "--manifest", toy_manifest, "--run", run, "--config", "micro", "--max-steps", 4)
