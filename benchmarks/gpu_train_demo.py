@@ -119,14 +119,13 @@ def unpack_cache(carry: Path, manifest_dir: Path, config: str) -> Path:
 
 def _train_worker(name: str, manifest: str, config: str, run: str, budget_s: float, probe: int,
                   overrides: list[str], device: str, q) -> None:
-    import torch
 
-    from visaudio.train import train
+    from visaudio.train import read_checkpoint_file, train
 
     ov = COMMON + RUNS[name] + overrides
     t0 = time.time()
     ck = Path(run) / "ckpt" / "last.pt"
-    done = int(torch.load(ck, map_location="cpu", weights_only=False)["step"]) if ck.is_file() else 0
+    done = int(read_checkpoint_file(ck)["step"]) if ck.is_file() else 0
     s1 = train(manifest, config, run, max_steps=done + probe, overrides=ov, device=device, progress=False)
     rate = (s1["steps"] - s1["start_step"]) / max(s1["seconds"], 1e-6)
     left = budget_s - (time.time() - t0)
@@ -183,13 +182,15 @@ def generate_clips(carry: Path, run: Path, out: Path, device: str, steps: int = 
 def export(runs: Path, out: Path, names: list[str] | None = None) -> None:
     import torch
 
+    from visaudio.train import read_checkpoint_file
+
     out.mkdir(parents=True, exist_ok=True)
     for name in names or list(RUNS):
         ck_path = runs / name / "ckpt" / "last.pt"
         if not ck_path.is_file():
             print(f"[{name}] no checkpoint to export", flush=True)
             continue
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = read_checkpoint_file(ck_path)
         slim = {k: ck[k] for k in ("step", "config", "arch_hash", "latent_mean", "latent_std")}
         # big float tensors (weights) as fp16 to fit the 16-MiB transfer limit; small ones (latent
         # statistics, norms, biases) stay exact. unpack-runs casts them back to fp32.
@@ -237,13 +238,15 @@ def unpack_runs(src: Path, runs: Path, names: list[str] | None = None) -> None:
     import torch
     import yaml
 
+    from visaudio.train import read_checkpoint_file
+
     for name in names or list(RUNS):
         f = src / name / "last.pt"
         if not f.is_file():
             continue
         d = runs / name
         (d / "ckpt").mkdir(parents=True, exist_ok=True)
-        ck = torch.load(f, map_location="cpu", weights_only=False)
+        ck = read_checkpoint_file(f)
         ck["ema"] = {k: v.float() if v.dtype == torch.float16 else v for k, v in ck["ema"].items()}
         torch.save(ck, d / "ckpt" / "last.pt")
         (d / "config.yaml").write_text(yaml.safe_dump(ck["config"], sort_keys=False))

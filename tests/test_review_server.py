@@ -489,3 +489,138 @@ def test_configurable_reasons(out):
         assert srv.app.decide({"index": 0, "decision": "reject", "reason": "wind_noise"})["ok"]
     finally:
         srv.server_close()
+
+
+# -- faults: every request answered, bursts queued, stalled clients dropped, strict types ------------
+
+
+def test_wrong_json_types_get_a_json_400_and_record_nothing(server, out):
+    """Before the fix a ``reason`` sent as a list or object raised TypeError in the handler and
+    the client got no answer at all, and ``{"index": true}`` was recorded as clip 1."""
+    bad = [
+        {"index": True, "decision": "accept"},
+        {"index": False, "decision": "accept"},
+        {"index": 0.0, "decision": "accept"},
+        {"index": "0", "decision": "accept"},
+        {"index": None, "decision": "accept"},
+        {"index": 0, "decision": "reject", "reason": ["static"]},
+        {"index": 0, "decision": "reject", "reason": {"slug": "static"}},
+        {"index": 0, "decision": ["accept"]},
+        {"index": 0, "decision": {"accept": 1}},
+        {"index": 0, "decision": "flag", "note": ["why"]},
+        {"index": 0, "decision": "flag", "note": 7},
+        {"index": 0, "decision": "accept", "clip_id": 5},
+        {"index": 0, "decision": "accept", "clip_id": ["x"]},
+        {"index": 0, "decision": "accept", "extra": 1},
+    ]
+    for b in bad:
+        st, h, body = _post(server, "/api/decision", b)
+        assert st == 400, b
+        assert h["content-type"].startswith("application/json")
+        msg = json.loads(body)
+        assert msg["ok"] is False and msg["error"], b
+    assert _rows(out) == []
+    # the same connection pool still works: a good decision after all the bad ones
+    st, _, body = _post(server, "/api/decision", {"index": 1, "decision": "reject", "reason": "static"})
+    assert st == 200 and json.loads(body)["decision"]["clip_id"] == server.app.clips.clip_ids[1]
+    assert len(_rows(out)) == 1
+
+
+def test_locked_database_gets_503_json_and_loses_nothing(out):
+    """Another process holds the write lock longer than the busy timeout: the POST gets a JSON
+    503 saying nothing was recorded (before the fix: the connection closed with no answer); the
+    same POST after the lock is released is recorded exactly once."""
+    srv, _ = serve_in_thread(ReviewConfig(out_dir=out, port=0, reviewer="ann", db_busy_timeout_s=0.3))
+    blocker = sqlite3.connect(out / "qa.sqlite", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        t0 = time.monotonic()
+        st, h, body = _post(srv, "/api/decision", {"index": 0, "decision": "accept"})
+        waited = time.monotonic() - t0
+        assert st == 503 and h["content-type"].startswith("application/json"), body
+        msg = json.loads(body)
+        assert msg["ok"] is False and "locked" in msg["error"] and "nothing was recorded" in msg["error"]
+        assert waited < 5.0
+        # reads still work while a writer holds the lock (WAL)
+        assert _get(srv, f"/api/state?token={srv.app.token}")[0] == 200
+        blocker.execute("ROLLBACK")
+        assert _rows(out) == []
+        st, _, _ = _post(srv, "/api/decision", {"index": 0, "decision": "accept"})
+        assert st == 200 and len(_rows(out)) == 1
+    finally:
+        blocker.close()
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_burst_of_connections_is_queued_not_refused(out):
+    """64 clients connect while the server is not accepting yet (as when every thread is busy):
+    the kernel must queue them all. With the stdlib's listen backlog of 5 the 7th connect times
+    out; here every connection is accepted once serving starts, and every POST is answered and
+    recorded."""
+    import socket
+
+    n = 64
+    srv = make_server(ReviewConfig(out_dir=out, port=0, reviewer="ann"))
+    socks: list[socket.socket] = []
+    t = None
+    try:
+        for k in range(n):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=3)
+            socks.append(s)
+            body = json.dumps({"index": k % 4, "decision": "flag", "note": f"burst {k}"}).encode()
+            s.sendall(
+                b"POST /api/decision HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                + f"X-Review-Token: {srv.app.token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        t.start()
+        statuses = []
+        for s in socks:
+            s.settimeout(30)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            head, _, payload = data.partition(b"\r\n\r\n")
+            statuses.append(int(head.split()[1]))
+            assert json.loads(payload)["ok"] is True
+    finally:
+        for s in socks:
+            s.close()
+        if t is not None:
+            srv.shutdown()
+        srv.server_close()
+    assert statuses == [200] * n
+    rows = _rows(out)
+    assert sorted(r["note"] for r in rows) == sorted(f"burst {k}" for k in range(n))
+
+
+def test_stalled_clients_are_dropped_and_others_served(out):
+    """A client that sends half a request (or nothing) is disconnected after the idle timeout
+    instead of holding a server thread forever; requests from others are served meanwhile and
+    the half-sent decision is not recorded."""
+    import socket
+
+    srv, _ = serve_in_thread(ReviewConfig(out_dir=out, port=0, reviewer="ann", idle_timeout_s=1.0))
+    try:
+        half = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        half.sendall(
+            b"POST /api/decision HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"X-Review-Token: {srv.app.token}\r\nContent-Length: 200\r\n\r\n".encode()
+            + b'{"index": 0, "deci'
+        )
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        assert _get(srv, f"/api/state?token={srv.app.token}")[0] == 200
+        t0 = time.monotonic()
+        for s in (half, silent):
+            assert s.recv(65536) == b"", "the server answered or kept a stalled connection"
+        took = time.monotonic() - t0
+        assert took < 5.0, f"stalled sockets closed only after {took:.1f} s"
+        half.close()
+        silent.close()
+        assert _rows(out) == []
+        assert _post(srv, "/api/decision", {"index": 0, "decision": "accept"})[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from visaudio.config import CodecConfig
+from visaudio.config import CodecConfig, ConfigError
 
 
 class Codec(nn.Module):
@@ -171,7 +171,13 @@ def build_codec(cfg: CodecConfig, sample_rate: int, load_weights: bool = True) -
         p = Path(cfg.vae_ckpt)
         if not p.is_file():
             raise FileNotFoundError(f"codec.vae_ckpt not found: {p}")
-        state = torch.load(p, map_location="cpu", weights_only=False)
+        try:  # tensors and plain data only: a crafted codec file cannot run code
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConfigError(f"codec.vae_ckpt {p} cannot be loaded ({str(e).splitlines()[0][:200]}); "
+                             "write it again with `visaudio train-codec`") from None
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ConfigError(f"codec.vae_ckpt {p} is not a codec written by `visaudio train-codec`")
         saved, cur = state.get("codec", {}), cfg.model_dump()
         diff = [k for k in ("hop", "vae_latent", "vae_channels", "vae_strides") if saved.get(k) != cur[k]]
         if diff:

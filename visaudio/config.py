@@ -261,12 +261,24 @@ def load_config(config: str | Path | Config | dict, overrides: list[str] | tuple
         d = json.loads(json.dumps(config))
     else:
         p = resolve_config_path(config)
-        d = yaml.safe_load(p.read_text()) or {}
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not key=value")
         k, v = ov.split("=", 1)
-        _set_dotted(d, k.strip(), yaml.safe_load(v))
-    return config_from_dict(d)
+        try:
+            val = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {ov!r}: the value is not a YAML scalar or list") from None
+        _set_dotted(d, k.strip(), val)
+    try:
+        return config_from_dict(d)
+    except ConfigError as e:  # name the file the bad value came from (overrides name themselves)
+        if isinstance(config, (str, Path)) and not overrides:
+            raise ConfigError(f"{resolve_config_path(config)}: {e}") from None
+        raise

@@ -53,7 +53,11 @@ def load_manifest_split(manifest_dir: str | Path, split: str | None, qa_ok: bool
     mp = root / "manifest.parquet"
     if not mp.is_file():
         raise DataError(f"no manifest.parquet in {root}")
-    df = pd.read_parquet(mp)
+    try:
+        df = pd.read_parquet(mp)
+    except (OSError, ValueError) as e:  # truncated or not parquet (pyarrow's errors derive from these)
+        raise DataError(f"{mp} is unreadable, probably truncated ({str(e).splitlines()[0][:160]}); restore it "
+                        "or rebuild the dataset with `biaudio build`") from None
     n_all = len(df)
     if split is not None:
         df = df[df["split"] == split]

@@ -10,6 +10,7 @@ not cropping, so horizontal positions - the side cue - are kept).
 
 from __future__ import annotations
 
+import math
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,28 @@ import torch
 
 from visaudio.config import Config, load_config
 from visaudio.data import DataError, VideoTooShortError, read_video_frames
-from visaudio.train import CKPT_NAME, build_model, load_checkpoint, load_weights
+from visaudio.train import (
+    CKPT_NAME,
+    CheckpointUnreadable,
+    build_model,
+    load_checkpoint,
+    load_weights,
+    newest_checkpoint,
+)
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot give usable audio (bad sampler settings, non-finite output)."""
+
+
+def check_sampler_args(steps: int, cfg: float) -> None:
+    """Refuse settings that would silently give noise: 0 Euler steps returns the prior noise
+    itself, and a NaN/inf guidance scale makes every sample NaN."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise GenerationError(f"steps must be a whole number >= 1 (e.g. 25), got {steps!r}")
+    if not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
+        raise GenerationError(f"cfg (guidance scale) must be a finite number (e.g. 4.5; 1.0 = no guidance), "
+                              f"got {cfg!r}")
 
 
 def video_duration(path: str | Path) -> float:
@@ -43,11 +65,17 @@ class Synthesizer:
         """Load a run's last checkpoint. ``config`` (optional) must describe the same
         architecture, otherwise CheckpointMismatch is raised."""
         p = Path(run_dir)
-        ck_path = p / "ckpt" / CKPT_NAME if p.is_dir() else p
-        if not ck_path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {ck_path}")
         want = load_config(config) if config is not None else None
-        ck = load_checkpoint(ck_path, want)
+        if p.is_dir():  # a run folder: its newest readable checkpoint (prev.pt if last.pt is damaged)
+            found = newest_checkpoint(p / "ckpt", want)
+            if found is None:
+                raise CheckpointUnreadable(f"no checkpoint in {p / 'ckpt'} (expected {CKPT_NAME}); pass a run "
+                                           "folder written by `visaudio train` or a .pt file")
+            ck_path, ck = found
+        else:
+            if not p.is_file():
+                raise FileNotFoundError(f"no checkpoint at {p}")
+            ck_path, ck = p, load_checkpoint(p, want)
         cfg = load_config(ck["config"])
         # the VAE codec weights travel inside the checkpoint; don't need the original file
         if cfg.codec.kind == "vae":
@@ -59,7 +87,8 @@ class Synthesizer:
             model = ViSAudio(cfg, codec.latent_dim)
         else:
             model, codec = build_model(cfg, "cpu")
-        load_weights(model, ck["ema" if use_ema else "model"], ck_path)
+        key = "ema" if (use_ema and "ema" in ck) or "model" not in ck else "model"
+        load_weights(model, ck[key], ck_path)
         return cls(model.to(device), codec.to(device), cfg, device)
 
     @property
@@ -83,6 +112,7 @@ class Synthesizer:
                         cfg: float = 4.5, seed: int = 0) -> tuple[np.ndarray, int]:
         """Frames (F, H, W, 3) uint8 at ``fps`` -> binaural audio (2, round(F/fps*sr)) float32."""
         d = self.config.data
+        check_sampler_args(steps, cfg)
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape}")
@@ -125,6 +155,7 @@ class Synthesizer:
                  seed: int = 0, start_s: float = 0.0, duration_s: float | None = None) -> tuple[np.ndarray, int]:
         """Binaural audio (2, T) for the video from ``start_s`` to its end (or ``duration_s``)."""
         d = self.config.data
+        check_sampler_args(steps, cfg)
         total = video_duration(video_path) - start_s
         if duration_s is not None:
             total = min(total, duration_s)
@@ -164,6 +195,8 @@ def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Pat
 
     import soundfile as sf
 
+    check_sampler_args(steps, cfg)
+
     from biaudio.media.ffpath import same_file
 
     out = Path(out_mp4)
@@ -174,12 +207,20 @@ def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Pat
     t0 = time.time()
     audio, sr = syn.generate(video, caption=caption, steps=steps, cfg=cfg, seed=seed)
     secs = time.time() - t0
+    if not np.isfinite(audio).all():  # refuse before writing: a NaN FLAC plays as silence or clicks
+        raise GenerationError(f"the model gave non-finite audio (NaN/inf) for {video}; the checkpoint "
+                              f"{run_dir} may hold diverged weights. Nothing was written")
     out = Path(out_mp4)
     flac = out.with_suffix(".flac")
     flac.parent.mkdir(parents=True, exist_ok=True)
     peak = float(np.abs(audio).max())
     if peak > 1.0:  # keep the L/R ratio: scale both channels together rather than clip
         audio = audio / peak * 0.99
-    sf.write(str(flac), audio.T, sr, subtype="PCM_24")
+    tmp = flac.with_name(f".{flac.stem}.tmp.flac")  # whole file or none, like the mp4
+    try:
+        sf.write(str(tmp), audio.T, sr, subtype="PCM_24")
+        tmp.replace(flac)
+    finally:
+        tmp.unlink(missing_ok=True)
     mux_audio(video, flac, out)
     return {"flac": str(flac), "mp4": str(out), "seconds": secs, "duration_s": audio.shape[1] / sr, "sr": sr}

@@ -14,9 +14,11 @@ import copy
 import csv
 import math
 import os
+import pickle
 import random
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +31,34 @@ from visaudio.config import Config, load_config
 from visaudio.data import ManifestDataset, collate
 
 CKPT_NAME = "last.pt"
+PREV_CKPT_NAME = "prev.pt"  # the checkpoint before last.pt: a damaged last.pt does not lose the run
+CKPT_KEYS = ("step", "config")  # plus "ema" or "model" (exports for generation carry only "ema")
+RESUME_KEYS = ("model", "ema", "opt", "sched", "sampler", "rng")
 
 
 class TrainingDiverged(RuntimeError):
     """Non-finite loss; the message names the step and the batch's clip ids."""
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+class CheckpointMismatch(CheckpointError):
     """A checkpoint written with a different model/codec/data architecture."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint holding Python objects beyond tensors and plain data. Loading it would run
+    whatever code the pickle names, so it is refused, never executed."""
+
+
+class CheckpointUnreadable(CheckpointError):
+    """A truncated, empty or foreign file where a checkpoint should be."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be written (read-only, disk full); the message names the folder."""
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -142,7 +164,15 @@ class FlowLoss(nn.Module):
 
 
 def _rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Global RNG states as tensors and plain numbers only, so the checkpoint loads with
+    ``weights_only=True`` (numpy's own state tuple holds an ndarray, which would need pickle)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -150,15 +180,32 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(st: dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    npst = st["numpy"]
+    if isinstance(npst, dict):
+        npst = (npst["bit_generator"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                npst["cached_gaussian"])
+    np.random.set_state(npst)  # a tuple: checkpoints from before the tensor form
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+def _atomic_save(obj: Any, path: Path, keep_prev: Path | None = None) -> None:
+    """Write ``path`` through a temporary file (fsync'd, then renamed), so a crash or a full disk
+    leaves the old file whole. With ``keep_prev`` the old file becomes that one first: two
+    checkpoints exist, and one damaged file does not lose the run."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if keep_prev is not None and path.is_file():
+        os.replace(path, keep_prev)
     os.replace(tmp, path)
 
 
@@ -173,8 +220,61 @@ def arch_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _legacy_numpy_globals() -> list[Any]:
+    """The numpy pieces of a pre-tensor RNG state (``np.random.get_state()``'s ndarray). Allowed
+    only while reading a checkpoint: they rebuild a plain array and call nothing else."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy 2.x
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct  # numpy 1.x
+    # a pickle names the function by the module of the numpy that wrote it: allow both spellings
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct,
+            (_reconstruct, "numpy.core.multiarray._reconstruct"), (_reconstruct, "numpy._core.multiarray._reconstruct")]
+
+
+def read_checkpoint_file(path: Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a crafted
+    file cannot run code. Raises UnsafeCheckpoint (never executes the payload) or
+    CheckpointUnreadable (truncated, empty, not a checkpoint), both naming the file."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg or "Unsupported global" in msg:
+            import re
+
+            m = re.search(r"GLOBAL (\S+)", msg)
+            what = f"loading it would call {m.group(1)}" if m else "it holds Python objects"
+            raise UnsafeCheckpoint(
+                f"checkpoint {path} was refused: {what}, and a checkpoint may only hold tensors and plain "
+                "data (a crafted file runs code that way). "
+                "Nothing was executed. Delete the file unless you made it yourself; checkpoints written by "
+                "`visaudio train` load as they are") from None
+        raise CheckpointUnreadable(f"checkpoint {path} is damaged ({msg.splitlines()[0][:200]}); "
+                                   "restore it or delete it to start again") from None
+    except (EOFError, OSError, RuntimeError, zipfile.BadZipFile, ValueError, AttributeError, ImportError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise CheckpointUnreadable(f"no checkpoint at {path}") from None
+        if isinstance(e, PermissionError):
+            raise CheckpointUnreadable(f"checkpoint {path} cannot be read (permission denied)") from None
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointUnreadable(
+            f"checkpoint {path} is unreadable, probably truncated ({why}); restore it, or delete it to start "
+            "the run again") from None
+    if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS) or not ("ema" in ck or "model" in ck):
+        have = sorted(map(str, ck))[:8] if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointUnreadable(f"{path} is not a ViSAudio training checkpoint (has {have}, needs "
+                                   f"{list(CKPT_KEYS)} and ema or model); pass a run folder written by "
+                                   "`visaudio train`")
+    return ck
+
+
 def load_checkpoint(path: Path, cfg: Config | None = None) -> dict[str, Any]:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint safely (see ``read_checkpoint_file``) and, given ``cfg``, check that it
+    was written for the same architecture (CheckpointMismatch otherwise)."""
+    ck = read_checkpoint_file(path)
     if cfg is not None and ck.get("arch_hash") != cfg.arch_hash():
         saved = load_config(ck["config"])
         diff = arch_diff(saved.arch_dict(), cfg.arch_dict())
@@ -183,6 +283,39 @@ def load_checkpoint(path: Path, cfg: Config | None = None) -> dict[str, Any]:
             + "; ".join(diff[:6])
         )
     return ck
+
+
+def newest_checkpoint(ckpt_dir: Path, cfg: Config | None = None, quarantine: bool = False,
+                      warn=None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of a run: ``last.pt``, else ``prev.pt``. None if the run has
+    neither. A damaged ``last.pt`` (truncated copy, disk trouble) falls back to ``prev.pt`` with a
+    warning through ``warn``; with ``quarantine`` (the trainer) the damaged file is renamed to
+    ``last.pt.unreadable`` so the next save cannot rotate it over the good ``prev.pt``.
+    Unsafe or mismatched checkpoints are errors, never skipped: they are not accidents."""
+    ckpt_dir = Path(ckpt_dir)
+    last, prev = ckpt_dir / CKPT_NAME, ckpt_dir / PREV_CKPT_NAME
+    errors: list[str] = []
+    for i, p in enumerate((last, prev)):
+        if not p.is_file():
+            continue
+        try:
+            ck = load_checkpoint(p, cfg)
+        except CheckpointUnreadable as e:
+            errors.append(str(e))
+            continue
+        if i == 1 and errors:
+            note = f"{errors[0]}; using the previous checkpoint {p} (step {int(ck['step'])}) instead"
+            if quarantine and last.is_file():
+                bad = last.with_name(last.name + ".unreadable")
+                os.replace(last, bad)
+                note += f"; the damaged file is kept as {bad}"
+            (warn or (lambda m: print(f"warning: {m}", file=sys.stderr)))(note)
+        return p, ck
+    if errors:
+        raise CheckpointUnreadable(errors[0] + ("" if prev.is_file() else
+                                                f" (no earlier checkpoint {prev.name} to fall back to)")
+                                   + ("; the earlier one is damaged too" if len(errors) > 1 else ""))
+    return None
 
 
 def load_weights(model: nn.Module, state: dict, path: Path | str) -> None:
@@ -231,6 +364,20 @@ def ild_sign_agreement(gen: np.ndarray, ref: np.ndarray, sr: int, gate_db: float
 # ------------------------------------------------------------------------------------- train
 
 
+def _check_writable(folder: Path) -> None:
+    """Fail before any work when the run folder cannot take checkpoints (read-only mount, no
+    permission, a file in the way), rather than after the first ``ckpt_every`` steps."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(f"run folder {folder.parent} is not writable ({e.strerror or e}); pass another "
+                             "--run or fix its permissions") from None
+
+
+
 def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | Path, max_steps: int | None = None,
           overrides: list[str] | tuple[str, ...] = (), device: str | None = None, progress: bool | None = None
           ) -> dict[str, Any]:
@@ -249,11 +396,17 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
         raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {world}")
     total_steps = int(max_steps if max_steps is not None else tc.max_steps)
     run = Path(run_dir)
-    (run / "ckpt").mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "ckpt" / CKPT_NAME
     is_main = rank == 0
+    if is_main:
+        _check_writable(run / "ckpt")
     # resume check before any expensive work, so a wrong config fails fast
-    ck = load_checkpoint(ckpt_path, cfg) if ckpt_path.is_file() else None
+    found = newest_checkpoint(run / "ckpt", cfg, quarantine=is_main)
+    ck = found[1] if found is not None else None
+    if ck is not None and any(k not in ck for k in RESUME_KEYS):
+        raise CheckpointUnreadable(
+            f"checkpoint {found[0]} holds weights for generation only (no {[k for k in RESUME_KEYS if k not in ck]}),"
+            " so training cannot resume from it; pass a new --run folder to start a run")
 
     train_ds = ManifestDataset(manifest_dir, "train", cfg, augment=cfg.data.augment)
     try:
@@ -275,8 +428,8 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
     sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True)
     step = 0
     if ck is not None:
-        load_weights(model, ck["model"], ckpt_path)
-        load_weights(ema, ck["ema"], ckpt_path)
+        load_weights(model, ck["model"], found[0])
+        load_weights(ema, ck["ema"], found[0])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         sampler.state = SamplerState(**ck["sampler"])
@@ -316,13 +469,22 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
     def save(step_: int) -> None:
         if not is_main:
             return
+        try:
+            _save(step_)
+        except OSError as e:
+            raise RunFolderError(
+                f"could not write the checkpoint for step {step_} to {ckpt_path.parent} "
+                f"({e.strerror or e}); the previous checkpoint is untouched. Free space or fix the "
+                "folder, then run the same command again to resume") from None
+
+    def _save(step_: int) -> None:
         _atomic_save({
             "step": step_, "sampler": vars(sampler.state).copy(), "model": model.state_dict(),
             "ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
             "rng": _rng_state(), "config": cfg.model_dump(), "arch_hash": cfg.arch_hash(),
             "latent_mean": model.latent_mean.cpu(), "latent_std": model.latent_std.cpu(),
             "codec_state": codec.state_dict() if cfg.codec.kind == "vae" else None,
-        }, ckpt_path)
+        }, ckpt_path, keep_prev=ckpt_path.with_name(PREV_CKPT_NAME))
 
     amp = dev.type == "cuda" and tc.bf16
     losses: list[tuple[int, float]] = []

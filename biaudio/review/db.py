@@ -137,12 +137,14 @@ class QADatabase:
     """One ``qa.sqlite``. Opens a fresh connection per operation, so it is safe to share across the
     HTTP server's threads (sqlite3 connections are not) and between processes."""
 
-    def __init__(self, path: Path, create: bool = True, readonly: bool = False):
+    def __init__(self, path: Path, create: bool = True, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         """``readonly``: open the file for reading only (``qa summary``), so a command that only
         reads decisions never changes the file and works on a read-only copy. A file SQLite cannot
         read, or cannot write when it must, raises BiaudioError and is left as it is."""
         self.path = Path(path)
         self.readonly = readonly
+        self.busy_timeout_ms = int(busy_timeout_ms)
         if (not create or readonly) and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no QA database (run `biaudio review` first)")
         try:
@@ -169,7 +171,7 @@ class QADatabase:
             # mode=ro never writes; immutable=1 also reads a WAL database in a folder we cannot
             # write (no -shm file can be made there)
             uri = Path(os.path.abspath(self.path)).as_uri()
-            con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+            con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=self.busy_timeout_ms / 1000,
                                   isolation_level=None)
             try:
                 con.execute("PRAGMA schema_version").fetchone()
@@ -182,9 +184,9 @@ class QADatabase:
             finally:
                 con.close()
             return
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        con.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         con.execute("PRAGMA synchronous=FULL")
         try:
             yield con

@@ -24,6 +24,7 @@ import mimetypes
 import re
 import secrets
 import socket
+import sqlite3
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from urllib.parse import parse_qs, unquote
 
 from biaudio.errors import BiaudioError
 from biaudio.review.clips import ClipSet, load_clipset, safe_relpath
-from biaudio.review.db import QADatabase, db_path
+from biaudio.review.db import BUSY_TIMEOUT_MS, QADatabase, db_path
 
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {
@@ -55,6 +56,8 @@ MEDIA_TYPES = {
 }
 DEFAULT_REASONS = ("wrong sound", "voice-over/music", "static", "bad direction", "visual artefact", "other")
 MAX_BODY = 64 * 1024
+LISTEN_BACKLOG = 128  # connections the kernel queues while every thread is busy (stdlib default: 5)
+IDLE_TIMEOUT_S = 30.0  # a client silent this long mid-request (or between keep-alive requests) is dropped
 MAX_NOTE = 2000
 CHUNK = 256 * 1024
 CSP = (
@@ -121,6 +124,8 @@ class ReviewConfig:
     reasons: list[Reason] = field(default_factory=make_reasons)
     token: str | None = None
     quiet: bool = True
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    db_busy_timeout_s: float = BUSY_TIMEOUT_MS / 1000
 
 
 def _default_reviewer() -> str:
@@ -142,7 +147,7 @@ class ReviewApp:
         self.out_dir = Path(cfg.out_dir)
         self.clips: ClipSet = load_clipset(self.out_dir, cfg.where, cfg.sample, cfg.seed)
         self.allowed_media = self.clips.allowed_media()
-        self.db = QADatabase(db_path(self.out_dir))
+        self.db = QADatabase(db_path(self.out_dir), busy_timeout_ms=int(cfg.db_busy_timeout_s * 1000))
         self.token = cfg.token or secrets.token_urlsafe(24)
         self.reasons = {r.slug: r for r in cfg.reasons}
         self.db.start_session(cfg.pass_, cfg.reviewer, cfg.where, cfg.sample, cfg.seed, len(self.clips))
@@ -211,10 +216,21 @@ class ReviewApp:
     # -- changes --------------------------------------------------------------------------------
 
     def decide(self, body: dict[str, Any]) -> dict[str, Any]:
+        # Strict JSON types: bool is an int in Python, so {"index": true} would be clip 1, and a
+        # list or object where text belongs would reach set lookups and SQLite.
+        unknown = set(body) - {"index", "clip_id", "decision", "reason", "note"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}")
         i = body.get("index")
-        if not isinstance(i, int) or not 0 <= i < len(self.clips):
+        if type(i) is not int:
+            raise ValueError(f"index must be an integer, not {type(i).__name__ if i is not None else 'missing'}")
+        if not 0 <= i < len(self.clips):
             raise ValueError("index out of range")
         clip_id = self.clips.clip_ids[i]
+        for name in ("clip_id", "decision", "reason", "note"):
+            v = body.get(name)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"{name} must be text or null, not {type(v).__name__}")
         if body.get("clip_id") not in (None, clip_id):
             raise ValueError("clip_id does not match index (stale page? reload)")
         decision = body.get("decision")
@@ -222,7 +238,7 @@ class ReviewApp:
             raise ValueError("decision must be accept, reject, flag or skip")
         reason = body.get("reason") or None
         note = body.get("note") or None
-        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+        if note is not None and len(note) > MAX_NOTE:
             raise ValueError(f"note must be text of at most {MAX_NOTE} characters")
         note = note.strip() if note else None
         if decision == "reject":
@@ -259,11 +275,53 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def setup(self) -> None:
+        # the socket timeout: a client that stalls mid-request (or idles on keep-alive) is
+        # dropped after idle_timeout_s instead of holding its thread forever
+        self.timeout = self.server.app.cfg.idle_timeout_s
+        self._answered = False
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        self._answered = False
+        super().handle_one_request()
+
+    def _guarded(self, fn) -> None:
+        """Run a request so that every failure still gets a JSON answer: a locked database is
+        503 (retry; nothing was recorded), any other bug 500. A client that went away or went
+        silent only closes its own connection."""
+        try:
+            fn()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the browser cancelled (seek, next clip): normal
+        except TimeoutError:
+            raise  # handle_one_request logs it and closes the connection
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            self._fail_safe(
+                HTTPStatus.SERVICE_UNAVAILABLE if busy else HTTPStatus.INTERNAL_SERVER_ERROR,
+                "the QA database is locked by another process; nothing was recorded, try again"
+                if busy else f"QA database error: {exc}; nothing was recorded",
+            )
+        except Exception as exc:
+            self._fail_safe(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(exc).__name__}): {exc}")
+
+    def _fail_safe(self, status: int, message: str) -> None:
+        self.log_error("%s %s: %s", self.command, self.path, message)
+        self.close_connection = True
+        if self._answered:  # headers already out (a media stream): all we can do is close
+            return
+        try:
+            self._error(status, message[:500])
+        except OSError:
+            pass
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
         if not self.server.app.cfg.quiet:
             sys.stderr.write("review: " + (format % args) + "\n")
 
     def _headers(self, status: int, ctype: str, length: int, extra: dict[str, str] | None = None) -> None:
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(length))
@@ -325,10 +383,7 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802
-        try:
-            self._get()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the browser cancelled a media request (seek, next clip): normal
+        self._guarded(self._get)
 
     def _get(self) -> None:
         if not self._host_ok():
@@ -421,6 +476,9 @@ class Handler(BaseHTTPRequestHandler):
     # -- POST -----------------------------------------------------------------------------------
 
     def do_POST(self) -> None:  # noqa: N802
+        self._guarded(self._post)
+
+    def _post(self) -> None:
         if not self._host_ok():
             return
         split = self._split()
@@ -437,6 +495,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
             return
         raw = self.rfile.read(n) if n else b""
+        if len(raw) < n:  # the client closed before sending the body it announced
+            self.close_connection = True
+            return
         try:
             body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
@@ -456,7 +517,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
 
     def do_PUT(self) -> None:  # noqa: N802
-        self._error(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
+        self._guarded(lambda: self._error(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed"))
 
     do_DELETE = do_PUT
     do_PATCH = do_PUT
@@ -465,6 +526,7 @@ class Handler(BaseHTTPRequestHandler):
 class ReviewServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG  # a burst of POSTs waits in the kernel queue, not reset
 
     def __init__(self, app: ReviewApp):
         self.app = app

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         from visaudio.eval.runner import KEY_METRICS, EvalConfig, EvalError, resolve_systems, run
 
         err = Console(stderr=True)
+        if cfg != cfg or cfg in (float("inf"), float("-inf")):
+            err.print(f"[red]error:[/] --cfg must be a finite number (e.g. 4.5), got {cfg}")
+            raise typer.Exit(2)
         for name, p in (("--ckpt", ckpt), ("--mono-ckpt", mono_ckpt)):
             if p is not None and not p.exists():
                 err.print(f"[red]error:[/] {name} {p} does not exist")
@@ -66,6 +69,9 @@ def register(app: typer.Typer) -> None:
                 prog.update(task, completed=summary["n_clips"])
         except EvalError as e:
             err.print(f"[red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # e.g. a read-only --report folder: one line naming it
+            err.print(f"[red]error:[/] {e.filename or report}: {e.strerror or e}", soft_wrap=True)
             raise typer.Exit(1) from None
         if as_json:
             typer.echo((report / "summary.json").read_text())

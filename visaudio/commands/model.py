@@ -9,9 +9,17 @@ from pathlib import Path
 import typer
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = 1) -> None:
+    """One line on stderr and the documented exit status: 1 an input, checkpoint or run folder
+    that cannot be used (the message names it and the fix), 2 an option value out of range."""
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line naming the file, not a traceback."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
 
 
 def register(app: typer.Typer) -> None:
@@ -29,12 +37,14 @@ def register(app: typer.Typer) -> None:
         """Train ViSAudio on a manifest (works under `torchrun --nproc_per_node=K`)."""
         from visaudio.config import ConfigError
         from visaudio.data import DataError
-        from visaudio.train import CheckpointMismatch, TrainingDiverged, train
+        from visaudio.train import CheckpointError, RunFolderError, TrainingDiverged, train
 
         try:
             s = train(manifest, config, run, max_steps=max_steps, overrides=list(set_), device=device)
-        except (ConfigError, DataError, CheckpointMismatch, TrainingDiverged, FileNotFoundError) as e:
+        except (ConfigError, DataError, CheckpointError, TrainingDiverged, RunFolderError) as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(_os_error(e))
         if s["world_size"] == 1 or int(__import__("os").environ.get("RANK", "0")) == 0:
             short = {k: v for k, v in s.items() if k not in ("losses",)}
             typer.echo(json.dumps(short, default=str))
@@ -60,6 +70,8 @@ def register(app: typer.Typer) -> None:
                             overrides=list(set_), device=device)
         except (ConfigError, DataError) as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(_os_error(e))
         typer.echo(json.dumps(s, default=str))
 
     @app.command("generate")
@@ -68,22 +80,29 @@ def register(app: typer.Typer) -> None:
         ckpt: Path = typer.Option(..., "--ckpt", help="run folder (or .pt file)"),
         out: Path = typer.Option(..., "--out", help="OUT.mp4; OUT.flac is written beside it"),
         caption: str | None = typer.Option(None, "--caption"),
-        steps: int = typer.Option(25, "--steps"),
-        cfg: float = typer.Option(4.5, "--cfg"),
+        steps: int = typer.Option(25, "--steps", min=1, help="Euler steps (>= 1)"),
+        cfg: float = typer.Option(4.5, "--cfg", help="guidance scale, a finite number (1.0 = no guidance)"),
         seed: int = typer.Option(0, "--seed"),
         device: str = typer.Option("cpu", "--device"),
     ) -> None:
         """Generate binaural audio for VIDEO; writes OUT.flac and OUT.mp4 (H.264 + AAC)."""
+        import math
+
+        from visaudio.config import ConfigError
         from visaudio.data import DataError
         from visaudio.generate import generate_to_files
-        from visaudio.train import CheckpointMismatch
+        from visaudio.train import CheckpointError
 
+        if not math.isfinite(cfg):
+            _fail(f"--cfg must be a finite number (e.g. 4.5), got {cfg}", 2)
         if not video.is_file():
             _fail(f"video not found: {video}")
         try:
             s = generate_to_files(video, ckpt, out, caption=caption, steps=steps, cfg=cfg, seed=seed, device=device)
-        except (DataError, CheckpointMismatch, FileNotFoundError, RuntimeError) as e:
+        except (DataError, ConfigError, CheckpointError, FileNotFoundError, RuntimeError) as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(_os_error(e))
         typer.echo(json.dumps(s))
 
     @app.command("info")

@@ -202,7 +202,14 @@ class SystemSource:
             run = self.cfg.ckpt if which == "visaudio" else self.cfg.mono_ckpt
             if run is None or not Path(run).exists():
                 raise EvalError(f"checkpoint run dir for {which!r} not found: {run}")
-            self._synth[which] = Synthesizer.from_run(run, device=self.cfg.device, use_ema=True)
+            from visaudio.config import ConfigError
+            from visaudio.train import CheckpointError
+
+            try:
+                self._synth[which] = Synthesizer.from_run(run, device=self.cfg.device, use_ema=True)
+            except (CheckpointError, ConfigError, FileNotFoundError) as e:
+                flag = "--ckpt" if which == "visaudio" else "--mono-ckpt"
+                raise EvalError(f"{flag}: {e}") from None
         return self._synth[which]
 
     def generated(self, which: str, row: pd.Series) -> tuple[np.ndarray, int]:
