@@ -149,6 +149,42 @@ class TrainConfig(_Strict):
     bf16: bool = True  # autocast on CUDA only
     num_threads: int | None = None
     tensorboard: bool = True
+    # learning rate: linear warm-up over warmup_steps, then "constant", or a "cosine" / "linear"
+    # decay to lr * min_lr_ratio at decay_steps (None: train.max_steps). The decay length is a
+    # config value, not the --max-steps of one invocation, so a run stopped and resumed with a
+    # larger --max-steps follows the same schedule.
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    # optimizer steps see batch_size examples in grad_accum micro-batches (batch_size must be a
+    # multiple of world size x grad_accum); the loss and the noise draws are the same as one batch
+    grad_accum: int = 1
+    # streaming loader: DataLoader worker processes (0: in the training process) and the shuffle
+    # block (training windows held per worker; see visaudio/stream.py)
+    num_workers: int = 0
+    shuffle_block: int = 256
+    # post-hoc EMA (Karras et al. 2024, as in MMAudio): power-function EMAs with these relative
+    # widths, snapshotted every posthoc_every steps into RUN/ema/; `visaudio posthoc-ema` then
+    # synthesises the EMA of any width after training. The classic ema_decay EMA is kept as well.
+    posthoc_ema: bool = False
+    posthoc_sigma_rels: list[float] = [0.05, 0.1]
+    posthoc_every: int = 500
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.grad_accum < 1:
+            raise ValueError("train.grad_accum must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size {self.batch_size} is not a multiple of train.grad_accum {self.grad_accum}")
+        if self.num_workers < 0 or self.shuffle_block < 1:
+            raise ValueError("train.num_workers must be >= 0 and train.shuffle_block >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("train.min_lr_ratio must be in [0, 1]")
+        if any(not 0.0 < s < 0.5 for s in self.posthoc_sigma_rels) or not self.posthoc_sigma_rels:
+            raise ValueError("train.posthoc_sigma_rels must be values in (0, 0.5)")
+        if self.posthoc_every < 1:
+            raise ValueError("train.posthoc_every must be >= 1")
+        return self
 
 
 class GenerateConfig(_Strict):

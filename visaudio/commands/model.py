@@ -25,7 +25,12 @@ def _os_error(e: OSError) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        manifest: Path = typer.Option(..., "--manifest", help="BiAudio manifest folder (manifest.parquet)"),
+        manifest: Path | None = typer.Option(None, "--manifest",
+                                             help="BiAudio manifest folder (manifest.parquet): clips decoded on the "
+                                                  "fly, for small runs"),
+        store: Path | None = typer.Option(None, "--store",
+                                          help="feature store written by `visaudio prepare` (streamed; for real "
+                                               "datasets). Give --store or --manifest"),
         run: Path = typer.Option(..., "--run", "--run-dir",
                                  help="run folder (checkpoints, logs); resumes if it has one. Under torchrun "
                                       "spell it --run-dir (torchrun's own parser claims --run)"),
@@ -34,13 +39,15 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-4 (repeatable)"),
         device: str | None = typer.Option(None, "--device"),
     ) -> None:
-        """Train ViSAudio on a manifest (works under `torchrun --nproc_per_node=K`)."""
+        """Train ViSAudio on a feature store or a manifest (works under `torchrun --nproc_per_node=K`)."""
         from visaudio.config import ConfigError
         from visaudio.data import DataError
         from visaudio.train import CheckpointError, RunFolderError, TrainingDiverged, train
 
+        if (manifest is None) == (store is None):
+            _fail("give exactly one of --store STORE (from `visaudio prepare`) or --manifest MANIFEST", 2)
         try:
-            s = train(manifest, config, run, max_steps=max_steps, overrides=list(set_), device=device)
+            s = train(manifest, config, run, max_steps=max_steps, overrides=list(set_), device=device, store=store)
         except (ConfigError, DataError, CheckpointError, TrainingDiverged, RunFolderError) as e:
             _fail(str(e))
         except OSError as e:
