@@ -165,32 +165,43 @@ def _write_shard(job: _ShardJob) -> dict[str, Any]:
     parts = _PARTS_CACHE[ck]
     root = Path(job.manifest_dir)
     out_dir = Path(job.key_dir) / job.split
-    name = f"shard-{job.shard:06d}"
+    failed: list[dict[str, str]] = []
+
+    def decoded():
+        for row in job.rows:
+            meta = _clip_meta(row)
+            try:
+                audio = load_audio(root / meta["audio_path"], d.sample_rate)
+                frames = read_video_frames(root / meta["video_path"], d.sync_fps, d.width, d.height)
+                feats: dict[str, np.ndarray] = {}
+                for p in parts:
+                    feats.update({k: np.asarray(v) for k, v in p.encode(frames, audio, meta["caption"]).items()})
+                    mir = p.encode(np.ascontiguousarray(frames[:, :, ::-1]), np.ascontiguousarray(audio[::-1]),
+                                   swap_caption(meta["caption"]))
+                    feats.update({f"mirror/{k}": np.asarray(v) for k, v in mir.items()})
+            except (DataError, OSError, RuntimeError, ValueError) as e:
+                failed.append({"clip_id": meta["clip_id"], "error": str(e).splitlines()[0][:300] if str(e) else
+                               type(e).__name__})
+                print(f"warning: prepare: clip {meta['clip_id']} skipped: {failed[-1]['error']}", file=sys.stderr)
+                continue
+            yield audio, frames, meta, feats
+
+    return write_shard(out_dir, job.split, job.shard, decoded(), failed, [str(r["clip_id"]) for r in job.rows])
+
+
+def write_shard(out_dir: Path, split: str, shard: int, samples_in, failed: list[dict[str, str]] | None = None,
+                clip_ids: list[str] | None = None) -> dict[str, Any]:
+    """Write ``samples_in`` (an iterable of (audio, frames, meta, features)) as shard ``shard``:
+    the tar under a temporary name, renamed, then its sidecar (the "done" mark), also renamed."""
+    failed = [] if failed is None else failed
+    name = f"shard-{shard:06d}"
     tar_path = out_dir / f"{name}.tar"
     tmp = out_dir / f".{name}.tar.tmp-{os.getpid()}"
     samples: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
     t0 = time.time()
     try:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for row in job.rows:
-                meta = _clip_meta(row)
-                try:
-                    audio = load_audio(root / meta["audio_path"], d.sample_rate)
-                    frames = read_video_frames(root / meta["video_path"], d.sync_fps, d.width, d.height)
-                    feats: dict[str, np.ndarray] = {}
-                    for p in parts:
-                        for k, v in p.encode(frames, audio, meta["caption"]).items():
-                            feats[f"{k}"] = np.asarray(v)
-                        mir = p.encode(np.ascontiguousarray(frames[:, :, ::-1]), np.ascontiguousarray(audio[::-1]),
-                                       swap_caption(meta["caption"]))
-                        for k, v in mir.items():
-                            feats[f"mirror/{k}"] = np.asarray(v)
-                except (DataError, OSError, RuntimeError, ValueError) as e:
-                    failed.append({"clip_id": meta["clip_id"], "error": str(e).splitlines()[0][:300] if str(e) else
-                                   type(e).__name__})
-                    print(f"warning: prepare: clip {meta['clip_id']} skipped: {failed[-1]['error']}", file=sys.stderr)
-                    continue
+            for audio, frames, meta, feats in samples_in:
                 key = f"{len(samples):06d}"
                 members = {"audio": _npy_bytes(audio.astype(np.float32)), "frames": _npy_bytes(frames),
                            "meta": json.dumps(meta).encode()}
@@ -214,10 +225,11 @@ def _write_shard(job: _ShardJob) -> dict[str, Any]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    side = {"shard": job.shard, "split": job.split, "n": len(samples), "bytes": size, "samples": samples,
-            "failed": failed, "seconds": time.time() - t0, "clip_ids": [str(r["clip_id"]) for r in job.rows]}
+    side = {"shard": shard, "split": split, "n": len(samples), "bytes": size, "samples": samples,
+            "failed": failed, "seconds": time.time() - t0,
+            "clip_ids": clip_ids if clip_ids is not None else [e["clip_id"] for e in samples]}
     _atomic_write_bytes(out_dir / f"{name}.json", json.dumps(side).encode())
-    return {"shard": job.shard, "split": job.split, "n": len(samples), "failed": failed, "bytes": size}
+    return {"shard": shard, "split": split, "n": len(samples), "failed": failed, "bytes": size}
 
 
 def _shard_done(out_dir: Path, k: int) -> bool:
@@ -380,13 +392,26 @@ class StoreReader:
             raise StoreError(f"store {key_dir} split {split!r} is incomplete: {len(missing)} of {n_shards} shard(s) "
                              f"missing or damaged (first: shard-{missing[0]:06d}); run the same `visaudio prepare` "
                              "command again to finish it")
-        self.index: list[list[dict[str, Any]]] = []
+        # compact index: per shard the member names, an (n, members, 2) int64 array of byte
+        # offsets and sizes, and the clip ids; ~100 bytes per sample, not a dict per member
+        self._members: list[tuple[str, ...]] = []
+        self._off: list[np.ndarray] = []
+        self._ids: list[list[str]] = []
         self.failed: list[dict[str, str]] = []
         for k in range(n_shards):
             side = json.loads((self.dir / f"shard-{k:06d}.json").read_text())
-            self.index.append(side["samples"])
+            names = tuple(sorted({m for e in side["samples"] for m in e["members"]}))
+            off = np.full((len(side["samples"]), len(names), 2), -1, np.int64)
+            for i, e in enumerate(side["samples"]):
+                for j, m in enumerate(names):
+                    if m in e["members"]:
+                        off[i, j] = e["members"][m]
+            self._members.append(names)
+            self._off.append(off)
+            self._ids.append([e["clip_id"] for e in side["samples"]])
             self.failed += side["failed"]
-        self.shard_sizes = [len(s) for s in self.index]
+            del side
+        self.shard_sizes = [len(x) for x in self._ids]
         if sum(self.shard_sizes) == 0:
             raise StoreError(f"store {key_dir} split {split!r} holds no samples ({len(self.failed)} clip(s) failed "
                              "to decode while preparing)")
@@ -407,7 +432,11 @@ class StoreReader:
         f = self._fh.get(k)
         if f is None:
             f = self._fh[k] = open(self.dir / f"shard-{k:06d}.tar", "rb")
-        off, size = self.index[k][i]["members"][member]
+        names = self._members[k]
+        off, size = (int(x) for x in self._off[k][i, names.index(member)]) if member in names else (-1, -1)
+        if off < 0:
+            raise StoreError(f"bad shard {self.dir / f'shard-{k:06d}.tar'}: sample {i} has no {member!r}; delete the "
+                             "shard and its .json and run `visaudio prepare` again")
         f.seek(off)
         data = f.read(size)
         if len(data) != size:
@@ -425,20 +454,24 @@ class StoreReader:
                              "again") from None
 
     def clip_id(self, k: int, i: int) -> str:
-        return self.index[k][i]["clip_id"]
+        return self._ids[k][i]
+
+    @property
+    def clip_ids(self) -> list[str]:
+        return [c for ids in self._ids for c in ids]
 
     def audio(self, k: int, i: int) -> np.ndarray:
         return self._array(k, i, "audio")
 
     def sample(self, k: int, i: int) -> dict[str, Any]:
         """audio (2, N) float32, frames (F, H, W, 3) uint8 at sync_fps, meta, features."""
-        e = self.index[k][i]
         try:
             meta = json.loads(self._read(k, i, "meta"))
         except ValueError:
             raise StoreError(f"bad shard {self.dir / f'shard-{k:06d}.tar'}: sample {i} metadata is unreadable; "
                              "delete the shard and its .json and run `visaudio prepare` again") from None
-        feats = {urllib.parse.unquote(m[2:]): self._array(k, i, m) for m in e["members"] if m.startswith("f.")}
+        feats = {urllib.parse.unquote(m[2:]): self._array(k, i, m) for m in self._members[k]
+                 if m.startswith("f.") and self._off[k][i, self._members[k].index(m), 0] >= 0}
         return {"audio": self._array(k, i, "audio"), "frames": self._array(k, i, "frames"), "meta": meta,
                 "features": feats}
 

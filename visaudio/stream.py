@@ -63,7 +63,7 @@ class StoreDataset(torch.utils.data.Dataset):
 
     @property
     def clip_ids(self) -> list[str]:
-        return [e["clip_id"] for s in self.reader.index for e in s]
+        return self.reader.clip_ids
 
     def media(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.reader.sample(*self.locate(idx))
