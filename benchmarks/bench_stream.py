@@ -66,7 +66,7 @@ def rss(work: Path, steps: int) -> dict:
         code = ("import resource, sys; from visaudio.train import train; "
                 f"train(None, 'micro', {str(run)!r}, max_steps={steps}, store={str(store)!r}, progress=False, "
                 "overrides=['train.num_threads=1', 'train.num_workers=1', 'train.ckpt_every=100000', "
-                "'data.augment=true']); "
+                "'data.augment=true', 'train.shuffle_block=64']); "
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
                 "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         import shutil

@@ -217,3 +217,51 @@ def test_train_cli_needs_store_or_manifest(tmp_path):
                                  "--config", "micro"])
     assert r.exit_code == 1 and "no feature store" in r.output and "Traceback" not in r.output, r.output
     assert os.path.isdir(tmp_path / "r")  # the run folder probe ran; nothing else written
+
+
+def _prepare_train_generate(manifest: Path, tmp_path: Path) -> dict:
+    """The user's path through the CLI: prepare -> train --store -> generate on one of the clips."""
+    runner = CliRunner()
+    r = runner.invoke(app, ["prepare", "--manifest", str(manifest), "--config", "micro", "--out", str(tmp_path / "st"),
+                            "--shard-size", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    prep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert prep["complete"] and prep["clips_written"] >= 1
+    r = runner.invoke(app, ["train", "--store", str(tmp_path / "st"), "--config", "micro", "--run", str(tmp_path / "run"),
+                            "--max-steps", "3", "--set", "train.num_threads=1", "--set", "train.val_every=3"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    import pandas as pd
+
+    video = manifest / pd.read_parquet(manifest / "manifest.parquet").iloc[0]["video_path"]
+    r = runner.invoke(app, ["generate", str(video), "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "g.mp4"),
+                            "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    import soundfile as sf
+
+    a, sr = sf.read(str(tmp_path / "g.flac"))
+    assert a.shape[1] == 2 and np.isfinite(a).all() and sr == 8000
+    return {"prepare": prep, "train": summary}
+
+
+def test_demo_build_prepare_train_generate(demo_build, tmp_path):
+    out = _prepare_train_generate(demo_build, tmp_path)
+    assert out["prepare"]["splits"]["train"]["clips"] == out["train"]["n_train"] >= 10
+    assert out["train"]["n_val"] >= 1 and out["train"]["steps"] == 3
+
+
+@pytest.mark.testdata
+def test_real_sphere360_build_prepare_train_generate(testdata_dir, tmp_path):
+    """A real Sphere360 clip built by `biaudio build biaudio`, then the whole ViSAudio path."""
+    import subprocess
+    import sys
+
+    clip = testdata_dir / "sphere360-erp-foa" / "0B7ds6NmVBQl_20.webm"
+    out = tmp_path / "b"
+    r = subprocess.run([sys.executable, "-m", "biaudio.cli", "build", "biaudio", "--out", str(out), "--json",
+                        "--set", f"sources=[{clip}]", "--set", "render.width=320", "--set", "render.height=180",
+                        "--set", "clean.speech.enabled=false", "--workers", "1"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = _prepare_train_generate(out, tmp_path)
+    assert res["train"]["n_train"] >= 1 and res["prepare"]["failed"] == []
