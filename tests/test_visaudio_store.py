@@ -265,3 +265,40 @@ def test_real_sphere360_build_prepare_train_generate(testdata_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = _prepare_train_generate(out, tmp_path)
     assert res["train"]["n_train"] >= 1 and res["prepare"]["failed"] == []
+
+
+class _ColumnPart:
+    """A frozen part for the test: per-frame mean brightness of the left and right picture halves
+    (a real, deterministic encoder; its fingerprint names its settings)."""
+
+    name = "image"
+    fingerprint = "column-means-v1"
+
+    def encode(self, frames, audio, caption):
+        w = frames.shape[2] // 2
+        return {"image/lr": np.stack([frames[:, :, :w].mean((1, 2, 3)), frames[:, :, w:].mean((1, 2, 3))], -1)
+                .astype(np.float32)}
+
+
+def test_frozen_part_features_and_their_mirror_are_stored(toy7, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    mod = types.ModuleType("visaudio.pretrained")
+    mod.frozen_parts = lambda cfg, device="cpu": [_ColumnPart()]
+    monkeypatch.setitem(sys.modules, "visaudio.pretrained", mod)
+    s = prepare(toy7, "micro", tmp_path / "st", splits=("train",), shard_size=4, log=lambda m: None)
+    plain = prepare.__globals__["store_key"](prepare.__globals__["store_settings"](load_config("micro"), []))
+    assert s["key"] != plain  # the part's fingerprint is part of the key
+    cfg = load_config("micro", ["data.swap_prob=1.0"])
+    ds = StoreDataset(tmp_path / "st", "train", cfg, augment=True)
+    raw = ds.reader.sample(0, 0)
+    f = raw["features"]
+    assert set(f) == {"image/lr", "mirror/image/lr"}
+    assert np.allclose(f["mirror/image/lr"], f["image/lr"][:, ::-1])  # left and right halves exchanged
+    it = ds.item_at(0, 0, np.random.default_rng(0))  # swap_prob 1: the mirrored example
+    assert it["swapped"] and torch.equal(it["features"]["image/lr"], torch.from_numpy(f["mirror/image/lr"]))
+    assert torch.equal(ds[0]["features"]["image/lr"], torch.from_numpy(f["image/lr"]))
+    monkeypatch.delitem(sys.modules, "visaudio.pretrained")
+    with pytest.raises(StoreError, match="parts.image 'column-means-v1' \\(store\\) != None"):
+        StoreDataset(tmp_path / "st" / s["key"], "train", load_config("micro"))
