@@ -302,3 +302,14 @@ def test_frozen_part_features_and_their_mirror_are_stored(toy7, tmp_path, monkey
     monkeypatch.delitem(sys.modules, "visaudio.pretrained")
     with pytest.raises(StoreError, match="parts.image 'column-means-v1' \\(store\\) != None"):
         StoreDataset(tmp_path / "st" / s["key"], "train", load_config("micro"))
+
+
+def test_prepare_split_over_ranks_writes_each_shard_once(toy7, tmp_path):
+    quiet = {"splits": ("train",), "shard_size": 2, "log": lambda m: None}
+    r1 = prepare(toy7, "micro", tmp_path / "st", rank=1, world=2, **quiet)
+    assert not r1["complete"] and r1["clips_written"] == 3  # shards 1 and 3 (2 + 1 clips)
+    with pytest.raises(StoreError, match="incomplete: 2 of 4"):
+        StoreDataset(tmp_path / "st", "train", load_config("micro"))
+    r0 = prepare(toy7, "micro", tmp_path / "st", rank=0, world=2, **quiet)
+    assert r0["complete"] and r0["clips_written"] == 4
+    assert len(StoreDataset(tmp_path / "st", "train", load_config("micro"))) == 7

@@ -153,16 +153,17 @@ def _clip_meta(row: dict[str, Any]) -> dict[str, Any]:
 _PARTS_CACHE: dict[str, list[Any]] = {}
 
 
-def _write_shard(job: _ShardJob) -> dict[str, Any]:
+def _write_shard(job: _ShardJob, parts: list[Any] | None = None) -> dict[str, Any]:
     """Decode the job's clips, run the frozen parts, write shard tar + sidecar. A clip that fails
     is listed under "failed" with its reason; the shard is written with the others."""
     cfg = load_config(job.config)
     d = cfg.data
-    ck = json.dumps(job.config, sort_keys=True) + job.device
-    if ck not in _PARTS_CACHE:  # one load per process, not per shard
-        _PARTS_CACHE.clear()
-        _PARTS_CACHE[ck] = load_frozen_parts(cfg, job.device)
-    parts = _PARTS_CACHE[ck]
+    if parts is None:  # a pool process: load the parts once per process, not per shard
+        ck = json.dumps(job.config, sort_keys=True) + job.device
+        if ck not in _PARTS_CACHE:
+            _PARTS_CACHE.clear()
+            _PARTS_CACHE[ck] = load_frozen_parts(cfg, job.device)
+        parts = _PARTS_CACHE[ck]
     root = Path(job.manifest_dir)
     out_dir = Path(job.key_dir) / job.split
     failed: list[dict[str, str]] = []
@@ -266,8 +267,8 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
     kdir.mkdir(parents=True, exist_ok=True)
     meta_path = kdir / STORE_META
     meta = {"store_version": STORE_VERSION, "key": key, "settings": settings, "config": cfg.model_dump(),
-            "manifest": str(Path(manifest_dir).resolve())}
-    if not meta_path.is_file() and rank == 0:
+            "manifest": str(Path(manifest_dir).resolve())}  # identical on every rank
+    if not meta_path.is_file():  # every rank may write it: same content, atomic rename
         _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     jobs: list[_ShardJob] = []
     summary: dict[str, Any] = {"store": str(kdir), "key": key, "splits": {}, "rank": rank, "world": world}
@@ -292,7 +293,7 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
                     f"store {kdir} split {split!r} was planned for {len(old['clip_ids'])} clips in shards of "
                     f"{old['shard_size']}; the manifest now gives {len(ids)} clips (shards of {shard_size}). "
                     "Prepare into a new --out folder (the existing store is left as it is)")
-        elif rank == 0:
+        else:
             _atomic_write_bytes(plan_path, json.dumps(plan).encode())
         n_shards = math.ceil(len(ids) / shard_size)
         records = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in df.to_dict("records")]
@@ -311,7 +312,7 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
     results: list[dict[str, Any]] = []
     if workers <= 1 or len(jobs) <= 1:
         for j in jobs:
-            results.append(_write_shard(j))
+            results.append(_write_shard(j, parts))
             say(f"prepare: {j.split} shard {j.shard} written ({results[-1]['n']} clips)")
     else:
         import multiprocessing as mp
