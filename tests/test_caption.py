@@ -126,14 +126,14 @@ def test_local_model_text_stage_runs_offline(tiny_text_model: Path, tmp_path: Pa
     c = cap.LocalModelCaptioner(cfg)
     out = c.restructure("a flute plays, wind blows")
     assert isinstance(out, str)
-    monkeypatch.setattr(c, "describe", lambda video_path: "a flute plays")
+    monkeypatch.setattr(c, "describe_batch", lambda paths: ["a flute plays"] * len(paths))
     # a random model does not write the format: the clip is rejected with a clear reason
-    monkeypatch.setattr(c, "restructure", lambda d: "gibberish " + out)
+    monkeypatch.setattr(c, "restructure_batch", lambda ds: ["gibberish " + out for _ in ds])
     with pytest.raises(RejectItem) as e:
         c.caption("x_0", "x", video_path=tmp_path / "x.mp4")
     assert e.value.reason == "caption_unparsable"
     # a well-formed answer is parsed into the two fields
-    monkeypatch.setattr(c, "restructure", lambda d: f"Sure! Visible sound: {d}, Invisible sound: none.")
+    monkeypatch.setattr(c, "restructure_batch", lambda ds: [f"Sure! Visible sound: {d}, Invisible sound: none." for d in ds])
     got = c.caption("x_0", "x", video_path=tmp_path / "x.mp4")
     assert (got.visible, got.invisible, got.backend) == ("a flute plays", "none", "local-model")
 
