@@ -253,6 +253,15 @@ def test_annotate_versions_qa_and_recipe_hash(dataset: Path, av_towers: Path):
     assert read_record(out, "caption", missing)["attempt"] == 2
     assert all(record_path(out, "caption", c).stat().st_mtime_ns == before[c] for c in ids if c != missing)
 
+    # `biaudio build` again (a resumed build rewrites the manifest): the annotations stay
+    from fixtures_build import run_demo_build
+
+    keep = pq.read_table(out / "manifest.parquet").to_pylist()
+    run_demo_build(out, DEMO_SET)
+    again = pq.read_table(out / "manifest.parquet").to_pylist()
+    cols = ["caption", "caption_visible", "caption_error", "caption_model", "av_score", "av_model", "qa_status"]
+    assert [{c: r[c] for c in cols} for r in again] == [{c: r[c] for c in cols} for r in keep]
+
 
 def test_annotate_cli_kill_and_rerun(dataset: Path, av_towers: Path):
     """SIGKILL mid-run, rerun: every clip ends with exactly one record, those written before the

@@ -330,6 +330,36 @@ def annotate(out_dir: Path | str, cfg: AnnotateConfig, *, retry_failed: list[str
 # ------------------------------------------------------------------ the manifest version
 
 
+def carry_annotations(out_dir: Path, rows: list[dict]) -> None:
+    """Called by the build when it writes the manifest again (a resumed or extended build): every row
+    whose clip has a valid annotation record (the identity the current manifest was annotated with,
+    the same rendering) gets its annotation columns back, so a rebuild never drops captions."""
+    from biaudio.annotate.stages import AVConsistencyStage, CaptionStage
+
+    out = Path(out_dir)
+    if not (out / MANIFEST_NAME).is_file() or not (out / STATE_DIR).is_dir():
+        return
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(out / MANIFEST_NAME).metadata or {}
+        annotations = json.loads(meta.get(b"biaudio.annotations", b"{}").decode())
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return
+    for stage in (CaptionStage, AVConsistencyStage):
+        info = annotations.get(stage.name)
+        if not info:
+            continue
+        for r in rows:
+            rec = read_record(out, stage.name, str(r["clip_id"]))
+            if rec is None or rec.get("annotation_key") != info.get("key") or rec.get("media_key") != _media_key(out, r):
+                continue
+            for c in stage.value_columns:
+                r[c] = rec["values"].get(c) if rec["ok"] else None
+            r[stage.error_column] = None if rec["ok"] else (
+                f"{rec['reason']}: {rec['detail']}" if rec.get("detail") else rec["reason"])
+
+
 def _set_column(table: pa.Table, name: str, values: list, typ: pa.DataType) -> pa.Table:
     arr = pa.array(values, type=typ)
     if name in table.column_names:
@@ -354,6 +384,7 @@ def _write_version(out: Path, stages: list[Stage], keys: dict[str, str], media: 
         annotations = json.loads(meta.get(b"biaudio.annotations", b"{}").decode())
     except ValueError:
         annotations = {}
+    before = json.loads(json.dumps(annotations))
     for s in stages:
         cols = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * len(ids))
                 for c in [*s.value_columns, s.error_column]}
@@ -381,7 +412,9 @@ def _write_version(out: Path, stages: list[Stage], keys: dict[str, str], media: 
         if s.name == "av_consistency":
             table = _apply_threshold(table, cfg, summary)
             annotations[s.name].update(threshold=cfg.av_consistency.threshold, action=cfg.av_consistency.action)
-    if table.equals(old):
+    same_meta = all((annotations.get(s.name) or {}).get(k) == (before.get(s.name) or {}).get(k)
+                    for s in stages for k in ("key", "threshold", "action"))
+    if table.equals(old) and same_meta:
         summary.notes.append("every clip already had these annotations: the manifest is unchanged")
         summary.manifest = str(out / MANIFEST_NAME)
         return
