@@ -44,6 +44,8 @@ class AnnotateConfig(BaseModel):
     av_consistency: AVConsistencyConfig = Field(default_factory=AVConsistencyConfig)
     batch_size: int = Field(8, ge=1, le=1024)
     """Clips per model forward (greedy decoding: a batch gives the same captions as single clips)."""
+    decode_threads: int = Field(4, ge=1, le=64)
+    """Clips of a batch decoded at once (ffmpeg processes) before the batch's forward."""
     device: str = "cpu"
     """torch device of every worker (``cuda`` under Ray: each actor sees only its own GPU)."""
     executor: Literal["local", "ray"] = "local"

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from biaudio.annotate.config import AnnotateConfig
-from biaudio.build.caption import Caption, CaptionConfig, ClipRef, get_captioner
+from biaudio.build.caption import Caption, CaptionConfig, ClipRef, decode_many, get_captioner
 from biaudio.errors import BiaudioError
 
 
@@ -95,9 +95,11 @@ class CaptionStage(Stage):
     error_column = "caption_error"
 
     def __init__(self, cfg: CaptionConfig, device: str, cache: Path | None = None,
-                 identity: dict[str, Any] | None = None):
+                 identity: dict[str, Any] | None = None, decode_threads: int = 1):
         self.cfg = cfg.model_copy(update={"device": device})
         self.captioner = get_captioner(self.cfg)  # checks paths and files now
+        if hasattr(self.captioner, "decode_threads"):
+            self.captioner.decode_threads = decode_threads
         self._identity = identity if identity is not None else self._make_identity(cache)
 
     def _make_identity(self, cache: Path | None) -> dict[str, Any]:
@@ -153,6 +155,7 @@ class AVConsistencyStage(Stage):
         from biaudio.annotate.avconsistency import AVEmbedder
 
         a = cfg.av_consistency
+        self.decode_threads = cfg.decode_threads
         self.embedder = AVEmbedder(a.model_path, cfg.device, a.frames)  # type: ignore[arg-type]
         self._identity = identity if identity is not None else {
             "stage": self.name, "frames": a.frames,
@@ -172,13 +175,12 @@ class AVConsistencyStage(Stage):
     def run(self, clips: list[ClipRef]) -> list[dict[str, Any] | BiaudioError]:
         out: list[dict[str, Any] | BiaudioError | None] = [None] * len(clips)
         ok: list[tuple[int, Any]] = []
-        for i, c in enumerate(clips):
-            try:
-                ok.append((i, self.embedder.decode(c.video_path)))  # type: ignore[arg-type]
-            except BiaudioError as e:
-                out[i] = BiaudioError(c.video_path, "unreadable_clip", f"{e.reason}: {e.detail}", self.name)
-            except Exception as e:  # noqa: BLE001 - a decoder failure names the clip and goes on
-                out[i] = BiaudioError(c.video_path, "unreadable_clip", f"{type(e).__name__}: {e}", self.name)
+        decoded = decode_many(self.embedder.decode, [c.video_path for c in clips], self.decode_threads, self.name)
+        for i, dec in enumerate(decoded):
+            if isinstance(dec, BiaudioError):
+                out[i] = dec
+            else:
+                ok.append((i, dec))
         for i, score in self._score_safely(ok, clips):
             out[i] = score
         return out  # type: ignore[return-value]
@@ -205,7 +207,7 @@ def make_stages(cfg: AnnotateConfig, cache: Path | None = None,
     identities = identities or {}
     stages: list[Stage] = []
     if cfg.captions.backend != "none":
-        stages.append(CaptionStage(cfg.captions, cfg.device, cache, identities.get("caption")))
+        stages.append(CaptionStage(cfg.captions, cfg.device, cache, identities.get("caption"), cfg.decode_threads))
     if cfg.av_consistency.model_path is not None:
         stages.append(AVConsistencyStage(cfg, cache, identities.get("av_consistency")))
     return stages

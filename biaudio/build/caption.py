@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import threading
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from biaudio.errors import BiaudioError, MediaError, RejectItem
 
 STAGE = "caption"
+_log = logging.getLogger(__name__)
 
 DEFAULT_AV_PROMPT = (
     "Describe the sounds in this video. For each sound say what makes it and whether its source "
@@ -134,6 +136,25 @@ def _max_pixels(size: Any) -> int | None:
     get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
     v = get("longest_edge") or get("max_pixels")
     return int(v) if v else None
+
+
+def decode_many(decode, paths: list, threads: int, stage: str) -> list:
+    """``decode(path)`` for every clip, ``threads`` at a time (each decode is ffmpeg processes, so
+    threads overlap them); a clip that cannot be decoded gets an ``unreadable_clip`` error naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p):
+        try:
+            return decode(Path(p))
+        except BiaudioError as e:
+            return BiaudioError(p, "unreadable_clip", f"{e.reason}: {e.detail}", stage)
+        except Exception as e:  # noqa: BLE001 - a decoder failure names the clip and goes on
+            return BiaudioError(p, "unreadable_clip", f"{type(e).__name__}: {e}", stage)
+
+    if threads <= 1 or len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
+        return list(pool.map(one, paths))
 
 
 def format_caption(visible: str, invisible: str) -> str:
@@ -289,6 +310,8 @@ class LocalModelCaptioner(Captioner):
                 raise BiaudioError(p, "model_path_missing",
                                    f"caption.{name} is not a local folder (models are never downloaded)", STAGE)
         self._lock = threading.Lock()
+        self.decode_threads = 1
+        """Clips of a batch decoded at once (ffmpeg processes); ``biaudio annotate`` raises it."""
         self._text: tuple[Any, Any] | None = None
         self._av: tuple[Any, Any, str] | None = None
 
@@ -433,7 +456,7 @@ class LocalModelCaptioner(Captioner):
         # the frames are already sampled at av_video_fps: the processor must not resample them, and its
         # time axis (Qwen2.5-Omni: ``fps``; Qwen2.5-VL and others: the metadata) must know their rate
         kw: dict[str, Any] = {"text": [text] * n, "videos": videos, "return_tensors": "pt",
-                              "fps": fps if n == 1 else [fps] * n, "do_sample_frames": False, "padding": True}
+                              "fps": fps, "do_sample_frames": False, "padding": True}
         if hasattr(getattr(processor, "video_processor", None), "cap_pixels_per_frame"):
             kw["cap_pixels_per_frame"] = True  # the per-video pixel budget of qwen-vl-utils (reference)
         audios = [a for _, a in decoded]
@@ -494,16 +517,11 @@ class LocalModelCaptioner(Captioner):
         self._load_av()
         out: list[str | BiaudioError | None] = [None] * len(video_paths)
         groups: dict[bool, list[tuple[int, tuple[np.ndarray, np.ndarray | None]]]] = {True: [], False: []}
-        for i, p in enumerate(video_paths):
-            try:
-                dec = self.decode_clip(Path(p))
-            except BiaudioError as e:
-                out[i] = BiaudioError(p, "unreadable_clip", f"{e.reason}: {e.detail}", STAGE)
-                continue
-            except Exception as e:  # noqa: BLE001 - a decoder failure names the clip and goes on
-                out[i] = BiaudioError(p, "unreadable_clip", f"{type(e).__name__}: {e}", STAGE)
-                continue
-            groups[dec[1] is not None].append((i, dec))
+        for i, dec in enumerate(decode_many(self.decode_clip, video_paths, self.decode_threads, STAGE)):
+            if isinstance(dec, BiaudioError):
+                out[i] = dec
+            else:
+                groups[dec[1] is not None].append((i, dec))
         for members in groups.values():
             if members:
                 for i, text in zip([i for i, _ in members], self._generate_safely([d for _, d in members],
@@ -516,6 +534,9 @@ class LocalModelCaptioner(Captioner):
         try:
             return list(self._generate_descriptions(decoded))
         except Exception as e:  # noqa: BLE001 - model errors become per-clip reasons
+            if len(decoded) > 1:
+                _log.warning("caption batch of %d failed (%s: %s); captioning its clips one by one",
+                             len(decoded), type(e).__name__, e)
             if len(decoded) == 1:
                 return [BiaudioError(paths[0], "caption_model_failed", f"audio-visual model: {type(e).__name__}: {e}",
                                      STAGE)]
@@ -525,6 +546,9 @@ class LocalModelCaptioner(Captioner):
         try:
             return list(self.restructure_batch(descriptions))
         except Exception as e:  # noqa: BLE001 - model errors become per-clip reasons
+            if len(descriptions) > 1:
+                _log.warning("text batch of %d failed (%s: %s); rewriting one by one", len(descriptions),
+                             type(e).__name__, e)
             if len(descriptions) == 1:
                 return [BiaudioError(paths[0], "caption_model_failed", f"text model: {type(e).__name__}: {e}", STAGE)]
             return [r for d, p in zip(descriptions, paths, strict=True) for r in self._restructure_safely([d], [p])]
