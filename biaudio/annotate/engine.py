@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from biaudio.errors import BiaudioError
 RECORD_VERSION = 1
 STATE_DIR = Path(".state") / "annotate"
 AV_REASON = "av_inconsistent"
+IN_FLIGHT = 2
+"""Batches per worker at once: one decoding (CPU, ffmpeg) while the other is on the model."""
 _ACTION_STATUS = {"reject": "rejected", "flag": "flagged"}
 EventFn = Callable[[str, dict], None]
 
@@ -114,13 +117,15 @@ class AnnotateWorker:
         self.identities = identities
         self.stages: dict[str, Stage] | None = None
         self.label = worker_label()
+        self._init_lock = threading.Lock()
 
     def _stages(self) -> dict[str, Stage]:
-        if self.stages is None:
-            stages = {s.name: s for s in make_stages(self.cfg, None, self.identities)}
-            for s in stages.values():
-                s.load()
-            self.stages = stages
+        with self._init_lock:  # two batches may arrive at once (decode of one overlaps the other's forward)
+            if self.stages is None:
+                stages = {s.name: s for s in make_stages(self.cfg, None, self.identities)}
+                for s in stages.values():
+                    s.load()
+                self.stages = stages
         return self.stages
 
     def run(self, stage: str, batch: list[dict]) -> dict:
@@ -177,16 +182,34 @@ def _plan(out: Path, rows: list[dict], stage: str, key: str, media: list[str],
 # ------------------------------------------------------------------ running
 
 
-def _run_local(batches: list[tuple[str, list[dict]]], worker_args: tuple, on_batch: Callable[[str, list[dict], dict], bool]) -> None:
+def _run_local(batches: list[tuple[str, list[dict]]], worker_args: tuple,
+               on_batch: Callable[[str, list[dict], dict], bool]) -> None:
+    """One worker in this process; two batches in flight, so the next one's clips are decoded
+    (ffmpeg, outside the model lock) while the current one is on the model."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     w = AnnotateWorker(*worker_args)
-    for stage, batch in batches:
-        if not on_batch(stage, batch, w.run(stage, batch)):
-            return
+    queue = deque(batches)
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+        running: dict[Any, tuple[str, list[dict]]] = {}
+        stop = False
+        while queue or running:
+            while queue and not stop and len(running) < IN_FLIGHT:
+                st, b = queue.popleft()
+                running[pool.submit(w.run, st, b)] = (st, b)
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in done:
+                st, b = running.pop(f)
+                if not on_batch(st, b, f.result()):
+                    stop = True
+                    queue.clear()
 
 
 def _run_ray(batches: list[tuple[str, list[dict]]], worker_args: tuple, cfg: AnnotateConfig,
              on_batch: Callable[[str, list[dict], dict], bool]) -> int:
-    """One actor per GPU (``device: cuda``) or per ``workers``; each keeps two batches in flight."""
+    """One actor per GPU (``device: cuda``) or per ``workers``; each keeps ``IN_FLIGHT`` batches (threads)."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -202,7 +225,7 @@ def _run_ray(batches: list[tuple[str, list[dict]]], worker_args: tuple, cfg: Ann
         if n < 1:
             raise BiaudioError(None, "no_gpu", "device cuda but the Ray cluster has no GPU", "annotate")
         opts = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
-        actor_cls = ray.remote(max_restarts=0, **opts)(AnnotateWorker)
+        actor_cls = ray.remote(max_restarts=0, max_concurrency=IN_FLIGHT, **opts)(AnnotateWorker)
         actors = [actor_cls.remote(*worker_args) for _ in range(n)]
         queue = deque(batches)
         inflight: dict[Any, tuple[Any, str, list[dict]]] = {}
@@ -212,7 +235,7 @@ def _run_ray(batches: list[tuple[str, list[dict]]], worker_args: tuple, cfg: Ann
                 st, b = queue.popleft()
                 inflight[a.run.remote(st, b)] = (a, st, b)
 
-        for _ in range(2):
+        for _ in range(IN_FLIGHT):
             for a in actors:
                 submit(a)
         stop = False

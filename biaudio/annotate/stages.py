@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class AVConsistencyStage(Stage):
 
         a = cfg.av_consistency
         self.decode_threads = cfg.decode_threads
+        self._lock = threading.Lock()
         self.embedder = AVEmbedder(a.model_path, cfg.device, a.frames)  # type: ignore[arg-type]
         self._identity = identity if identity is not None else {
             "stage": self.name, "frames": a.frames,
@@ -181,8 +183,9 @@ class AVConsistencyStage(Stage):
                 out[i] = dec
             else:
                 ok.append((i, dec))
-        for i, score in self._score_safely(ok, clips):
-            out[i] = score
+        with self._lock:  # decoding above runs outside it: the next batch decodes during this forward
+            for i, score in self._score_safely(ok, clips):
+                out[i] = score
         return out  # type: ignore[return-value]
 
     def _score_safely(self, ok: list[tuple[int, Any]], clips: list[ClipRef]):

@@ -309,7 +309,7 @@ class LocalModelCaptioner(Captioner):
             if not Path(p).is_dir():
                 raise BiaudioError(p, "model_path_missing",
                                    f"caption.{name} is not a local folder (models are never downloaded)", STAGE)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.decode_threads = 1
         """Clips of a batch decoded at once (ffmpeg processes); ``biaudio annotate`` raises it."""
         self._text: tuple[Any, Any] | None = None
@@ -317,6 +317,10 @@ class LocalModelCaptioner(Captioner):
 
     # -- text model -------------------------------------------------------------------------------
     def _load_text(self):
+        with self._lock:  # once, even when two batches (threads) arrive together
+            return self._load_text_locked()
+
+    def _load_text_locked(self):
         if self._text is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -364,6 +368,10 @@ class LocalModelCaptioner(Captioner):
 
     # -- audio-visual model -----------------------------------------------------------------------
     def _load_av(self):
+        with self._lock:
+            return self._load_av_locked()
+
+    def _load_av_locked(self):
         if self._av is None:
             import transformers
             from transformers import AutoConfig, AutoProcessor
@@ -515,9 +523,14 @@ class LocalModelCaptioner(Captioner):
         """Descriptions of N clips: each decoded by us (an unreadable clip gets its own error), then one
         ``generate`` per group (clips with a soundtrack, silent clips), greedy."""
         self._load_av()
+        decoded = decode_many(self.decode_clip, video_paths, self.decode_threads, STAGE)
+        with self._lock:
+            return self._describe_decoded(decoded, video_paths)
+
+    def _describe_decoded(self, decoded: list, video_paths: list[Path]) -> list[str | BiaudioError]:
         out: list[str | BiaudioError | None] = [None] * len(video_paths)
         groups: dict[bool, list[tuple[int, tuple[np.ndarray, np.ndarray | None]]]] = {True: [], False: []}
-        for i, dec in enumerate(decode_many(self.decode_clip, video_paths, self.decode_threads, STAGE)):
+        for i, dec in enumerate(decoded):
             if isinstance(dec, BiaudioError):
                 out[i] = dec
             else:
@@ -562,14 +575,16 @@ class LocalModelCaptioner(Captioner):
                 results[i] = BiaudioError(None, "no_video", "local-model captions need the rendered clip", STAGE)
             else:
                 todo.append(i)
+        # describe_batch decodes (ffmpeg) outside the model lock: a second batch decodes while this
+        # one is on the model
+        descs = self.describe_batch([clips[i].video_path for i in todo]) if todo else []  # type: ignore[misc]
+        ok = []
+        for i, d in zip(todo, descs, strict=True):
+            if isinstance(d, BiaudioError):
+                results[i] = d
+            else:
+                ok.append((i, d))
         with self._lock:
-            descs = self.describe_batch([clips[i].video_path for i in todo]) if todo else []  # type: ignore[misc]
-            ok = []
-            for i, d in zip(todo, descs, strict=True):
-                if isinstance(d, BiaudioError):
-                    results[i] = d
-                else:
-                    ok.append((i, d))
             texts = self._restructure_safely([d for _, d in ok], [clips[i].video_path for i, _ in ok]) if ok else []
         for (i, _), text in zip(ok, texts, strict=True):
             if isinstance(text, BiaudioError):
