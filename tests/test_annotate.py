@@ -218,12 +218,16 @@ def test_annotate_versions_qa_and_recipe_hash(dataset: Path, av_towers: Path):
     from biaudio.build.manifest import read_manifest
 
     read_manifest(out)  # still a valid v1 manifest for every reader
+    from biaudio.build.validate import validate
+
+    assert validate(out, check_media=False).ok
 
     # a person accepts the lowest-scoring clip (the real QA flow: qa.sqlite + qa apply -> v2)
     low = min(ids, key=lambda c: scores[c])
     QADatabase(db_path(out)).record(low, 1, "alice", "accept")
     qa.apply(out)
     assert (out / "manifest_versions" / "manifest.v2.parquet").is_file()
+    assert pq.read_table(out / "manifest.parquet").column("av_score").to_pylist() == m1.column("av_score").to_pylist()
 
     # a threshold: no model runs again (records), pending clips below it are rejected, alice's stays
     thr = float(np.median(list(scores.values())))

@@ -46,10 +46,20 @@ class AnnotateConfig(BaseModel):
     """Clips per model forward (greedy decoding: a batch gives the same captions as single clips)."""
     decode_threads: int = Field(4, ge=1, le=64)
     """Clips of a batch decoded at once (ffmpeg processes) before the batch's forward."""
-    device: str = "cpu"
-    """torch device of every worker (``cuda`` under Ray: each actor sees only its own GPU)."""
+    device: str = "auto"
+    """torch device of every worker: ``auto`` (``cuda`` when a GPU is there, else ``cpu``), ``cpu``,
+    ``cuda``, ``cuda:1``... Under Ray use ``cuda`` or ``auto``: each actor sees only its own GPU."""
     executor: Literal["local", "ray"] = "local"
     """``local``: one worker in this process; ``ray``: one actor per GPU (or per ``workers``)."""
     workers: int | None = Field(None, ge=1)
     """Ray actors (default: the cluster's GPUs with ``device: cuda``, else 1)."""
     ray_address: str | None = None
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if torch sees a GPU (in this process: under Ray, the actor's own), else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -213,7 +213,6 @@ def _run_ray(batches: list[tuple[str, list[dict]]], worker_args: tuple, cfg: Ann
     import ray
 
     started_here = not ray.is_initialized()
-    gpu = cfg.device.startswith("cuda")
     if started_here:
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if cfg.ray_address:
@@ -221,7 +220,9 @@ def _run_ray(batches: list[tuple[str, list[dict]]], worker_args: tuple, cfg: Ann
         else:
             ray.init(num_cpus=max(cfg.workers or 1, 1), object_store_memory=128 * 1024**2, **kw)
     try:
-        n = cfg.workers or (int(ray.cluster_resources().get("GPU", 0)) if gpu else 1)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and gpus > 0)
+        n = cfg.workers or (gpus if gpu else 1)
         if n < 1:
             raise BiaudioError(None, "no_gpu", "device cuda but the Ray cluster has no GPU", "annotate")
         opts = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}

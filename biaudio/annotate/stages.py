@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from biaudio.annotate.config import AnnotateConfig
+from biaudio.annotate.config import AnnotateConfig, resolve_device
 from biaudio.build.caption import Caption, CaptionConfig, ClipRef, decode_many, get_captioner
 from biaudio.errors import BiaudioError
 
@@ -208,6 +208,7 @@ def make_stages(cfg: AnnotateConfig, cache: Path | None = None,
     """The stages ``cfg`` turns on, in order (captions, then consistency). ``identities``: computed once
     by the driver and handed to workers, so checkpoints are hashed once per run, not per worker."""
     identities = identities or {}
+    cfg = cfg.model_copy(update={"device": resolve_device(cfg.device)})
     stages: list[Stage] = []
     if cfg.captions.backend != "none":
         stages.append(CaptionStage(cfg.captions, cfg.device, cache, identities.get("caption"), cfg.decode_threads))

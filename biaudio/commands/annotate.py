@@ -46,7 +46,7 @@ def annotate_cmd(
     av_threshold: float | None = typer.Option(None, "--av-threshold", help="Score below which a pending clip is rejected (or flagged)."),
     av_action: str | None = typer.Option(None, "--av-action", help="reject | flag: what a score below the threshold does."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Clips per model forward."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (under Ray, each actor gets its own GPU)."),
+    device: str | None = typer.Option(None, "--device", help="auto (default: cuda when a GPU is there), cpu, cuda, cuda:1 ... (under Ray, each actor gets its own GPU)."),
     executor: str | None = typer.Option(None, "--executor", help="local (this process) or ray (one actor per GPU)."),
     workers: int | None = typer.Option(None, "--workers", "-j", min=1, help="Ray actors (default: the cluster's GPUs, else 1)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local one)."),
