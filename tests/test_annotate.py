@@ -130,6 +130,17 @@ def test_caption_batch_equals_single_calls(tiny_omni_model, tiny_text_model, tmp
     descs = ["a flute plays", "wind in the trees and distant traffic, a dog barks twice", "none"]
     assert c.restructure_batch(descs) == [c.restructure(d) for d in descs]
 
+    # a silent clip (no audio stream) in the batch: it goes through its own forward, same text as alone
+    from biaudio.media.video import VideoWriter
+
+    rng = np.random.default_rng(3)
+    with VideoWriter(tmp_path / "silent.mp4", 64, 48, 8) as w:
+        for _ in range(16):
+            w.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    assert c.decode_clip(tmp_path / "silent.mp4")[1] is None
+    mixed = [clips[0], tmp_path / "silent.mp4", clips[1]]
+    assert c.describe_batch(mixed) == [single[0], c.describe(tmp_path / "silent.mp4"), single[1]]
+
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video")
     res = c.caption_batch([ClipRef("x_0", "x", clips[0]), ClipRef("bad_0", "bad", junk), ClipRef("y_0", "y", clips[1])])
