@@ -1007,6 +1007,9 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
                          split_fractions=(recipe.split.val_fraction, recipe.split.test_fraction),
                          salt=recipe.split.salt, versions=tool_versions())
     _keep_qa(out, rows, rhash)
+    from biaudio.annotate.engine import carry_annotations
+
+    carry_annotations(out, rows)  # a rebuild keeps what `biaudio annotate` added (from its records)
     write_manifest(out, rows)
     write_rejects(out, rejects)
     referenced = {r[k] for r in rows for k in ("video_path", "audio_path", "preview_path") if r.get(k)}

@@ -11,7 +11,8 @@ independently of the stages.
 
 ``recipe_hash`` is a stable hash of the canonical JSON of everything that changes the *data*
 (so it excludes ``output`` and ``execution``: the same dataset built with 1 or 16 workers, here
-or on Ray, has the same hash).
+or on Ray, has the same hash; and ``annotate``: captions added later by ``biaudio annotate`` do
+not make the build render again).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ TrajectoryConfig = _stage_config("biaudio.build.trajectory", "TrajectoryConfig")
 RenderConfig = _stage_config("biaudio.build.render", "RenderConfig")
 SpatialCueConfig = _stage_config("biaudio.build.spatial_cue", "SpatialCueConfig")
 CaptionConfig = _stage_config("biaudio.build.caption", "CaptionConfig")
+AnnotateConfig = _stage_config("biaudio.annotate.config", "AnnotateConfig")
 
 
 class SynthParams(_Strict):
@@ -176,6 +178,9 @@ class Recipe(_Strict):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[valid-type]
     split: SplitConfig = Field(default_factory=SplitConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)  # type: ignore[valid-type]
+    """What ``biaudio annotate`` adds after the build (captions, audio-visual consistency); outside
+    the recipe hash, because annotations never change the build's media or rows."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -203,12 +208,13 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """Stable short hash of the canonical JSON, without ``output`` and ``execution``."""
+    """Stable short hash of the canonical JSON, without ``output``, ``execution`` and ``annotate``."""
     data = recipe.dump()
     data.pop("output", None)
     data.pop("execution", None)
     if hasattr(SegmentConfig, "hash_view"):  # keys at a setting that changes nothing stay out
         data["segment"] = SegmentConfig.hash_view(data["segment"])
+    data.pop("annotate", None)
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
