@@ -786,10 +786,13 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
                          salt=recipe.split.salt, versions=tool_versions(),
                          lists=split_lists if split_lists is not None else read_recipe_split_lists(recipe),
                          repair=recipe.split.repair, report=split_report)
-    for c in split_report.get("conflicts", []):
+    conflicts = split_report.get("conflicts", [])
+    for c in conflicts[:10]:
         summary.notes.append(f"split lists put video {c['group_id']} in {'/'.join(c['entries'])}: "
                              + (f"moved whole to {c['moved_to']}" if c["moved_to"] else "kept (split.repair is off: "
                                 "biaudio validate will refuse the leak)"))
+    if len(conflicts) > 10:
+        summary.notes.append(f"... and {len(conflicts) - 10} more videos in two splits (stats.json: split.conflicts)")
     _keep_qa(out, rows, rhash)
     write_manifest(out, rows)
     write_rejects(out, rejects)
