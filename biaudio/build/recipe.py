@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from biaudio.errors import RecipeError
 
@@ -127,15 +127,49 @@ class DirectionSection(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Train/val/test by a hash of the *source* id (never per clip: no video in two splits)."""
+    """Train/val/test per *group* (the original video, ``group_id``), never per clip or per item:
+    Sphere360 cuts many items out of one YouTube video, and all of them must land in one split.
+
+    Groups are hashed (``salt``, fractions) unless ``lists`` assign them: files with one clip id,
+    source id or group id per line, e.g. Sphere360's ``train.txt``/``test.txt``; relative paths are
+    resolved like sources (next to the recipe first). A group whose entries name two splits is
+    reported in ``stats.json`` (``split.conflicts``) and, with ``repair``, moved whole to the split
+    most of its entries name (ties: test, val, train); without ``repair`` it keeps the lists'
+    assignment and ``biaudio validate`` refuses the leak.
+    """
 
     val_fraction: float = Field(0.1, ge=0, le=1)
     test_fraction: float = Field(0.1, ge=0, le=1)
     salt: str = "biaudio-v1"
+    group_pattern: str | None = Field(
+        None, description="regex with one capturing group, searched in the file stem of local files and URLs; "
+                          "its capture is the group id (default: the stem without a trailing _<digits>)")
+    lists: dict[Literal["train", "val", "test"], str] = Field(
+        default_factory=dict, description="fixed assignments: split -> list file (one clip/source/group id per line)")
+    repair: bool = Field(True, description="move a group that the lists put in several splits whole to one split")
 
     def model_post_init(self, __context: Any) -> None:
         if self.val_fraction + self.test_fraction > 1:
             raise ValueError("val_fraction + test_fraction must be <= 1")
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        from biaudio.build.splits import check_group_pattern
+
+        check_group_pattern(v)
+        return v
+
+
+class TimelineConfig(_Strict):
+    """Where a source's media sits in the original video, so manifest times are video times.
+
+    Sectioned downloads are always shifted by their section start. ``offset_from_name``: a local
+    file named ``<YouTube id>_<start second>.<ext>`` (Sphere360's clip files) starts at that second
+    of the YouTube video; off by default, because other files named ``take_12.mp4`` are whole videos.
+    """
+
+    offset_from_name: bool = False
 
 
 class ExecutionConfig(_Strict):
@@ -177,6 +211,7 @@ class Recipe(_Strict):
     spatial_cue: SpatialCueConfig = Field(default_factory=SpatialCueConfig)  # type: ignore[valid-type]
     caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[valid-type]
     split: SplitConfig = Field(default_factory=SplitConfig)
+    timeline: TimelineConfig = Field(default_factory=TimelineConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)  # type: ignore[valid-type]
     """What ``biaudio annotate`` adds after the build (captions, audio-visual consistency); outside
