@@ -247,8 +247,7 @@ def recipe_hash(recipe: Recipe) -> str:
     data = recipe.dump()
     data.pop("output", None)
     data.pop("execution", None)
-    if hasattr(SegmentConfig, "hash_view"):  # keys at a setting that changes nothing stay out
-        data["segment"] = SegmentConfig.hash_view(data["segment"])
+    data["segment"] = SegmentConfig.hash_view(data["segment"])  # keys at a setting that changes nothing stay out
     data.pop("annotate", None)
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
