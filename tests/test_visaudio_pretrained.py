@@ -6,6 +6,7 @@ with all of them switched on."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -273,8 +274,12 @@ def test_stored_features_equal_on_the_fly_features(ckpts, melvae_dir):
     torch.manual_seed(0)
     model = ViSAudio(cfg, 8).eval()
     start_s = 1.0
-    win = crop_features(feats, rates, start_s, {"image": cfg.n_frames, "motion": 4, "latents": cfg.n_latents})
+    win = crop_features(feats, rates, start_s, cfg.data.clip_seconds)
     assert win["image"].shape[0] == 4 and win["motion"].shape[0] == 4 and win["latents"].shape == (2, 50, 8)
+    assert win["text"].shape == (8, 32)
+    np.testing.assert_array_equal(win["latents"], feats["latents"][:, 50:100])
+    mir = crop_features({"mirror/image": feats["image"]}, rates, 0.5, 1.0)["mirror/image"]
+    np.testing.assert_array_equal(mir, feats["image"][2:6])
     fr = torch.from_numpy(clip[8:16])[None]
     with torch.no_grad():
         stored = model.encode_conditions(fr, ["a dog barks on the left"],
@@ -286,6 +291,11 @@ def test_stored_features_equal_on_the_fly_features(ckpts, melvae_dir):
                     (stored.text, fly.text, no_frames.text), (stored.spacetime, fly.spacetime, no_frames.spacetime)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(a, c)
+    # the EMA copy shares the loaded towers instead of cloning them
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        torch.testing.assert_close(ema.encode_conditions(fr, ["a dog barks on the left"]).video, fly.video)
+    assert ema._parts[0] is model._parts[0] and ema.text_enc._part[0] is model.text_enc._part[0]
     # the frozen towers are not in the checkpointed module tree
     names = [n for n, _ in model.named_parameters()]
     assert not any("vision_model" in n or "videomae" in n or "encoder.layer" in n for n in names)

@@ -157,13 +157,15 @@ class MiniLMTextEncoder(nn.Module):
         self.cfg, self.max_len = cfg, cfg.data.max_text_tokens
         self.proj = nn.Linear(text_dim, cfg.model.hidden)
         self.no_caption = nn.Parameter(torch.randn(self.max_len, cfg.model.hidden) * 0.02)
-        self._part: list = []  # a plain list: not a submodule
+        from visaudio.pretrained import PartSlot
+
+        self._part = PartSlot()  # not a submodule; a deepcopy (EMA) shares the loaded part
 
     def part(self):
         if not self._part:
-            from visaudio.pretrained import TextPart
+            from visaudio.pretrained import TextPart, shared_part
 
-            self._part.append(TextPart(self.cfg))
+            self._part.append(shared_part(TextPart, self.cfg))
         return self._part[0]
 
     def forward(self, captions: list[str | None], states: torch.Tensor | None = None,

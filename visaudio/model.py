@@ -42,7 +42,7 @@ from visaudio.encoders import (
     build_text_encoder,
     sincos_2d,
 )
-from visaudio.pretrained import part_dims
+from visaudio.pretrained import PartSlot, part_dims
 
 SKIP_MULT = 50.0
 
@@ -295,7 +295,7 @@ class ViSAudio(nn.Module):
         if "motion" in dims:  # latents per motion feature (one per tubelet)
             self.lps = cfg.data.sample_rate / cfg.codec.hop / (cfg.data.sync_fps / dims["motion_tubelet"])
         self.text_enc = build_text_encoder(cfg, dims.get("text"))
-        self._parts: list = []  # frozen image/motion parts for on-the-fly features (not submodules)
+        self._parts = PartSlot()  # frozen image/motion parts for on-the-fly features (not submodules)
         self.text_proj = nn.Linear(D, D)
         self.spacetime = SpacetimeModule(D, m.spacetime_lateral) if m.use_spacetime else None
         self.traj_enc = TrajectoryEncoder(cfg) if m.use_trajectory else None
@@ -359,13 +359,13 @@ class ViSAudio(nn.Module):
         if not self.cfg.uses_pretrained:
             return {}
         if not self._parts:
-            from visaudio.pretrained import ImagePart, MotionPart
+            from visaudio.pretrained import ImagePart, MotionPart, shared_part
 
             dev = str(frames.device)
             if self.cfg.pretrained.image.path is not None:
-                self._parts.append(ImagePart(self.cfg, dev))
+                self._parts.append(shared_part(ImagePart, self.cfg, dev))
             if self.cfg.pretrained.motion.path is not None:
-                self._parts.append(MotionPart(self.cfg, dev))
+                self._parts.append(shared_part(MotionPart, self.cfg, dev))
         out = {}
         for p in self._parts:
             if p.name == "image":

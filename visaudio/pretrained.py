@@ -132,14 +132,18 @@ def _load_model(key: str, folder: Path, cls_name: str, device: str):
     import transformers
 
     cls = getattr(transformers, cls_name)
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # a full CLIP/SigLIP folder: the text tower's keys are unused
+    lg = transformers.utils.logging
+    level, bar = lg.get_verbosity(), lg.is_progress_bar_enabled()
+    lg.set_verbosity_error()  # a full CLIP/SigLIP folder: the unused text tower's keys are listed otherwise
+    lg.disable_progress_bar()  # one bar per part per worker process would bury prepare's own lines
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise PretrainedError(f"{key}: cannot load {cls_name} from {folder} ({str(e).splitlines()[0][:200]})") from None
     finally:
-        transformers.logging.set_verbosity(level)
+        lg.set_verbosity(level)
+        if bar:
+            lg.enable_progress_bar()
     model = model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -364,6 +368,28 @@ class CodecPart:
         return {"latents": self.codec.encode(a)[0].float().cpu().numpy()}
 
 
+_SHARED: dict[tuple, Any] = {}
+
+
+class PartSlot(list):
+    """Where a module keeps its loaded frozen parts: a plain list (not a submodule, so not in
+    checkpoints) that ``copy.deepcopy`` (the EMA model) copies as empty, so the copy fetches the
+    same shared part instead of cloning the frozen weights."""
+
+    def __deepcopy__(self, memo) -> PartSlot:
+        return PartSlot()
+
+
+def shared_part(cls: type, cfg: Config, device: str = "cpu") -> Any:
+    """One loaded part per (kind, settings, device) in this process: the model, its EMA copy and
+    the generator share the frozen weights instead of loading them once each."""
+    key = (cls.__name__, json.dumps(cfg.pretrained.model_dump(), sort_keys=True), cfg.model.minilm_path,
+           cfg.model.text_layer, cfg.data.max_text_tokens, cfg.data.fps, cfg.data.sync_fps, str(device))
+    if key not in _SHARED:
+        _SHARED[key] = cls(cfg, device)
+    return _SHARED[key]
+
+
 def encoder_parts(cfg: Config, device: str = "cpu") -> list[Any]:
     """The pretrained condition encoders the config switches on (image, motion, text)."""
     parts: list[Any] = []
@@ -404,18 +430,19 @@ def part_dims(cfg: Config) -> dict[str, int]:
 
 
 def crop_features(feats: dict[str, np.ndarray], rates: dict[str, float | None], start_s: float,
-                  lengths: dict[str, int]) -> dict[str, np.ndarray]:
-    """The window of whole-clip features starting at ``start_s``: timed keys sliced from
-    round(start_s * rate) for ``lengths[key]`` steps (padded with the last step at the end),
-    untimed keys as they are."""
+                  seconds: float) -> dict[str, np.ndarray]:
+    """The window [start_s, start_s + seconds) of whole-clip features: a timed key (its rate in
+    ``rates``; a ``mirror/`` prefix is ignored for the lookup) is sliced from round(start_s *
+    rate) for round(seconds * rate) steps, repeating its last step past the clip's end; untimed
+    keys are returned as they are. ``latents`` are timed along axis 1 (axis 0 is L/R)."""
     out = {}
     for k, v in feats.items():
-        r = rates.get(k)
-        if r is None or k not in lengths:
+        base = k.rsplit("/", 1)[-1]
+        r = rates.get(base)
+        if r is None:
             out[k] = v
             continue
-        axis = 1 if k == "latents" else 0
-        s, n = int(round(start_s * r)), lengths[k]
-        w = np.take(v, np.arange(s, s + n).clip(max=v.shape[axis] - 1), axis=axis)
-        out[k] = w
+        axis = 1 if base == "latents" else 0
+        s, n = int(round(start_s * r)), int(round(seconds * r))
+        out[k] = np.take(v, np.arange(s, s + n).clip(max=v.shape[axis] - 1), axis=axis)
     return out
