@@ -43,7 +43,7 @@ class SegmentConfig(BaseModel):
     proxy_scale_flags: str = Field("area", description="ffmpeg scaler for the proxy; fast_bilinear is cheaper but aliases (false cuts on water)")
     trim_frames: int = Field(4, ge=0, description="frames dropped on each side of a cut")
     window_s: float = Field(8.0, gt=0)
-    stride_s: float | None = Field(None, description="window start step; None = window_s (no overlap)")
+    stride_s: float | None = Field(None, gt=0, description="window start step; None = window_s (no overlap)")
     max_windows: int | None = Field(None, ge=1, description="per-video maximum (evenly spread over the video)")
     flash_frames: int = Field(
         5, ge=0, le=60, description="flash check: a candidate cut whose picture comes back within this many "

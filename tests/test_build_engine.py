@@ -188,8 +188,11 @@ def test_lock_and_other_schema_version_refused(media, tmp_path, monkeypatch):
             build(load_recipe(rp), out)
         res = CliRunner().invoke(app, ["build", str(rp), "--out", str(out)])
         assert res.exit_code == 2
-    (out / ".state" / "build.json").write_text(json.dumps({"schema_version": 2}))
-    with pytest.raises(SchemaVersionError, match="schema v2"):
+    (out / ".state" / "build.json").write_text(json.dumps({"schema_version": 3}))
+    with pytest.raises(SchemaVersionError, match="schema v3"):
+        build(load_recipe(rp), out)
+    (out / ".state" / "build.json").write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(SchemaVersionError, match="schema v1.*biaudio upgrade"):  # a v1 folder: say how to upgrade
         build(load_recipe(rp), out)
     res = CliRunner().invoke(app, ["build", str(rp), "--out", str(out), "--json"])
     assert res.exit_code == 2 and "schema" in res.stdout

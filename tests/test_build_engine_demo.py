@@ -54,6 +54,9 @@ def test_demo_build_validates_and_reads_everywhere(demo_build):
     # splits: all non-empty, >= 4 test sources, no source in two splits
     per_src = df.groupby("source_id")["split"].nunique()
     assert (per_src == 1).all()
+    assert (df.groupby("group_id")["split"].nunique() == 1).all()
+    assert (df["group_id"] == df["source_id"]).all()  # every synthetic scene is its own video
+    assert df["section_start_s"].isna().all()  # whole videos: start_s is the time in the scene file
     src_split = df.groupby("split")["source_id"].nunique()
     assert set(src_split.index) == {"train", "val", "test"} and src_split["test"] >= 4
     assert (df["qa_status"] == "pending").all()

@@ -1,4 +1,4 @@
-"""process_item on synthetic scenes: every manifest v1 column, files present, spatial-cue rejects."""
+"""process_item on synthetic scenes: every manifest v2 column, files present, spatial-cue rejects."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from biaudio.build.recipe import Recipe
 from biaudio.build.types import WorkItem
 
-STAGE_COLUMNS = [  # manifest v1 minus the engine's columns (split, schema_version, recipe_hash, tool_versions)
-    "clip_id", "source_id", "source_uri", "start_s", "end_s", "duration_s", "video_path", "audio_path",
+STAGE_COLUMNS = [  # manifest v2 minus the engine's columns (group_id, split, schema_version, recipe_hash, tool_versions)
+    "clip_id", "source_id", "source_uri", "start_s", "end_s", "duration_s", "section_start_s", "video_path", "audio_path",
     "preview_path", "fps", "hfov_deg", "width", "height", "sample_rate", "num_frames", "trajectory",
     "trajectory_mode", "clip_azimuth_deg", "clip_elevation_deg", "window_directions", "silence_ratio",
     "static_ratio", "speech_ratio", "speech_backend", "speech_checkpoint", "lr_difference", "caption",

@@ -56,6 +56,11 @@ def test_bad_value_names_key_and_value():
     with pytest.raises(RecipeError) as ei:
         recipe_from_dict({"sources": [5]})
     assert ei.value.reason == "sources.0" and "5" in ei.value.detail
+    # a stride of 0 or less would never advance the window start (an endless loop, not an error)
+    for bad in (0, -1.0):
+        with pytest.raises(RecipeError) as ei:
+            recipe_from_dict({"segment": {"stride_s": bad}})
+        assert ei.value.reason == "segment.stride_s"
 
 
 def test_stage_sections_are_real_and_strict():

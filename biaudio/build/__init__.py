@@ -1,4 +1,4 @@
-"""The dataset build: recipe -> per-item work units -> clips + ``manifest.parquet`` (schema v1).
+"""The dataset build: recipe -> per-item work units -> clips + ``manifest.parquet`` (schema v2).
 
 Engine: ``recipe`` (what to build), ``executor`` (how: resumable per-item units on a process pool
 or Ray), ``manifest`` (the schema and its files), ``validate`` / ``stats`` (checking and

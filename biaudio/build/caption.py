@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import threading
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from biaudio.errors import BiaudioError, MediaError, RejectItem
 
 STAGE = "caption"
+_log = logging.getLogger(__name__)
 
 DEFAULT_AV_PROMPT = (
     "Describe the sounds in this video. For each sound say what makes it and whether its source "
@@ -136,19 +138,70 @@ def _max_pixels(size: Any) -> int | None:
     return int(v) if v else None
 
 
+def decode_many(decode, paths: list, threads: int, stage: str) -> list:
+    """``decode(path)`` for every clip, ``threads`` at a time (each decode is ffmpeg processes, so
+    threads overlap them); a clip that cannot be decoded gets an ``unreadable_clip`` error naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p):
+        try:
+            return decode(Path(p))
+        except BiaudioError as e:
+            return BiaudioError(p, "unreadable_clip", f"{e.reason}: {e.detail}", stage)
+        except Exception as e:  # noqa: BLE001 - a decoder failure names the clip and goes on
+            return BiaudioError(p, "unreadable_clip", f"{type(e).__name__}: {e}", stage)
+
+    if threads <= 1 or len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
+        return list(pool.map(one, paths))
+
+
 def format_caption(visible: str, invisible: str) -> str:
     """The canonical one-line caption stored in the ``caption`` column."""
     return f"Visible sound: {visible}, Invisible sound: {invisible}"
 
 
+@dataclass
+class ClipRef:
+    """What a captioner needs to know about one rendered clip (paths are absolute)."""
+
+    clip_id: str
+    source_id: str
+    video_path: Path | None = None
+    audio_path: Path | None = None
+
+
 class Captioner:
-    """Base class: ``caption(clip_id, source_id, video_path, audio_path) -> Caption``."""
+    """Base class. :meth:`caption_batch` is the one code path: the in-build ``caption()`` is a batch
+    of one, and ``biaudio annotate`` sends batches of N clips through the same method.
+
+    A batch never fails as a whole: each clip gets its :class:`Caption` or the
+    :class:`BiaudioError` (reason + detail) that stopped it.
+    """
 
     backend = "none"
 
+    def caption_one(self, clip: ClipRef) -> Caption:
+        return Caption(None, None, None, self.backend)
+
+    def caption_batch(self, clips: list[ClipRef]) -> list[Caption | BiaudioError]:
+        out: list[Caption | BiaudioError] = []
+        for c in clips:
+            try:
+                out.append(self.caption_one(c))
+            except BiaudioError as e:
+                out.append(e)
+        return out
+
     def caption(self, clip_id: str, source_id: str, video_path: Path | None = None,
                 audio_path: Path | None = None) -> Caption:
-        return Caption(None, None, None, self.backend)
+        """One clip (the in-build path): a batch of one; raises the clip's error."""
+        res = self.caption_batch([ClipRef(clip_id, source_id, None if video_path is None else Path(video_path),
+                                          None if audio_path is None else Path(audio_path))])[0]
+        if isinstance(res, BiaudioError):
+            raise res
+        return res
 
 
 class NoneCaptioner(Captioner):
@@ -225,8 +278,8 @@ class FileCaptioner(Captioner):
             raise self._err(line, f"duplicate key {key!r}")
         self.table[key] = (vis, inv)
 
-    def caption(self, clip_id: str, source_id: str, video_path: Path | None = None,
-                audio_path: Path | None = None) -> Caption:
+    def caption_one(self, clip: ClipRef) -> Caption:
+        clip_id, source_id = clip.clip_id, clip.source_id
         hit = self.table.get(clip_id) or self.table.get(source_id)
         if hit is None:
             if self.cfg.on_missing == "keep":
@@ -256,12 +309,18 @@ class LocalModelCaptioner(Captioner):
             if not Path(p).is_dir():
                 raise BiaudioError(p, "model_path_missing",
                                    f"caption.{name} is not a local folder (models are never downloaded)", STAGE)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self.decode_threads = 1
+        """Clips of a batch decoded at once (ffmpeg processes); ``biaudio annotate`` raises it."""
         self._text: tuple[Any, Any] | None = None
         self._av: tuple[Any, Any, str] | None = None
 
     # -- text model -------------------------------------------------------------------------------
     def _load_text(self):
+        with self._lock:  # once, even when two batches (threads) arrive together
+            return self._load_text_locked()
+
+    def _load_text_locked(self):
         if self._text is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -277,22 +336,42 @@ class LocalModelCaptioner(Captioner):
 
     def restructure(self, description: str) -> str:
         """Run the text model on ``text_prompt.format(description=...)``; returns the generated text."""
+        return self.restructure_batch([description])[0]
+
+    def restructure_batch(self, descriptions: list[str]) -> list[str]:
+        """The text model on N prompts in one ``generate`` (left-padded, greedy): the same texts as N
+        single calls, because padding is masked out of attention and positions."""
         import torch
 
+        if not descriptions:
+            return []
         tok, model = self._load_text()
-        prompt = self.cfg.text_prompt.format(description=description)
-        if getattr(tok, "chat_template", None):
-            prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        enc = tok(prompt, return_tensors="pt").to(self.cfg.device)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        prompts = []
+        for d in descriptions:
+            prompt = self.cfg.text_prompt.format(description=d)
+            if getattr(tok, "chat_template", None):
+                prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            prompts.append(prompt)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        side, tok.padding_side = tok.padding_side, "left"  # generation continues at the right end
+        try:
+            enc = tok(prompts, return_tensors="pt", padding=True).to(self.cfg.device)
+        finally:
+            tok.padding_side = side
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
-                                 pad_token_id=pad)
-        return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                                 pad_token_id=tok.pad_token_id)
+        n_in = enc["input_ids"].shape[1]
+        return [tok.decode(o[n_in:], skip_special_tokens=True).strip() for o in out]
 
     # -- audio-visual model -----------------------------------------------------------------------
     def _load_av(self):
+        with self._lock:
+            return self._load_av_locked()
+
+    def _load_av_locked(self):
         if self._av is None:
             import transformers
             from transformers import AutoConfig, AutoProcessor
@@ -353,8 +432,23 @@ class LocalModelCaptioner(Captioner):
             raise
         return x.mean(axis=0).astype(np.float32)
 
+    def decode_clip(self, video_path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """(frames, mono audio or ``None``) of one clip, as the AV model will see them.
+
+        Why mono: Qwen2.5-Omni's audio tower takes one channel, so the binaural track is mixed down
+        (mean of left and right) before it hears it; the caption describes *what* sounds, not where.
+        """
+        processor, _model, kind = self._load_av()
+        frames = self._clip_frames(Path(video_path), processor)
+        audio = self._clip_audio(Path(video_path), processor) if kind == "qwen2_5_omni" else None
+        return frames, audio
+
     def av_inputs(self, video_path: Path) -> dict[str, Any]:
         """Processor output (tensors on the model's device) for one clip: prompt + frames (+ audio for Omni)."""
+        return self.av_inputs_batch([self.decode_clip(Path(video_path))])
+
+    def av_inputs_batch(self, decoded: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
+        """Processor output for N decoded clips in one left-padded batch (all with audio, or all without)."""
         from transformers.video_utils import VideoMetadata
 
         processor, model, kind = self._load_av()
@@ -364,23 +458,34 @@ class LocalModelCaptioner(Captioner):
             conv.append({"role": "system", "content": [{"type": "text", "text": OMNI_SYSTEM_PROMPT}]})
         conv.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.cfg.av_prompt}]})
         text = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-        frames = self._clip_frames(video_path, processor)
+        n = len(decoded)
+        videos = [f for f, _ in decoded]
         fps = self.cfg.av_video_fps
         # the frames are already sampled at av_video_fps: the processor must not resample them, and its
         # time axis (Qwen2.5-Omni: ``fps``; Qwen2.5-VL and others: the metadata) must know their rate
-        kw: dict[str, Any] = {"text": [text], "videos": [frames], "return_tensors": "pt", "fps": fps,
-                              "do_sample_frames": False}
+        kw: dict[str, Any] = {"text": [text] * n, "videos": videos, "return_tensors": "pt",
+                              "fps": fps, "do_sample_frames": False, "padding": True}
         if hasattr(getattr(processor, "video_processor", None), "cap_pixels_per_frame"):
             kw["cap_pixels_per_frame"] = True  # the per-video pixel budget of qwen-vl-utils (reference)
+        audios = [a for _, a in decoded]
         if omni:
-            audio = self._clip_audio(video_path, processor)
-            if audio is not None:
-                # the soundtrack of videos[0], already decoded: its tokens interleave with the video's
-                kw.update(audio=[audio], audio_from_video_indices=[0], load_audio_from_video=True)
+            if all(a is not None for a in audios):
+                # the soundtrack of videos[i], already decoded: its tokens interleave with the video's
+                kw.update(audio=audios, audio_from_video_indices=list(range(n)), load_audio_from_video=True)
+            elif any(a is not None for a in audios):
+                raise ValueError("a batch mixes clips with and without audio")
         else:
-            kw["video_metadata"] = [VideoMetadata(total_num_frames=len(frames), fps=fps, width=frames.shape[2],
-                                                  height=frames.shape[1], duration=len(frames) / fps)]
-        inputs = processor(**kw).to(model.device)
+            kw["video_metadata"] = [VideoMetadata(total_num_frames=len(f), fps=fps, width=f.shape[2],
+                                                  height=f.shape[1], duration=len(f) / fps) for f in videos]
+        tok = getattr(processor, "tokenizer", None)
+        side = getattr(tok, "padding_side", None)
+        if tok is not None:
+            tok.padding_side = "left"  # generation continues at the right end of every row
+        try:
+            inputs = processor(**kw).to(model.device)
+        finally:
+            if tok is not None:
+                tok.padding_side = side
         # pixels and mel features in the model's dtype (bf16 checkpoints); ids and the float time
         # steps (``*second_per_grid*``, used for positions) stay as they are
         for k in ("pixel_values", "pixel_values_videos", "input_features"):
@@ -390,10 +495,16 @@ class LocalModelCaptioner(Captioner):
 
     def describe(self, video_path: Path) -> str:
         """Free-text description of the clip (picture + binaural soundtrack) by the AV model."""
+        res = self.describe_batch([Path(video_path)])[0]
+        if isinstance(res, BiaudioError):
+            raise res
+        return res
+
+    def _generate_descriptions(self, decoded: list[tuple[np.ndarray, np.ndarray | None]]) -> list[str]:
         import torch
 
         processor, model, kind = self._load_av()
-        inputs = self.av_inputs(Path(video_path))
+        inputs = self.av_inputs_batch(decoded)
         gen_kw: dict[str, Any] = {"max_new_tokens": self.cfg.max_new_tokens, "do_sample": False}
         if kind == "qwen2_5_omni":
             # the thinker writes the text; the wrapper's generate() also wants speaker files (spk_dict)
@@ -406,20 +517,86 @@ class LocalModelCaptioner(Captioner):
         if isinstance(out, tuple):
             out = out[0]
         n_in = inputs["input_ids"].shape[1]
-        return processor.batch_decode(out[:, n_in:], skip_special_tokens=True)[0].strip()
+        return [t.strip() for t in processor.batch_decode(out[:, n_in:], skip_special_tokens=True)]
 
-    def caption(self, clip_id: str, source_id: str, video_path: Path | None = None,
-                audio_path: Path | None = None) -> Caption:
-        if video_path is None:
-            raise BiaudioError(None, "no_video", "local-model captions need the rendered clip", STAGE)
+    def describe_batch(self, video_paths: list[Path]) -> list[str | BiaudioError]:
+        """Descriptions of N clips: each decoded by us (an unreadable clip gets its own error), then one
+        ``generate`` per group (clips with a soundtrack, silent clips), greedy."""
+        self._load_av()
+        decoded = decode_many(self.decode_clip, video_paths, self.decode_threads, STAGE)
         with self._lock:
-            description = self.describe(Path(video_path))
-            text = self.restructure(description)
+            return self._describe_decoded(decoded, video_paths)
+
+    def _describe_decoded(self, decoded: list, video_paths: list[Path]) -> list[str | BiaudioError]:
+        out: list[str | BiaudioError | None] = [None] * len(video_paths)
+        groups: dict[bool, list[tuple[int, tuple[np.ndarray, np.ndarray | None]]]] = {True: [], False: []}
+        for i, dec in enumerate(decoded):
+            if isinstance(dec, BiaudioError):
+                out[i] = dec
+            else:
+                groups[dec[1] is not None].append((i, dec))
+        for members in groups.values():
+            if members:
+                for i, text in zip([i for i, _ in members], self._generate_safely([d for _, d in members],
+                                   [video_paths[i] for i, _ in members]), strict=True):
+                    out[i] = text
+        return out  # type: ignore[return-value]
+
+    def _generate_safely(self, decoded: list, paths: list[Path]) -> list[str | BiaudioError]:
+        """One batched generate; if it fails, each clip alone, so one bad clip cannot sink N-1 good ones."""
         try:
-            vis, inv = parse_caption(text)
-        except ValueError as e:
-            raise RejectItem(video_path, "caption_unparsable", f"text model output: {e}", STAGE) from None
-        return Caption(format_caption(vis, inv), vis, inv, self.backend)
+            return list(self._generate_descriptions(decoded))
+        except Exception as e:  # noqa: BLE001 - model errors become per-clip reasons
+            if len(decoded) > 1:
+                _log.warning("caption batch of %d failed (%s: %s); captioning its clips one by one",
+                             len(decoded), type(e).__name__, e)
+            if len(decoded) == 1:
+                return [BiaudioError(paths[0], "caption_model_failed", f"audio-visual model: {type(e).__name__}: {e}",
+                                     STAGE)]
+            return [r for d, p in zip(decoded, paths, strict=True) for r in self._generate_safely([d], [p])]
+
+    def _restructure_safely(self, descriptions: list[str], paths: list[Path]) -> list[str | BiaudioError]:
+        try:
+            return list(self.restructure_batch(descriptions))
+        except Exception as e:  # noqa: BLE001 - model errors become per-clip reasons
+            if len(descriptions) > 1:
+                _log.warning("text batch of %d failed (%s: %s); rewriting one by one", len(descriptions),
+                             type(e).__name__, e)
+            if len(descriptions) == 1:
+                return [BiaudioError(paths[0], "caption_model_failed", f"text model: {type(e).__name__}: {e}", STAGE)]
+            return [r for d, p in zip(descriptions, paths, strict=True) for r in self._restructure_safely([d], [p])]
+
+    def caption_batch(self, clips: list[ClipRef]) -> list[Caption | BiaudioError]:
+        """N clips through the AV model (one batch) then the text model (one batch), then parsed."""
+        results: list[Caption | BiaudioError | None] = [None] * len(clips)
+        todo = []
+        for i, c in enumerate(clips):
+            if c.video_path is None:
+                results[i] = BiaudioError(None, "no_video", "local-model captions need the rendered clip", STAGE)
+            else:
+                todo.append(i)
+        # describe_batch decodes (ffmpeg) outside the model lock: a second batch decodes while this
+        # one is on the model
+        descs = self.describe_batch([clips[i].video_path for i in todo]) if todo else []  # type: ignore[misc]
+        ok = []
+        for i, d in zip(todo, descs, strict=True):
+            if isinstance(d, BiaudioError):
+                results[i] = d
+            else:
+                ok.append((i, d))
+        with self._lock:
+            texts = self._restructure_safely([d for _, d in ok], [clips[i].video_path for i, _ in ok]) if ok else []
+        for (i, _), text in zip(ok, texts, strict=True):
+            if isinstance(text, BiaudioError):
+                results[i] = text
+                continue
+            try:
+                vis, inv = parse_caption(text)
+            except ValueError as e:
+                results[i] = RejectItem(clips[i].video_path, "caption_unparsable", f"text model output: {e}", STAGE)
+                continue
+            results[i] = Caption(format_caption(vis, inv), vis, inv, self.backend)
+        return results  # type: ignore[return-value]
 
 
 _CACHE: dict[str, Captioner] = {}

@@ -61,6 +61,7 @@ from biaudio.build.manifest import (
     SchemaVersionError,
     atomic_write_text,
     complete_rows,
+    manifest_version,
     read_manifest,
     tool_versions,
     write_manifest,
@@ -504,7 +505,8 @@ def _synth_items(entry: SynthSource, out_dir: Path) -> list[tuple[Any, dict]]:
     out = []
     for i in range(p.scenes):
         scene_id = scene_name(i)
-        src = SourceItem(scene_id, "file", str(folder / f"{scene_id}.mp4"), None, f"synth seed={p.seed} index={i}")
+        src = SourceItem(scene_id, "file", str(folder / f"{scene_id}.mp4"), None, f"synth seed={p.seed} index={i}",
+                         group=scene_id)  # every scene is its own video (scene_0001 is no section of "scene")
         out.append((src, {"synth": {**params, "index": i, "scene_id": scene_id, "folder": str(folder)}}))
     return out
 
@@ -564,7 +566,8 @@ def check_out_dir(out_dir: Path, recipe_name: str | None = None, force: bool = F
         if v != SCHEMA_VERSION:
             raise SchemaVersionError(str(out_dir), "schema_version",
                                      f"this folder was built with manifest schema v{v}; this biaudio writes "
-                                     f"v{SCHEMA_VERSION}. Build into a new --out folder.")
+                                     f"v{SCHEMA_VERSION}. Build into a new --out folder"
+                                     + (f", or run `biaudio upgrade {out_dir}` first." if v == 1 else "."))
         other = info.get("recipe")
         if recipe_name is not None and not force and other and other != recipe_name:
             raise OutDirError(str(out_dir), "other_recipe",
@@ -580,7 +583,11 @@ def check_out_dir(out_dir: Path, recipe_name: str | None = None, force: bool = F
                               "and no biaudio build "
                               "wrote it. Use a new or empty --out, or --force-out to build here anyway")
     if (out_dir / MANIFEST_NAME).is_file():
-        read_manifest(out_dir, columns=["clip_id"])  # raises SchemaVersionError for another version
+        read_manifest(out_dir, columns=["clip_id"])  # raises SchemaVersionError for an unknown version
+        if manifest_version(out_dir) == 1:
+            raise SchemaVersionError(str(out_dir), "schema_version",
+                                     f"manifest.parquet is schema v1; this biaudio writes v{SCHEMA_VERSION}: run "
+                                     f"`biaudio upgrade {out_dir}` first, or build into a new --out folder.")
 
 
 def _boot_id() -> str:
@@ -923,6 +930,7 @@ def build(
         return summary
 
     load_item_fn(item_fn)  # fail the whole build early (exit 2) if the stages cannot be imported
+    split_lists = read_recipe_split_lists(recipe)  # and if a split list cannot be read
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
         check_out_dir(out, recipe.name, force_out)
@@ -972,7 +980,7 @@ def build(
         _sweep_temps(out, items)  # every worker has finished: leftovers of failed writes go
         emit("assemble", {})
         try:
-            _assemble(out, recipe, rhash, items, transient, summary, time.perf_counter() - t0, workers)
+            _assemble(out, recipe, rhash, items, transient, summary, time.perf_counter() - t0, workers, split_lists)
         except OSError as e:
             summary.write_errors.append("<manifest>")
             summary.notes.append(f"could not write the manifest: {e}; item records are intact, rerun to assemble")
@@ -986,9 +994,19 @@ def _recipe_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.dump(), sort_keys=False)
 
 
+def read_recipe_split_lists(recipe: Recipe) -> list:
+    """The recipe's ``split.lists`` read now (relative paths like sources: next to the recipe first),
+    so an unreadable list stops the build before any work; raises BiaudioError naming the file."""
+    from biaudio.build.splits import read_split_list
+
+    return [read_split_list(split, resolve_source_entry(path, recipe.base_dir))
+            for split, path in sorted(recipe.split.lists.items())]
+
+
 def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], transient: list[dict],
-              summary: BuildSummary, wall_s: float, workers: int) -> None:
+              summary: BuildSummary, wall_s: float, workers: int, split_lists: list | None = None) -> None:
     """Manifest, rejects and stats from every valid completion record (never from in-memory state)."""
+    from biaudio.build.splits import group_id_for
     from biaudio.build.stats import compute_stats
 
     records = []
@@ -999,14 +1017,28 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
     rows: list[dict] = []
     rejects: list[dict] = list(summary.source_errors) + transient
     for rec in records:
-        rows.extend(rec["result"]["rows"])
+        gid = group_id_for(rec.get("source") or {}, recipe.split.group_pattern)
+        rows.extend({**r, "group_id": gid} for r in rec["result"]["rows"])
         src_uri = str(rec.get("source", {}).get("uri") or "")
         for r in rec["result"]["rejects"]:
             rejects.append({**r, "attempt": r.get("attempt", rec["attempt"]), "source_uri": r.get("source_uri", src_uri)})
+    split_report: dict = {}
     rows = complete_rows(rows, recipe_hash=rhash,
                          split_fractions=(recipe.split.val_fraction, recipe.split.test_fraction),
-                         salt=recipe.split.salt, versions=tool_versions())
+                         salt=recipe.split.salt, versions=tool_versions(),
+                         lists=split_lists if split_lists is not None else read_recipe_split_lists(recipe),
+                         repair=recipe.split.repair, report=split_report)
+    conflicts = split_report.get("conflicts", [])
+    for c in conflicts[:10]:
+        summary.notes.append(f"split lists put video {c['group_id']} in {'/'.join(c['entries'])}: "
+                             + (f"moved whole to {c['moved_to']}" if c["moved_to"] else "kept (split.repair is off: "
+                                "biaudio validate will refuse the leak)"))
+    if len(conflicts) > 10:
+        summary.notes.append(f"... and {len(conflicts) - 10} more videos in two splits (stats.json: split.conflicts)")
     _keep_qa(out, rows, rhash)
+    from biaudio.annotate.engine import carry_annotations
+
+    carry_annotations(out, rows)  # a rebuild keeps what `biaudio annotate` added (from its records)
     write_manifest(out, rows)
     write_rejects(out, rejects)
     referenced = {r[k] for r in rows for k in ("video_path", "audio_path", "preview_path") if r.get(k)}
@@ -1014,6 +1046,7 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
     summary.kept_clips = len(rows)
     summary.total_rejects = len(rejects)
     stats = compute_stats(records, rows, rejects, n_items=len(items), rhash=rhash)
+    stats["split"] = split_report
     stats["last_run"] = {"processed": len(summary.processed), "skipped": summary.skipped,
                          "wall_s": round(wall_s, 3), "executor": recipe.execution.executor, "workers": workers,
                          "internal_errors": len(summary.internal_errors), "write_errors": len(summary.write_errors),

@@ -18,9 +18,11 @@ the audio first, the windows a cut-free video would have get their audio side an
 along in the analysis' video decode (:class:`_Speculation`); only windows that a cut moved render
 with a decode of their own. Same files either way.
 
-Rows are manifest v1 rows without ``split``, ``schema_version``, ``recipe_hash`` and
+Rows are manifest v2 rows without ``group_id``, ``split``, ``schema_version``, ``recipe_hash`` and
 ``tool_versions`` (the engine adds those). Times in ``trajectory`` and ``window_directions`` are
-seconds from the clip start; ``start_s``/``end_s`` are times in the source.
+seconds from the clip start; ``start_s``/``end_s`` are times in the source *video*: the windows
+are found in the item's media, and a sectioned download (or a Sphere360-named clip file with
+``timeline.offset_from_name``) starts ``section_start_s`` into the video, so the row adds it.
 """
 
 from __future__ import annotations
@@ -271,11 +273,16 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
         return res
     foa = spec.foa if spec.foa is not None else _at_render_rate(foa, int(a.audio_sr), sr, timer)  # planned: done
 
+    from biaudio.build.splits import section_start
+
+    timeline = getattr(recipe, "timeline", None)
+    offset = section_start(src, bool(getattr(timeline, "offset_from_name", False)))
     speech = a.filters.get("speech")
     speech_extra = getattr(speech, "extra", {}) or {}
     common = {
         "source_id": source_id,
         "source_uri": src.uri,
+        "section_start_s": offset,
         "speech_backend": speech_extra.get("backend") if speech is not None else None,
         "speech_checkpoint": speech_extra.get("checkpoint") if speech is not None else None,
         "foa_convention": convention,
@@ -297,6 +304,8 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
             remove_clip_files(out_dir, clip_id)
             raise
         row.update(common)
+        if offset:  # media time -> source-video time (the clip id keeps the media time: it names files)
+            row["start_s"], row["end_s"] = row["start_s"] + offset, row["end_s"] + offset
         scores = a.window_scores.get(clip_id, {})
         row.update(silence_ratio=scores.get("silence"), static_ratio=scores.get("static"), speech_ratio=scores.get("speech"))
         res.rows.append(row)

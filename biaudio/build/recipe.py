@@ -11,7 +11,8 @@ independently of the stages.
 
 ``recipe_hash`` is a stable hash of the canonical JSON of everything that changes the *data*
 (so it excludes ``output`` and ``execution``: the same dataset built with 1 or 16 workers, here
-or on Ray, has the same hash).
+or on Ray, has the same hash; and ``annotate``: captions added later by ``biaudio annotate`` do
+not make the build render again).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from biaudio.errors import RecipeError
 
@@ -78,6 +79,7 @@ TrajectoryConfig = _stage_config("biaudio.build.trajectory", "TrajectoryConfig")
 RenderConfig = _stage_config("biaudio.build.render", "RenderConfig")
 SpatialCueConfig = _stage_config("biaudio.build.spatial_cue", "SpatialCueConfig")
 CaptionConfig = _stage_config("biaudio.build.caption", "CaptionConfig")
+AnnotateConfig = _stage_config("biaudio.annotate.config", "AnnotateConfig")
 
 
 class SynthParams(_Strict):
@@ -125,15 +127,49 @@ class DirectionSection(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Train/val/test by a hash of the *source* id (never per clip: no video in two splits)."""
+    """Train/val/test per *group* (the original video, ``group_id``), never per clip or per item:
+    Sphere360 cuts many items out of one YouTube video, and all of them must land in one split.
+
+    Groups are hashed (``salt``, fractions) unless ``lists`` assign them: files with one clip id,
+    source id or group id per line, e.g. Sphere360's ``train.txt``/``test.txt``; relative paths are
+    resolved like sources (next to the recipe first). A group whose entries name two splits is
+    reported in ``stats.json`` (``split.conflicts``) and, with ``repair``, moved whole to the split
+    most of its entries name (ties: test, val, train); without ``repair`` it keeps the lists'
+    assignment and ``biaudio validate`` refuses the leak.
+    """
 
     val_fraction: float = Field(0.1, ge=0, le=1)
     test_fraction: float = Field(0.1, ge=0, le=1)
     salt: str = "biaudio-v1"
+    group_pattern: str | None = Field(
+        None, description="regex with one capturing group, searched in the file stem of local files and URLs; "
+                          "its capture is the group id (default: the stem without a trailing _<digits>)")
+    lists: dict[Literal["train", "val", "test"], str] = Field(
+        default_factory=dict, description="fixed assignments: split -> list file (one clip/source/group id per line)")
+    repair: bool = Field(True, description="move a group that the lists put in several splits whole to one split")
 
     def model_post_init(self, __context: Any) -> None:
         if self.val_fraction + self.test_fraction > 1:
             raise ValueError("val_fraction + test_fraction must be <= 1")
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        from biaudio.build.splits import check_group_pattern
+
+        check_group_pattern(v)
+        return v
+
+
+class TimelineConfig(_Strict):
+    """Where a source's media sits in the original video, so manifest times are video times.
+
+    Sectioned downloads are always shifted by their section start. ``offset_from_name``: a local
+    file named ``<YouTube id>_<start second>.<ext>`` (Sphere360's clip files) starts at that second
+    of the YouTube video; off by default, because other files named ``take_12.mp4`` are whole videos.
+    """
+
+    offset_from_name: bool = False
 
 
 class ExecutionConfig(_Strict):
@@ -175,7 +211,11 @@ class Recipe(_Strict):
     spatial_cue: SpatialCueConfig = Field(default_factory=SpatialCueConfig)  # type: ignore[valid-type]
     caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[valid-type]
     split: SplitConfig = Field(default_factory=SplitConfig)
+    timeline: TimelineConfig = Field(default_factory=TimelineConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)  # type: ignore[valid-type]
+    """What ``biaudio annotate`` adds after the build (captions, audio-visual consistency); outside
+    the recipe hash, because annotations never change the build's media or rows."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -203,12 +243,12 @@ def builtin_recipes() -> dict[str, Path]:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """Stable short hash of the canonical JSON, without ``output`` and ``execution``."""
+    """Stable short hash of the canonical JSON, without ``output``, ``execution`` and ``annotate``."""
     data = recipe.dump()
     data.pop("output", None)
     data.pop("execution", None)
-    if hasattr(SegmentConfig, "hash_view"):  # keys at a setting that changes nothing stay out
-        data["segment"] = SegmentConfig.hash_view(data["segment"])
+    data["segment"] = SegmentConfig.hash_view(data["segment"])  # keys at a setting that changes nothing stay out
+    data.pop("annotate", None)
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

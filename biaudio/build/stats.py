@@ -28,6 +28,7 @@ def compute_stats(records: list[dict], rows: list[dict], rejects: list[dict], *,
     durations = [float(r["duration_s"]) for r in rows]
     split_counts = Counter(r["split"] for r in rows)
     split_sources = {s: len({r["source_id"] for r in rows if r["split"] == s}) for s in SPLITS}
+    split_groups = {s: len({r["group_id"] for r in rows if r["split"] == s}) for s in SPLITS}
     failed_items = sum(1 for rec in records if rec["result"].get("rejects") and not rec["result"].get("rows"))
     return {
         "schema_version": SCHEMA_VERSION,
@@ -43,6 +44,7 @@ def compute_stats(records: list[dict], rows: list[dict], rejects: list[dict], *,
             "kept": len(rows),
             "by_split": {s: split_counts.get(s, 0) for s in SPLITS},
             "sources_by_split": split_sources,
+            "groups_by_split": split_groups,
             "duration_s_total": round(sum(durations), 3),
             "duration_s_mean": round(sum(durations) / len(durations), 3) if durations else 0.0,
         },
@@ -92,6 +94,11 @@ def render(stats: dict, console: Any) -> None:
     t.add_row("clips kept", f"{cl['kept']}  (train {cl['by_split']['train']}, val {cl['by_split']['val']}, "
                             f"test {cl['by_split']['test']})")
     t.add_row("sources per split", ", ".join(f"{k} {v}" for k, v in cl["sources_by_split"].items()))
+    if "groups_by_split" in cl:
+        t.add_row("videos (groups) per split", ", ".join(f"{k} {v}" for k, v in cl["groups_by_split"].items()))
+    for c in (stats.get("split") or {}).get("conflicts", []):
+        t.add_row("split conflict", f"{c['group_id']} listed in {', '.join(c['entries'])}"
+                                    + (f" -> moved to {c['moved_to']}" if c.get("moved_to") else " (not repaired)"))
     t.add_row("clip duration", f"{cl['duration_s_total']:.1f} s total, {cl['duration_s_mean']:.2f} s mean")
     t.add_row("bytes written", _human_bytes(stats["bytes"]))
     t.add_row("CPU time (items)", f"{stats['cpu_s_total']:.1f} s")

@@ -6,8 +6,10 @@ object, the fewer surprises on a remote node.
 
 Contract with ``biaudio.build.pipeline.process_item(item, recipe, out_dir, log) -> ItemResult``:
 
-* ``ItemResult.rows`` are manifest rows *without* ``split``, ``schema_version``, ``recipe_hash``
-  and ``tool_versions``; the engine adds those when it assembles ``manifest.parquet``.
+* ``ItemResult.rows`` are manifest rows *without* ``group_id``, ``split``, ``schema_version``,
+  ``recipe_hash`` and ``tool_versions``; the engine adds those when it assembles
+  ``manifest.parquet`` (``group_id`` from the item's source, the split per group). Their
+  ``start_s``/``end_s`` are times in the source video (``section_start_s`` added).
 * ``ItemResult.rejects`` are dicts ``{item_id, stage, reason, detail}`` (optionally ``clip_id``);
   the engine adds ``attempt`` and ``source_uri``.
 * ``ItemResult.stats`` maps stage name -> seconds spent.

@@ -3,20 +3,23 @@
 Checks what downstream users silently depend on: the schema version and column types, unique
 clip ids, media paths that are relative and stay inside OUT (a manifest must be movable and must
 never point a training job at ``/etc`` or ``../``), files present and non-empty, media durations
-matching the manifest (ffprobe), per-frame trajectories of the right length, splits that are
-disjoint by *source* video (no leakage between train and test), and no source video under two
-source ids (built twice, e.g. after ids moved between inputs).
+matching the manifest (ffprobe), per-frame trajectories of the right length, and splits that are
+disjoint by *group* (the original video, ``group_id``): Sphere360 cuts many items out of one
+YouTube video, so splits disjoint by item can still put one video in train and test.
+No source video may appear under two source ids (built twice, e.g. after ids moved between inputs).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from biaudio.build.manifest import QA_STATUSES, SPLITS, read_manifest
+from biaudio.build.manifest import QA_STATUSES, SCHEMA_VERSION, SPLITS, manifest_version, read_manifest
+from biaudio.build.splits import leaking_groups
 from biaudio.errors import BiaudioError
 from biaudio.media.ffpath import probe_args
 
@@ -36,15 +39,18 @@ class ValidationReport:
     out_dir: str
     n_clips: int = 0
     n_files_checked: int = 0
+    schema_version: int | None = None
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "ok": self.ok, "n_clips": self.n_clips,
-                "n_files_checked": self.n_files_checked, "problems": [p.to_dict() for p in self.problems]}
+        return {"out_dir": self.out_dir, "ok": self.ok, "n_clips": self.n_clips, "schema_version": self.schema_version,
+                "n_files_checked": self.n_files_checked, "problems": [p.to_dict() for p in self.problems],
+                "notes": self.notes}
 
 
 def ffprobe_duration(path: Path) -> float | None:
@@ -116,9 +122,14 @@ def validate(out_dir: Path | str, *, tolerance_s: float = 0.15, check_media: boo
     rep = ValidationReport(str(out))
     try:
         table = read_manifest(out)
+        rep.schema_version = manifest_version(out)
     except BiaudioError as e:
         rep.problems.append(Problem("schema", str(e)))
         return rep
+    upgrade = f"`biaudio upgrade {out}`"
+    if rep.schema_version != SCHEMA_VERSION:
+        rep.notes.append(f"manifest schema v{rep.schema_version} (read as v{SCHEMA_VERSION}: group_id and video times "
+                         f"derived on read); {upgrade} rewrites it as v{SCHEMA_VERSION}, splits assigned per video")
     rows = table.to_pylist()
     rep.n_clips = len(rows)
 
@@ -126,13 +137,13 @@ def validate(out_dir: Path | str, *, tolerance_s: float = 0.15, check_media: boo
     for dup in sorted({i for i in ids if ids.count(i) > 1}):
         rep.problems.append(Problem("unique_clip_id", "clip id appears more than once", dup))
 
-    split_of: dict[str, set[str]] = {}
     media: list[tuple[str, str, Path, float]] = []  # (clip_id, column, path, expected duration)
     for r in rows:
         cid = r["clip_id"]
         if r["split"] not in SPLITS:
             rep.problems.append(Problem("split", f"split {r['split']!r} not one of {SPLITS}", cid))
-        split_of.setdefault(r["source_id"], set()).add(r["split"])
+        if not r.get("group_id"):
+            rep.problems.append(Problem("group_id", "group_id is empty", cid))
         if r["qa_status"] not in QA_STATUSES:
             rep.problems.append(Problem("qa_status", f"qa_status {r['qa_status']!r} not one of {QA_STATUSES}", cid))
         if abs((r["end_s"] - r["start_s"]) - r["duration_s"]) > 1e-3 or r["duration_s"] <= 0:
@@ -161,9 +172,14 @@ def validate(out_dir: Path | str, *, tolerance_s: float = 0.15, check_media: boo
             elif col != "preview_path":
                 media.append((cid, col, p, float(r["duration_s"])))
 
-    for src, splits in sorted(split_of.items()):
-        if len(splits) > 1:
-            rep.problems.append(Problem("split_leak", f"source {src} is in {sorted(splits)}"))
+    leaks = leaking_groups(r for r in rows if r.get("group_id"))
+    per = Counter((r["group_id"], r["split"]) for r in rows if r.get("group_id") in leaks)
+    for gid, splits in leaks.items():
+        n = {s: per[(gid, s)] for s in splits}
+        fix = (f"; {upgrade} reassigns splits per video" if rep.schema_version != SCHEMA_VERSION
+               else "; rebuild with split.repair: true (the default) or fix split.lists")
+        rep.problems.append(Problem("split_leak", f"video (group) {gid} is in {', '.join(splits)} "
+                                                  f"({', '.join(f'{k} {v} clips' for k, v in n.items())}){fix}"))
     for what, ids in _one_source_many_ids(out, rows):
         rep.problems.append(Problem("source_two_ids", f"source {what} is in the manifest under {len(ids)} ids "
                                                       f"({', '.join(ids)}): built twice, maybe in two splits"))

@@ -6,10 +6,10 @@ import typer
 
 
 def register_all(app: typer.Typer, qa_app: typer.Typer) -> None:
-    from biaudio.commands import build, core, ingest, review, synth
+    from biaudio.commands import annotate, build, core, ingest, review, synth
     from biaudio.commands._common import guard_app, tidy_help
 
-    for mod in (synth, core, ingest, build, review):
+    for mod in (synth, core, ingest, build, annotate, review):
         mod.register(app, qa_app)
     tidy_help(app)
     guard_app(app)

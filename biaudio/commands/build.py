@@ -186,8 +186,10 @@ def validate_cmd(
     no_media: bool = typer.Option(False, "--no-media", help="Skip the ffprobe duration checks (fast)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check a build folder: schema v1, unique clip ids, paths relative and inside OUT, files present,
-    media durations (ffprobe) within --tolerance, trajectories per frame, splits disjoint by source,
+    """Check a build folder: schema (v2; a v1 folder is read with its v2 columns derived, and the
+    report says to run `biaudio upgrade`), unique clip ids, paths relative and inside OUT, files
+    present, media durations (ffprobe) within --tolerance, trajectories per frame, splits disjoint by
+    video (group_id: no video's clips in two splits; the leaking videos are named),
     no source video under two source ids (built twice).
 
     Exit status 0 only when no problem is found; each problem names the clip and the check.
@@ -210,7 +212,47 @@ def validate_cmd(
             for p in rep.problems[:200]:
                 t.add_row(p.check, p.clip_id or "", p.detail)
             console.print(t)
+        for note in rep.notes:
+            console.print(f"note: {note}")
     raise typer.Exit(0 if rep.ok else 1)
+
+
+def upgrade_cmd(
+    out_dir: Path = typer.Argument(..., help="A build output folder written with manifest schema v1."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change (clips moved between splits) and write nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Rewrite a schema-v1 build folder as v2, media untouched: add group_id (the original video) and
+    section_start_s, turn start_s/end_s into times in the source video, and assign splits per video
+    with the folder's own recipe.yaml split settings (v1 assigned them per item, so one Sphere360
+    video could be in train and test). The old manifest is kept in manifest_versions/; QA decisions
+    are kept. A later `biaudio build` into the folder redoes its items (the v2 recipe hashes
+    differently).
+
+    Exit status 0 when the folder is v2 afterwards (or already was), 1 when it cannot be upgraded.
+    """
+    from biaudio.build.upgrade import upgrade
+    from biaudio.errors import BiaudioError
+
+    console = _console(json_out)
+    try:
+        rep = upgrade(out_dir, dry_run=dry_run)
+    except BiaudioError as e:
+        _fail(console, json_out, str(e), 1)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(rep, indent=2) + "\n")
+        return
+    if "clips" in rep:
+        verb = "would move" if dry_run else "moved"
+        console.print(f"{out_dir}: schema v{rep['from_version']} -> v{rep['to_version']}: {rep['clips']} clips in "
+                      f"{rep['groups']} videos; {rep['leaking_groups_before']} videos were in more than one split; "
+                      f"{verb} {rep['clips_moved']} clips between splits (split settings from {rep['split_settings']})")
+        if rep.get("previous_manifest"):
+            console.print(f"previous manifest kept as {rep['previous_manifest']}")
+    else:
+        console.print(f"{out_dir}: manifest already v{rep['to_version']}"
+                      + (f"; {rep['state_files_to_stamp']} state files stamped" if rep["state_files_to_stamp"] else ""))
 
 
 def stats_cmd(
@@ -238,3 +280,4 @@ def register(app: typer.Typer, qa_app: typer.Typer) -> None:
     app.command("build", help=BUILD_HELP)(build_cmd)
     app.command("validate")(validate_cmd)
     app.command("stats")(stats_cmd)
+    app.command("upgrade")(upgrade_cmd)

@@ -1,6 +1,6 @@
 """Manual QA review passes: what the automatic filters cannot judge, people decide.
 
-* ``clips.py``  reads ``OUT/manifest.parquet`` (schema v1 only; optional columns may be missing),
+* ``clips.py``  reads ``OUT/manifest.parquet`` (schema v1 or v2; optional columns may be missing),
   selects a pass's clips (``--where`` duckdb predicate, seeded ``--sample``), builds page payloads.
 * ``db.py``     ``OUT/qa.sqlite``: append-only ``decisions`` (clip_id, pass, reviewer, decision,
   reason, note, created_at, undone), WAL, one committed transaction per decision.
