@@ -340,3 +340,31 @@ def test_paper_config_builds_from_checkpoint_configs(tmp_path, monkeypatch):
     (ck / "videomae-base" / "config.json").unlink()
     with pytest.raises(ConfigError, match=r"pretrained.motion.path: checkpoints/videomae-base has no config.json"):
         ViSAudio(cfg, codec.latent_dim)
+
+
+def test_feature_store_with_every_frozen_part_trains(ckpts, melvae_dir, toy_manifest, tmp_path):
+    """`visaudio prepare` runs each frozen part on the clip and on its mirror; `train --store`
+    feeds the stored, window-cropped features (and the codec latents) to the model."""
+    from visaudio.store import prepare
+    from visaudio.stream import StoreDataset
+    from visaudio.train import train
+
+    ov = _all_on(ckpts, melvae_dir)
+    s = prepare(toy_manifest, "micro", tmp_path / "st", overrides=ov, splits=("train",), shard_size=4,
+                log=lambda m: None)
+    assert s["complete"] and not s["failed"]
+    cfg = load_config("micro", ov + ["data.augment=true", "data.swap_prob=1.0"])
+    ds = StoreDataset(tmp_path / "st", "train", cfg, augment=True)
+    keys = {"image", "motion", "text", "text_mask", "latents"}
+    assert set(ds.reader.sample(0, 0)["features"]) == keys | {f"mirror/{k}" for k in keys}
+    it = ds.item_at(0, 0, np.random.default_rng(1))
+    assert it["swapped"] and set(it["features"]) == keys
+    assert it["features"]["latents"].shape == (2, cfg.n_latents, 8)  # cropped to the window
+    assert it["features"]["image"].shape[0] == cfg.n_frames
+    # the mirrored latents are the plain ones with the ears exchanged (per-channel codec)
+    raw = ds.reader.sample(0, 0)["features"]
+    np.testing.assert_allclose(raw["mirror/latents"], raw["latents"][::-1], rtol=1e-5, atol=1e-6)
+    r = train(None, "micro", tmp_path / "run", max_steps=2, overrides=FAST + ov, progress=False, store=tmp_path / "st")
+    assert r["steps"] == 2 and all(np.isfinite(v) for _, v in r["losses"])
+    with pytest.raises(Exception, match="prepared for other settings|has no shards for this config"):
+        StoreDataset(tmp_path / "st", "train", load_config("micro", ov[:1] + ov[2:]))  # another image grid

@@ -274,32 +274,35 @@ class _ColumnPart:
     name = "image"
     fingerprint = "column-means-v1"
 
+    def __init__(self, fps: float):
+        self.rates = {"colmeans": fps}
+
     def encode(self, frames, audio, caption):
         w = frames.shape[2] // 2
-        return {"image/lr": np.stack([frames[:, :, :w].mean((1, 2, 3)), frames[:, :, w:].mean((1, 2, 3))], -1)
+        return {"colmeans": np.stack([frames[:, :, :w].mean((1, 2, 3)), frames[:, :, w:].mean((1, 2, 3))], -1)
                 .astype(np.float32)}
 
 
 def test_frozen_part_features_and_their_mirror_are_stored(toy7, tmp_path, monkeypatch):
-    import sys
-    import types
+    import visaudio.pretrained
 
-    mod = types.ModuleType("visaudio.pretrained")
-    mod.frozen_parts = lambda cfg, device="cpu": [_ColumnPart()]
-    monkeypatch.setitem(sys.modules, "visaudio.pretrained", mod)
+    monkeypatch.setattr(visaudio.pretrained, "frozen_parts", lambda cfg, device="cpu": [_ColumnPart(cfg.data.sync_fps)])
     s = prepare(toy7, "micro", tmp_path / "st", splits=("train",), shard_size=4, log=lambda m: None)
     plain = prepare.__globals__["store_key"](prepare.__globals__["store_settings"](load_config("micro"), []))
     assert s["key"] != plain  # the part's fingerprint is part of the key
-    cfg = load_config("micro", ["data.swap_prob=1.0"])
+    cfg = load_config("micro", ["data.swap_prob=1.0", "data.clip_seconds=1.0"])
     ds = StoreDataset(tmp_path / "st", "train", cfg, augment=True)
     raw = ds.reader.sample(0, 0)
     f = raw["features"]
-    assert set(f) == {"image/lr", "mirror/image/lr"}
-    assert np.allclose(f["mirror/image/lr"], f["image/lr"][:, ::-1])  # left and right halves exchanged
+    assert set(f) == {"colmeans", "mirror/colmeans"} and f["colmeans"].dtype == np.float16
+    assert f["colmeans"].shape[0] == raw["frames"].shape[0] == 16  # the whole 2-s clip at 8 fps
+    assert np.allclose(f["mirror/colmeans"], f["colmeans"][:, ::-1])  # left and right halves exchanged
     it = ds.item_at(0, 0, np.random.default_rng(0))  # swap_prob 1: the mirrored example
-    assert it["swapped"] and torch.equal(it["features"]["image/lr"], torch.from_numpy(f["mirror/image/lr"]))
-    assert torch.equal(ds[0]["features"]["image/lr"], torch.from_numpy(f["image/lr"]))
-    monkeypatch.delitem(sys.modules, "visaudio.pretrained")
+    s0 = int(round(it["start_s"] * 8))
+    assert it["swapped"] and it["features"]["colmeans"].shape[0] == cfg.n_sync_frames == 8  # cropped to the window
+    assert torch.equal(it["features"]["colmeans"], torch.from_numpy(f["mirror/colmeans"][s0:s0 + 8]))
+    assert torch.equal(ds[0]["features"]["colmeans"], torch.from_numpy(f["colmeans"][:8]))
+    monkeypatch.undo()
     with pytest.raises(StoreError, match="parts.image 'column-means-v1' \\(store\\) != None"):
         StoreDataset(tmp_path / "st" / s["key"], "train", load_config("micro"))
 

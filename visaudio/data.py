@@ -275,13 +275,14 @@ class ManifestDataset(torch.utils.data.Dataset):
 
 
 def make_item(cfg: Config, audio: np.ndarray, frames: np.ndarray, meta: dict[str, Any], idx: int,
-              rng: np.random.Generator | None, augment: bool, features: dict[str, np.ndarray] | None = None
-              ) -> dict[str, Any]:
+              rng: np.random.Generator | None, augment: bool, features: dict[str, np.ndarray] | None = None,
+              rates: dict[str, float | None] | None = None) -> dict[str, Any]:
     """One training example from a whole decoded clip: the window (random start when ``augment``
     and ``rng``), the L/R swap, mono folding, camera trajectory. Shared by the per-clip dataset
     and the feature store, so both sources give the same example for the same draws. With a
     swap, stored ``mirror/`` features replace the plain ones (frozen parts' features of the
-    mirrored example, which cannot be derived by flipping)."""
+    mirrored example, which cannot be derived by flipping). Whole-clip features with a time rate
+    in ``rates`` are cropped to the same window."""
     d = cfg.data
     k = int(round(d.sync_fps / d.fps))
     n_patch_total = frames.shape[0] // k
@@ -317,6 +318,10 @@ def make_item(cfg: Config, audio: np.ndarray, frames: np.ndarray, meta: dict[str
         "traj": torch.from_numpy(traj),
     }
     if features:
+        if rates:
+            from visaudio.pretrained import crop_features
+
+            features = crop_features(features, rates, start_s, d.clip_seconds)
         pick = {k[len("mirror/"):]: v for k, v in features.items() if k.startswith("mirror/")} if swapped else \
             {k: v for k, v in features.items() if not k.startswith("mirror/")}
         out["features"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pick.items()}

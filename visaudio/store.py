@@ -65,16 +65,9 @@ class StoreError(DataError):
 
 
 def load_frozen_parts(cfg: Config, device: str = "cpu") -> list[Any]:
-    """The config's frozen parts (pretrained encoders, codec); [] for from-scratch configs.
-    ``visaudio.pretrained`` may be absent in this checkout: only that absence means []."""
-    import importlib
+    """The config's frozen parts (pretrained encoders, learned codec); [] for from-scratch configs."""
+    from visaudio import pretrained
 
-    try:
-        pretrained = importlib.import_module("visaudio.pretrained")
-    except ModuleNotFoundError as e:
-        if e.name == "visaudio.pretrained":
-            return []
-        raise
     return list(pretrained.frozen_parts(cfg, device))
 
 
@@ -100,6 +93,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _store_dtype(key: str, v: np.ndarray) -> np.ndarray:
+    """Encoder features are kept as float16 (half the disk; the model casts them back); codec
+    latents stay float32, they are the flow's regression target."""
+    if v.dtype.kind == "f" and key.rsplit("/", 1)[-1] != "latents":
+        return v.astype(np.float16)
+    return v
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -185,7 +186,7 @@ def _write_shard(job: _ShardJob, parts: list[Any] | None = None) -> dict[str, An
                                type(e).__name__})
                 print(f"warning: prepare: clip {meta['clip_id']} skipped: {failed[-1]['error']}", file=sys.stderr)
                 continue
-            yield audio, frames, meta, feats
+            yield audio, frames, meta, {k: _store_dtype(k, v) for k, v in feats.items()}
 
     return write_shard(out_dir, job.split, job.shard, decoded(), failed, [str(r["clip_id"]) for r in job.rows])
 
@@ -267,7 +268,8 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
     kdir.mkdir(parents=True, exist_ok=True)
     meta_path = kdir / STORE_META
     meta = {"store_version": STORE_VERSION, "key": key, "settings": settings, "config": cfg.model_dump(),
-            "manifest": str(Path(manifest_dir).resolve())}  # identical on every rank
+            "manifest": str(Path(manifest_dir).resolve()),  # identical on every rank
+            "rates": {k: r for p in parts for k, r in getattr(p, "rates", {}).items()}}
     if not meta_path.is_file():  # every rank may write it: same content, atomic rename
         _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
     jobs: list[_ShardJob] = []

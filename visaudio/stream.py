@@ -21,6 +21,7 @@ batches.
 from __future__ import annotations
 
 import bisect
+import json
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,8 @@ class StoreDataset(torch.utils.data.Dataset):
         self.key_dir = find_store(store, config)
         self.reader = StoreReader(self.key_dir, split)
         self.n_missing = len(self.reader.failed)
+        # time rates of the frozen parts' feature keys, so a training window crops them too
+        self.rates = json.loads((self.key_dir / "store.json").read_text()).get("rates", {})
         self._starts = np.cumsum([0] + self.reader.shard_sizes).tolist()
 
     @property
@@ -75,7 +78,7 @@ class StoreDataset(torch.utils.data.Dataset):
     def item_at(self, shard: int, offset: int, rng: np.random.Generator | None) -> dict[str, Any]:
         s = self.reader.sample(shard, offset)
         return make_item(self.cfg, s["audio"], s["frames"], s["meta"], self._starts[shard] + offset, rng, self.augment,
-                         s["features"])
+                         s["features"], self.rates)
 
     def item(self, idx: int, rng: np.random.Generator | None) -> dict[str, Any]:
         return self.item_at(*self.locate(idx), rng)

@@ -203,9 +203,9 @@ class FlowLoss(nn.Module):
         self.model = model
         self.side_weight = float(side_weight)
 
-    def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t) -> torch.Tensor:
+    def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t, features=None) -> torch.Tensor:
         m = self.model
-        cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None)
+        cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None, features=features)
         cond = m.drop_conditions(cond, drop_v, drop_t)
         tt = t.view(-1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * x1
@@ -640,15 +640,18 @@ def train(manifest_dir: str | Path | None, config: str | Path | Config, run_dir:
                 t = torch.sigmoid(u * tc.t_std + tc.t_mean).to(dev)
                 dr = torch.stack([torch.rand(2, generator=g) for g in gens])
                 drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
-                audio = batch["audio"].to(dev)
-                with torch.no_grad():
-                    x1 = model.normalize(codec.encode(audio).float())
+                feats = batch.get("features") or {}
+                cond_feats = {k: v.to(dev) for k, v in feats.items() if k in ("image", "motion", "text", "text_mask")}
+                with torch.no_grad():  # a frozen codec's latents come from the store when it has them
+                    z = feats["latents"].to(dev) if "latents" in feats and cfg.data.channels != "mono" else \
+                        codec.encode(batch["audio"].to(dev))
+                    x1 = model.normalize(z.float())
                 last_micro = m == tc.grad_accum - 1
                 sync = contextlib.nullcontext() if (world == 1 or last_micro) else loss_mod.no_sync()
                 with sync:
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                         per = loss_mod(x0, x1, t, batch["frames"].to(dev), batch["caption"], batch["traj"].to(dev),
-                                       drop_v, drop_t)
+                                       drop_v, drop_t, cond_feats or None)
                     (per.sum() / b_rank).backward()
                 lsum += per.detach().double().sum().cpu()
                 per_all.append(per.detach())
