@@ -316,3 +316,22 @@ def test_prepare_split_over_ranks_writes_each_shard_once(toy7, tmp_path):
     r0 = prepare(toy7, "micro", tmp_path / "st", rank=0, world=2, **quiet)
     assert r0["complete"] and r0["clips_written"] == 4
     assert len(StoreDataset(tmp_path / "st", "train", load_config("micro"))) == 7
+
+
+def test_torchrun_two_ranks_on_the_store_match_one_process(store, tmp_path):
+    """Real DDP (gloo, 2 processes, a loader worker each): the latent statistics are all-reduced
+    and each rank streams its own half of every global batch, so the losses equal one process's."""
+    import subprocess
+    import sys
+
+    ov = ["train.batch_size=4", "train.num_threads=1", "train.ckpt_every=1000", "data.augment=true"]
+    one = train(None, "micro", tmp_path / "one", max_steps=3, overrides=ov, progress=False, store=store)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29737", "-m",
+           "visaudio.cli", "train", "--store", str(store), "--config", "micro", "--run-dir", str(tmp_path / "two"),
+           "--max-steps", "3"] + [x for o in ov + ["train.num_workers=1"] for x in ("--set", o)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    two = _losses(tmp_path / "two")
+    assert sorted(two) == [1, 2, 3]
+    assert max(abs(two[k] - v) for k, v in one["losses"]) < 1e-4, (two, one["losses"])
