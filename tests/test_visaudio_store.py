@@ -208,6 +208,13 @@ def test_posthoc_ema_run_exports_a_generation_checkpoint(store, tmp_path):
     assert r.exit_code == 0, r.output
     ck = torch.load(tmp_path / "p.pt", weights_only=True)
     assert ck["step"] == 6 and set(ck["ema"]) == set(torch.load(run / "ckpt" / "last.pt", weights_only=True)["ema"])
+    from fixtures_model import _write_mp4
+
+    vid = tmp_path / "v.mp4"
+    _write_mp4(vid, np.full((12, 24, 32, 3), 90, np.uint8), 8.0)
+    r = CliRunner().invoke(app, ["generate", str(vid), "--ckpt", str(tmp_path / "p.pt"), "--out", str(tmp_path / "g.mp4"),
+                                 "--steps", "2"])
+    assert r.exit_code == 0, r.output  # the synthesised EMA generates
 
 
 def test_train_cli_needs_store_or_manifest(tmp_path):
