@@ -274,6 +274,7 @@ class DissolveCheck:
         self.rgb: dict[int, np.ndarray] = {}  # float32 colour, for the blend fit
         self.v: dict[int, np.ndarray] = {}  # blurred value, for the tile test
         self.x: dict[int, float] = {}  # accumulated yaw shift (columns of the proxy)
+        self.jump: dict[int, bool] = {}  # frame-to-frame change from the frame before >= threshold
         self.found: list[tuple[float, int, int, int]] = []  # (change, zone start, zone end, cut)
         self.pan_max = 0
         self._fft: np.ndarray | None = None
@@ -292,11 +293,14 @@ class DissolveCheck:
         fv = np.fft.rfft(v - v.mean(), axis=1)
         self.x[i] = self.x[i - 1] + self._pan(self._fft, fv) if i - 1 in self.v else 0.0
         self._fft = fv
-        for d in (self.hsv, self.rgb, self.v, self.x):
+        self.jump[i] = i - 1 in self.hsv and self._close(i - 1, i) >= self.hi
+        for d in (self.hsv, self.rgb, self.v, self.x, self.jump):
             d.pop(i - self.keep, None)
         q = i - self.ahead
         for k in self.spans:
-            if q - k in self.rgb:
+            # a span over a frame-to-frame jump holds a hard cut or a flash, which the hard-cut
+            # detector and the flash check judge; the shortest span still sees 1-2-frame blends
+            if q - k in self.rgb and (k == self.spans[0] or not any(self.jump.get(m, False) for m in range(q - k + 1, q + 1))):
                 self._check(q - k, q, i)
 
     def _pan(self, fa: np.ndarray, fb: np.ndarray) -> float:
