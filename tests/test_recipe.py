@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from biaudio.build.recipe import (
+from biaudio.errors import RecipeError
+from biaudio.recipe import (
     PLACEHOLDER_SECTIONS,
     builtin_recipes,
     load_recipe,
     recipe_from_dict,
     recipe_hash,
 )
-from biaudio.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
 

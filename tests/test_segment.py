@@ -157,8 +157,8 @@ def test_dissolve_is_not_detected(tmp_path, frames):
 
 def test_flash_keys_in_recipes():
     """The recipes set the flash check; a bad value stops the build naming the dotted key."""
-    from biaudio.build.recipe import load_recipe
     from biaudio.errors import RecipeError
+    from biaudio.recipe import load_recipe
 
     for name in ("demo", "biaudio"):
         assert load_recipe(name).segment.flash_frames == 5
@@ -171,7 +171,7 @@ def test_flash_keys_in_recipes():
 def test_flash_check_off_keeps_the_old_recipe_hash():
     """Off, the check changes no data, so its keys stay out of the hash (an old build resumes);
     on, they are in it."""
-    from biaudio.build.recipe import load_recipe, recipe_hash
+    from biaudio.recipe import load_recipe, recipe_hash
 
     off = load_recipe("demo", ["segment.flash_frames=0"])
     assert recipe_hash(off) == recipe_hash(load_recipe("demo", ["segment.flash_frames=0", "segment.flash_structure=0.9"]))

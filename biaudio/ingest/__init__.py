@@ -181,7 +181,7 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     ``extra`` (needs ``info``): more branches of the same video decode, each a :class:`VideoBranch`
     (a filter chain from one split of the decoded video, and its raw outputs with their record
     sizes and sinks). The build renders its clips this way inside the analysis decode
-    (``biaudio.build.pipeline``), so the video is decoded once per source. Their sinks must never
+    (``biaudio.stages.item``), so the video is decoded once per source. Their sinks must never
     stop reading (a failing sink records its error and discards the rest), or ffmpeg would block."""
     path = Path(path)
     header_mode = info is None
@@ -414,7 +414,7 @@ def analyze_file(
     once. An audio-only pass (its input dump is the probe) comes first; then
     ``plan(info, foa, sr, windows)`` gets the ambiX FOA and the windows the segmentation gives if
     the video has no cut, and returns :class:`VideoBranch` es that ride along in the video pass
-    (the build's renders of those windows, see ``biaudio.build.pipeline``). The analysis itself
+    (the build's renders of those windows, see ``biaudio.stages.item``). The analysis itself
     (scores, windows, rejects) is the same with or without ``plan``; the audio-only pass costs
     ~0.1 s for a 10-s 4-channel Vorbis track, a second decode of the video for the render ~0.6 s.
     """

@@ -1,7 +1,7 @@
 """The stage chain for one source item: fetch -> validate/clean/segment -> per window: direction,
 trajectory, binaural, spatial-cue filter, video render, caption -> manifest rows.
 
-Why this shape: the engine (``biaudio.build.executor``) runs ``process_item`` in worker processes
+Why this shape: the engine (``biaudio.engine.run``) runs ``process_item`` in worker processes
 or Ray tasks and treats its :class:`ItemResult` as the item's complete outcome. So every
 item-level failure becomes a reject dict here (with the stage that failed and a reason slug), a
 rejected clip leaves no files (rejected windows are cleaned up), and only bugs escape as
@@ -36,18 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from biaudio.build.render import (
+from biaudio.engine.types import ItemResult, WorkItem, source_field
+from biaudio.errors import BiaudioError
+from biaudio.stages.render import (
     clip_paths,
     output_fps,
     remove_clip_files,
     render_binaural_along,
     render_clip,
 )
-from biaudio.build.spatial_cue import FORMULA
-from biaudio.build.spatial_cue import check as spatial_cue_check
-from biaudio.build.trajectory import make_trajectory
-from biaudio.build.types import ItemResult, WorkItem, source_field
-from biaudio.errors import BiaudioError
+from biaudio.stages.spatial_cue import FORMULA
+from biaudio.stages.spatial_cue import check as spatial_cue_check
+from biaudio.stages.trajectory import make_trajectory
 
 
 class _Timer:
@@ -115,7 +115,7 @@ class _Speculation:
 
     def plan(self, info: Any, foa: np.ndarray, sr_src: int, planned: list) -> list:
         """Audio side of each planned window; a render branch for those that pass the spatial cue."""
-        from biaudio.build.render import ClipRender
+        from biaudio.stages.render import ClipRender
 
         t0 = time.perf_counter()
         try:
@@ -273,7 +273,7 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
         return res
     foa = spec.foa if spec.foa is not None else _at_render_rate(foa, int(a.audio_sr), sr, timer)  # planned: done
 
-    from biaudio.build.splits import section_start
+    from biaudio.engine.splits import section_start
 
     timeline = getattr(recipe, "timeline", None)
     offset = section_start(src, bool(getattr(timeline, "offset_from_name", False)))
@@ -368,7 +368,7 @@ def _process_window(w, clip_id: str, source_id: str, path: Path, probe: Any, foa
                     ) -> tuple[dict, int]:
     """One window -> (row, bytes written); raises BiaudioError (with its stage) to reject the clip.
     With ``spec``: the window's audio side and render from the analysis decode when it made them."""
-    from biaudio.build.caption import get_captioner
+    from biaudio.stages.caption import get_captioner
 
     duration = float(w.end_s - w.start_s)
     prep = spec.prepared(w) if spec is not None else None

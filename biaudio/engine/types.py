@@ -4,7 +4,7 @@ These are plain dataclasses, not pydantic models, because they travel to worker 
 (``spawn`` pickles them) and to Ray tasks (cloudpickle): the fewer moving parts in a pickled
 object, the fewer surprises on a remote node.
 
-Contract with ``biaudio.build.pipeline.process_item(item, recipe, out_dir, log) -> ItemResult``:
+Contract with ``biaudio.stages.item.process_item(item, recipe, out_dir, log) -> ItemResult``:
 
 * ``ItemResult.rows`` are manifest rows *without* ``group_id``, ``split``, ``schema_version``,
   ``recipe_hash`` and ``tool_versions``; the engine adds those when it assembles

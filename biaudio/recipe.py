@@ -32,8 +32,8 @@ from biaudio.errors import RecipeError
 # sections that currently use a permissive placeholder (their stage module is not importable)
 PLACEHOLDER_SECTIONS: dict[str, str] = {}
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # packaged copies (biaudio/recipes)
-REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # packaged copies (biaudio/recipes)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Strict(BaseModel):
@@ -75,10 +75,10 @@ SilenceConfig = _stage_config("biaudio.clean.silence", "SilenceConfig")
 StaticConfig = _stage_config("biaudio.clean.static", "StaticConfig")
 SpeechConfig = _stage_config("biaudio.clean.speech", "SpeechConfig")
 SegmentConfig = _stage_config("biaudio.segment", "SegmentConfig")
-TrajectoryConfig = _stage_config("biaudio.build.trajectory", "TrajectoryConfig")
-RenderConfig = _stage_config("biaudio.build.render", "RenderConfig")
-SpatialCueConfig = _stage_config("biaudio.build.spatial_cue", "SpatialCueConfig")
-CaptionConfig = _stage_config("biaudio.build.caption", "CaptionConfig")
+TrajectoryConfig = _stage_config("biaudio.stages.trajectory", "TrajectoryConfig")
+RenderConfig = _stage_config("biaudio.stages.render", "RenderConfig")
+SpatialCueConfig = _stage_config("biaudio.stages.spatial_cue", "SpatialCueConfig")
+CaptionConfig = _stage_config("biaudio.stages.caption", "CaptionConfig")
 AnnotateConfig = _stage_config("biaudio.annotate.config", "AnnotateConfig")
 
 
@@ -155,7 +155,7 @@ class SplitConfig(_Strict):
     @field_validator("group_pattern")
     @classmethod
     def _pattern(cls, v: str | None) -> str | None:
-        from biaudio.build.splits import check_group_pattern
+        from biaudio.engine.splits import check_group_pattern
 
         check_group_pattern(v)
         return v
@@ -175,7 +175,7 @@ class TimelineConfig(_Strict):
 class ExecutionConfig(_Strict):
     """How the build runs; excluded from the recipe hash (it never changes the data).
 
-    ``item_fn`` replaces ``biaudio.build.pipeline:process_item`` ("module:function" or
+    ``item_fn`` replaces ``biaudio.stages.item:process_item`` ("module:function" or
     "/path/file.py:function"); it exists for the engine's tests (a fast, controllable stand-in)
     and for experiments, and is never set by the shipped recipes.
     """

@@ -31,9 +31,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from biaudio.build.trajectory import Trajectory, frame_times
 from biaudio.errors import BiaudioError, MediaError
 from biaudio.spatial.angles import rotation_matrix, vec_to_dir
+from biaudio.stages.trajectory import Trajectory, frame_times
 
 log = logging.getLogger(__name__)
 STAGE = "render"
