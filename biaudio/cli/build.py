@@ -132,7 +132,7 @@ def build_cmd(
         _fail(console, json_out, f"build not started: {e}", 2)
         return
     except OSError as e:  # the output folder cannot be made or written (read-only, no permission)
-        from biaudio.commands._common import os_error_line
+        from biaudio.cli._common import os_error_line
 
         _fail(console, json_out, f"build not started: {os_error_line(e)}", 2)
         return
