@@ -179,7 +179,7 @@ def test_filters_judge_each_clip_and_foa_is_decoded_once(tmp_path: Path):
     assert bsr == 32000 and b.shape[0] == 8 * 32000 and np.sqrt(np.mean(b ** 2)) > 1e-3
     assert not (tmp_path / "out" / "clips" / "half_0.mp4").exists()
 
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
 
     a = analyze_file(video, segment_cfg=recipe.segment, speech_cfg=recipe.clean.speech, keep_foa=False)
     s0, s1 = (a.window_scores[c]["silence"] for c in ("half_0", "half_8000"))

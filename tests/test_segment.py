@@ -188,7 +188,7 @@ def test_ingest_keeps_the_fireworks_window(tmp_path):
     import numpy as np
 
     from biaudio.clean.speech import SpeechConfig
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
     from biaudio.media.video import mux_foa
     from biaudio.synth import FlashScene
 

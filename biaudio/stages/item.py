@@ -6,7 +6,7 @@ or Ray tasks and treats its :class:`ItemResult` as the item's complete outcome. 
 item-level failure becomes a reject dict here (with the stage that failed and a reason slug), a
 rejected clip leaves no files (rejected windows are cleaned up), and only bugs escape as
 exceptions. The front half (probe, validate, silence/speech/static filters, shot segmentation) is
-``biaudio.ingest.analyze_file``: one ffmpeg decode feeds the static filter, the shot detector and
+``biaudio.ingest.analysis.analyze_file``: one ffmpeg decode feeds the static filter, the shot detector and
 the audio filters, and its audio comes back as ambiX FOA at the source rate, so the FOA is decoded
 once per source and only resampled here when the recipe's render rate differs. The filters judge
 each window (clip): a window that fails one becomes a reject row with its clip id, and its
@@ -201,7 +201,7 @@ def _from_error(item_id: str, e: BiaudioError, default_stage: str, clip_id: str 
 
 def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger) -> ItemResult:
     """Run every stage for one source item; returns kept rows, rejects, per-stage seconds, bytes."""
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
     from biaudio.ingest.fetch import fetch
 
     out_dir = Path(out_dir)

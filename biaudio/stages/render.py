@@ -192,7 +192,7 @@ def render_clip(
     the encoder already run side by side as three processes).
 
     The window is decoded by its own ffmpeg process here; the build usually renders inside the
-    analysis decode instead (:class:`ClipRender` as a branch of ``biaudio.ingest.shared_decode``),
+    analysis decode instead (:class:`ClipRender` as a branch of ``biaudio.media.multidecode.shared_decode``),
     with the same frames and so the same bytes.
     """
     from biaudio.media.video import iter_frames
@@ -299,11 +299,11 @@ class ClipRender:
         return self.crop is not None
 
     def branch(self):
-        """This clip as a :class:`biaudio.ingest.VideoBranch`: the window's frames (exact ``-ss``
+        """This clip as a :class:`biaudio.media.multidecode.VideoBranch`: the window's frames (exact ``-ss``
         semantics: ``trim`` from the start time, timestamps shifted to 0, then the output fps, the
         pre-downscale and the crop) and the preview frame. Sink errors are kept in ``error`` (the
         sink goes on reading, so the shared decoder never blocks)."""
-        from biaudio.ingest import VideoBranch
+        from biaudio.media.multidecode import VideoBranch
         from biaudio.media.video import crop_filter, frame_filters, snapshot_graph
 
         _, _, cw, ch = (int(v) for v in self.crop)
