@@ -91,16 +91,6 @@ class ItemResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ItemResult:
-        return cls(
-            item_id=d["item_id"],
-            rows=list(d.get("rows", [])),
-            rejects=list(d.get("rejects", [])),
-            stats=dict(d.get("stats", {})),
-            bytes_written=int(d.get("bytes_written", 0)),
-        )
-
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, dict):

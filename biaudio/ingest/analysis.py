@@ -158,7 +158,7 @@ def analyze_file(
     Never raises for bad input: the first source-level failure is returned in
     ``FileAnalysis.reject`` (with its stage) so the caller can write the reject row and go on.
 
-    The filters judge **clips** (PIPELINE.md stage 3): the per-chunk peaks, per-frame-pair MSEs and
+    The filters judge **clips** (the 8-s windows, not whole sources): the per-chunk peaks, per-frame-pair MSEs and
     per-VAD-frame activity are computed once over the source, then each window gets its own
     silence / speech / static ratios (``window_scores``) and verdict; failing windows go to
     ``window_rejects`` (first failing filter in the order silence, speech, static) and ``windows``
@@ -177,8 +177,9 @@ def analyze_file(
     ``plan(info, foa, sr, windows)`` gets the ambiX FOA and the windows the segmentation gives if
     the video has no cut, and returns :class:`biaudio.media.multidecode.VideoBranch` es that ride along in the video pass
     (the build's renders of those windows, see ``biaudio.stages.item``). The analysis itself
-    (scores, windows, rejects) is the same with or without ``plan``; the audio-only pass costs
-    ~0.1 s for a 10-s 4-channel Vorbis track, a second decode of the video for the render ~0.6 s.
+    (scores, windows, rejects) is the same with or without ``plan``; the audio-only pass is far
+    cheaper than the second decode of the video that the render would otherwise need
+    (benchmarks/bench_ingest.py measures both).
     """
     import cv2
 
@@ -193,7 +194,7 @@ def analyze_file(
     from biaudio.clean.static import StaticAccumulator, StaticConfig
     from biaudio.ingest.validate import ValidateConfig, validate_probe
     from biaudio.media.audio import count_audio_decode
-    from biaudio.media.probe import check_file
+    from biaudio.media.ffprobe import check_file
     from biaudio.segment import CutDetector, SegmentConfig, windows
 
     path = Path(path)
