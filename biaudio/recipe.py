@@ -209,9 +209,11 @@ class Recipe(_Strict):
 
 
 def builtin_recipes() -> dict[str, Path]:
-    """Recipes shipped with the package, by name: ``pipelines/*.yaml``, read from the wheel's
-    ``biaudio/recipes/`` when installed that way, else from the checkout's ``pipelines/``."""
-    folder = PACKAGED_RECIPES_DIR if PACKAGED_RECIPES_DIR.is_dir() else PIPELINES_DIR
+    """Recipes shipped with the package, by name: ``pipelines/*.yaml`` of the checkout (a source
+    tree or an editable install: a stray ``biaudio/recipes/`` there never shadows it), else the
+    wheel's ``biaudio/recipes/``, the same files."""
+    checkout = PIPELINES_DIR.is_dir() and (REPO_ROOT / "pyproject.toml").is_file()
+    folder = PIPELINES_DIR if checkout else PACKAGED_RECIPES_DIR
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 

@@ -120,7 +120,7 @@ def test_builtin_recipe_names_resolve_to_pipelines():
 
 def test_builtin_recipes_from_a_wheel_layout(tmp_path, monkeypatch):
     """Installed from a wheel, the recipes sit in biaudio/recipes/ (setup.py maps that data package
-    onto pipelines/): that folder is used when it exists."""
+    onto pipelines/) and there is no checkout around the package: that folder is used."""
     import shutil
 
     import biaudio.recipe as rmod
@@ -129,6 +129,8 @@ def test_builtin_recipes_from_a_wheel_layout(tmp_path, monkeypatch):
     packaged.mkdir()
     shutil.copy(REPO / "pipelines" / "demo.yaml", packaged / "demo.yaml")
     monkeypatch.setattr(rmod, "PACKAGED_RECIPES_DIR", packaged)
+    assert builtin_recipes()["demo"].parent == REPO / "pipelines"  # a checkout: pipelines/ wins
+    monkeypatch.setattr(rmod, "PIPELINES_DIR", tmp_path / "site-packages" / "pipelines")  # no checkout
     assert builtin_recipes() == {"demo": packaged / "demo.yaml"}
     assert recipe_hash(load_recipe("demo")) == recipe_hash(load_recipe(REPO / "pipelines" / "demo.yaml"))
 
