@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +118,28 @@ class _Grow:
         return self.buf[:, : self.n]
 
 
+@dataclass
+class _DecodeState:
+    """What :func:`analyze_file`'s decode callbacks share for one file: sized from the probe (which
+    arrives inside the decode, from ffmpeg's input dump), then filled block by block."""
+
+    sr: int = 48000  # audio rate and channels (from the probe)
+    ch: int = 4
+    n_chunk: int = 1  # silence-filter chunk, samples
+    audio: _Grow | None = None  # the decoded audio, (min(ch, 4), T)
+    det: Any = None  # segment.CutDetector fed by the proxy frames
+    acc: Any = None  # clean.static.StaticAccumulator fed by the gray frames (None: filter off)
+    pw: int = 0  # proxy frame size
+    ph: int = 0
+    sw: int = 0  # static-filter frame size
+    sh: int = 0
+    y_plane: bool = True  # static frames as the Y plane plus a LUT (8-bit YUV) instead of format=gray
+    two_pass: bool = False  # audio pass, the caller's plan, then the video pass
+    info: Any = None  # ProbeInfo
+    foa: np.ndarray | None = None  # ambiX FOA made for the plan (two-pass only)
+    speech_s: float = 0.0  # the speech detector's own seconds, wherever it ran
+
+
 def _plan_branches(plan, st, res: FileAnalysis, path: Path, segcfg, section, audio_passes) -> list:
     """Between the audio pass and the video pass: the FOA as ambiX and the windows of a video
     without cuts that pass the audio filters go to ``plan``; its branches join the video decode.
@@ -209,9 +231,7 @@ def analyze_file(
     # ---- one ffmpeg process: its input dump is the probe (no separate ffprobe process, see
     # biaudio.media.header), then one decode: audio blocks, proxy frames, 2-fps gray frames
     need_audio = scfg.enabled or spcfg.enabled or keep_foa
-    st = SimpleNamespace(sr=48000, ch=4, n_chunk=1, audio=None, det=None, acc=None, pw=0, ph=0, sw=0, sh=0,
-                         y_plane=True, two_pass=plan is not None and keep_foa, info=None, foa=None,
-                         speech_s=0.0)
+    st = _DecodeState(two_pass=plan is not None and keep_foa)
     peaks: list[np.ndarray] = []
     bad_audio: list[str] = []
     t0 = time.perf_counter()
