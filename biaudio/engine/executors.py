@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from biaudio.engine.types import ItemResult, WorkItem
+from biaudio.engine.types import ItemResult, WorkItem, reject_row
 from biaudio.engine.worker import run_item, warm_worker
 from biaudio.recipe import Recipe
 
@@ -83,6 +83,6 @@ def _crash_outcome(it: WorkItem, e: BaseException) -> dict:
     """A worker process died (not an exception inside process_item): no record, counted internal."""
     return {"item_id": it.item_id, "attempt": it.attempt, "internal": True, "write_error": None,
             "record_written": False, "wall_s": 0.0, "cpu_s": 0.0,
-            "result": ItemResult(it.item_id, rejects=[{"item_id": it.item_id, "stage": "internal",
-                                                       "reason": "worker_died", "detail": f"{type(e).__name__}: {e}",
-                                                       "attempt": it.attempt, "source_uri": it.source_uri}]).to_dict()}
+            "result": ItemResult(it.item_id, rejects=[reject_row(it.item_id, "internal", "worker_died",
+                                                                 f"{type(e).__name__}: {e}", attempt=it.attempt,
+                                                                 source_uri=it.source_uri)]).to_dict()}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from biaudio.engine.state import _read_record
-from biaudio.engine.types import WorkItem, safe_item_id, source_field
+from biaudio.engine.types import WorkItem, reject_row, safe_item_id, source_field
 from biaudio.recipe import Recipe, SynthSource, resolve_source_entry
 
 
@@ -48,8 +48,8 @@ def resolve_items(recipe: Recipe, out_dir: Path) -> tuple[list[WorkItem], list[d
     if plain:
         res = read_sources(plain)
         items.extend(res.items)
-        errors.extend({"item_id": safe_item_id(str(e.path or "source")), "stage": "sources", "reason": e.reason,
-                       "detail": e.detail, "attempt": 1, "source_uri": e.path} for e in res.errors)
+        errors.extend(reject_row(safe_item_id(str(e.path or "source")), "sources", e.reason, e.detail, attempt=1,
+                                 source_uri=e.path) for e in res.errors)
     # Ids must be a function of the input alone, never of its place in the list: when two different
     # inputs (a synthetic scene and a file, or two ids that differ only in unsafe characters) map
     # to the same item id, every one of them gets the id plus a hash of its identity.

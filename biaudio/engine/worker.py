@@ -21,7 +21,14 @@ from typing import Any
 
 from biaudio.engine.items import _prepare, source_fingerprint
 from biaudio.engine.state import MEDIA_DIRS, RECORD_VERSION, _json_default, _rows_files, record_path
-from biaudio.engine.types import TEMP_MARKER, ItemResult, WorkItem, source_field
+from biaudio.engine.types import (
+    TEMP_MARKER,
+    ItemResult,
+    WorkItem,
+    reject_from_error,
+    reject_row,
+    source_field,
+)
 from biaudio.errors import BiaudioError
 from biaudio.manifest import (
     SCHEMA_VERSION,
@@ -121,12 +128,10 @@ def run_item(item: WorkItem, recipe: Recipe, out_dir: str, item_fn: str, rhash: 
     except _PrepareFailed as pf:
         e = pf.error
         log.warning("preparing the input failed: %s", e)
-        result = ItemResult(item.item_id, rejects=[{"item_id": item.item_id, "stage": e.stage or "sources",
-                                                     "reason": e.reason, "detail": e.detail or str(e)}])
+        result = ItemResult(item.item_id, rejects=[reject_from_error(item.item_id, e, "sources")])
     except BiaudioError as e:  # the stages should turn these into rejects themselves; tolerate it
         log.warning("stage raised %s", e)
-        result = ItemResult(item.item_id, rejects=[{"item_id": item.item_id, "stage": e.stage or "pipeline",
-                                                     "reason": e.reason, "detail": e.detail or str(e)}])
+        result = ItemResult(item.item_id, rejects=[reject_from_error(item.item_id, e, "pipeline")])
     except Exception as e:  # noqa: BLE001 - a bug in a stage: record it, keep the build going
         result = _internal(item, e, log)
         outcome["internal"] = True
@@ -250,15 +255,14 @@ def _finish(outcome: dict, result: ItemResult, item: WorkItem, wall0: float, cpu
 
 
 def _write_reject(item: WorkItem, where: str, e: OSError) -> dict:
-    return {"item_id": item.item_id, "stage": "write", "reason": _WRITE_ERRNOS.get(e.errno or 0, "write_error"),
-            "detail": f"{where}: {e}", "attempt": item.attempt, "source_uri": item.source_uri}
+    return reject_row(item.item_id, "write", _WRITE_ERRNOS.get(e.errno or 0, "write_error"), f"{where}: {e}",
+                      attempt=item.attempt, source_uri=item.source_uri)
 
 
 def _internal(item: WorkItem, e: BaseException, log: logging.Logger | None) -> ItemResult:
     if log is not None:
         log.error("internal error:\n%s", "".join(traceback.format_exception(e)))
-    return ItemResult(item.item_id, rejects=[{"item_id": item.item_id, "stage": "internal",
-                                              "reason": type(e).__name__, "detail": str(e)[:2000]}])
+    return ItemResult(item.item_id, rejects=[reject_row(item.item_id, "internal", type(e).__name__, str(e)[:2000])])
 
 
 def _source_dict(source: Any) -> dict:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from biaudio.engine.types import ItemResult, WorkItem, source_field
+from biaudio.engine.types import ItemResult, WorkItem, reject_from_error, reject_row, source_field
 from biaudio.errors import BiaudioError
 from biaudio.stages.render import (
     clip_paths,
@@ -188,15 +188,13 @@ def _as_source_item(source: Any, item_id: str):
 
 
 def _reject(item_id: str, stage: str, reason: str, detail: str, clip_id: str | None = None) -> dict:
-    d = {"item_id": item_id, "stage": stage, "reason": reason, "detail": detail}
-    if clip_id is not None:
-        d["clip_id"] = clip_id
-    return d
+    return reject_row(item_id, stage, reason, detail, **({} if clip_id is None else {"clip_id": clip_id}))
 
 
 def _from_error(item_id: str, e: BiaudioError, default_stage: str, clip_id: str | None = None) -> dict:
     where = f"{e.path}: " if e.path else ""
-    return _reject(item_id, e.stage or default_stage, e.reason, f"{where}{e.detail}".strip(), clip_id)
+    return reject_from_error(item_id, e, default_stage, f"{where}{e.detail}".strip(),
+                             **({} if clip_id is None else {"clip_id": clip_id}))
 
 
 def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger) -> ItemResult:
