@@ -53,10 +53,10 @@ def main() -> None:
 
     from biaudio.annotate.config import AnnotateConfig, AVConsistencyConfig
     from biaudio.annotate.stages import AVConsistencyStage
-    from biaudio.build.caption import CaptionConfig, ClipRef, LocalModelCaptioner
-    from biaudio.build.executor import build
-    from biaudio.build.manifest import read_manifest
-    from biaudio.build.recipe import load_recipe
+    from biaudio.engine.run import build
+    from biaudio.manifest import read_manifest
+    from biaudio.recipe import load_recipe
+    from biaudio.stages.caption import CaptionConfig, ClipRef, LocalModelCaptioner
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-annotate-"))
     scenes = max(1, args.clips // 2)

@@ -24,9 +24,9 @@ from test_caption import av_clip, tiny_omni_model, tiny_text_model  # noqa: F401
 
 from biaudio.annotate.config import AnnotateConfig, AVConsistencyConfig
 from biaudio.annotate.engine import annotate, read_record, record_path
-from biaudio.build import caption as cap
-from biaudio.build.caption import CaptionConfig, ClipRef
 from biaudio.errors import BiaudioError
+from biaudio.stages import caption as cap
+from biaudio.stages.caption import CaptionConfig, ClipRef
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SET = ("sources.0.synth.scenes=4", "sources.0.synth.duration=8", "sources.0.synth.size=[480,240]",
@@ -186,7 +186,7 @@ def _captions_file(out: Path, skip: str) -> Path:
 
 
 def test_annotate_versions_qa_and_recipe_hash(dataset: Path, av_towers: Path):
-    from biaudio.build.recipe import load_recipe, recipe_hash
+    from biaudio.recipe import load_recipe, recipe_hash
     from biaudio.review import qa
     from biaudio.review.db import QADatabase, db_path
 
@@ -226,10 +226,10 @@ def test_annotate_versions_qa_and_recipe_hash(dataset: Path, av_towers: Path):
     rh = recipe_hash(load_recipe("demo", DEMO_SET))
     assert set(m1.column("recipe_hash").to_pylist()) == {rh}
     assert (out / ".state" / "build.json").read_bytes() == build_json
-    from biaudio.build.manifest import read_manifest
+    from biaudio.manifest import read_manifest
 
     read_manifest(out)  # still a valid v1 manifest for every reader
-    from biaudio.build.validate import validate
+    from biaudio.engine.check import validate
 
     assert validate(out, check_media=False).ok
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from biaudio.build.executor import build
-from biaudio.build.recipe import load_recipe
+from biaudio.engine.run import build
+from biaudio.recipe import load_recipe
 from biaudio.spatial.angles import dir_to_vec, world_to_camera_dir
 from biaudio.synth import load_truth
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from biaudio.build import caption as cap
-from biaudio.build.caption import CaptionConfig, get_captioner, parse_caption
 from biaudio.errors import BiaudioError, RejectItem
+from biaudio.stages import caption as cap
+from biaudio.stages.caption import CaptionConfig, get_captioner, parse_caption
 
 
 def test_parse_caption_variants():

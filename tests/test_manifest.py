@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from biaudio.build import manifest as m
+from biaudio import manifest as m
 from biaudio.errors import BiaudioError
 
 REPO = Path(__file__).resolve().parents[1]

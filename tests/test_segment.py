@@ -248,8 +248,8 @@ def _cuts(frames, fps, cfg):
 
 def test_flash_keys_in_recipes():
     """The recipes set the flash check; a bad value stops the build naming the dotted key."""
-    from biaudio.build.recipe import load_recipe
     from biaudio.errors import RecipeError
+    from biaudio.recipe import load_recipe
 
     for name in ("demo", "biaudio"):
         assert load_recipe(name).segment.flash_frames == 5
@@ -265,7 +265,7 @@ def test_flash_keys_in_recipes():
 def test_checks_off_keep_the_old_recipe_hash():
     """Off, the flash and dissolve checks change no data, so their keys stay out of the hash (an old
     build resumes); on, they are in it."""
-    from biaudio.build.recipe import load_recipe, recipe_hash
+    from biaudio.recipe import load_recipe, recipe_hash
 
     both = ["segment.flash_frames=0", "segment.dissolve_frames=0"]
     off = load_recipe("demo", both)
@@ -289,7 +289,7 @@ def test_ingest_keeps_the_fireworks_window(tmp_path):
     import numpy as np
 
     from biaudio.clean.speech import SpeechConfig
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
     from biaudio.media.video import mux_foa
     from biaudio.synth import FlashScene
 

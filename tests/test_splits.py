@@ -13,15 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from biaudio.build import manifest as m
-from biaudio.build import splits as S
-from biaudio.build.executor import build, check_out_dir, resolve_items
-from biaudio.build.recipe import load_recipe, recipe_from_dict
-from biaudio.build.upgrade import upgrade
-from biaudio.build.validate import validate
+from biaudio import manifest as m
 from biaudio.cli import app
+from biaudio.engine import splits as S
+from biaudio.engine.check import validate
+from biaudio.engine.items import resolve_items
+from biaudio.engine.run import build
+from biaudio.engine.state import check_out_dir
+from biaudio.engine.upgrade import upgrade
 from biaudio.errors import BiaudioError, RecipeError
 from biaudio.ingest.sources import SourceItem, read_sources
+from biaudio.recipe import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "test_build_engine_standin.py"

@@ -18,7 +18,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from biaudio.commands._common import tidy_help
+    from biaudio.cli._common import tidy_help
     from visaudio.commands import evaluate, model, store
 
     model.register(app)

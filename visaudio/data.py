@@ -44,8 +44,8 @@ class VideoTooShortError(DataError):
 def _read_manifest(path: Path) -> pd.DataFrame:
     """The manifest through biaudio's reader: v1 and v2 files alike (v1 gets ``group_id`` and
     source-video times derived), an unknown schema version is a DataError naming it."""
-    from biaudio.build.manifest import read_manifest_frame
     from biaudio.errors import BiaudioError
+    from biaudio.manifest import read_manifest_frame
 
     try:
         return read_manifest_frame(path)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from biaudio.build.caption import CaptionConfig
+from biaudio.stages.caption import CaptionConfig
 
 
 class AVConsistencyConfig(BaseModel):

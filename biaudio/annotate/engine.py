@@ -35,9 +35,9 @@ import pyarrow as pa
 
 from biaudio.annotate.config import AnnotateConfig
 from biaudio.annotate.stages import Stage, make_stages, worker_label
-from biaudio.build.caption import ClipRef
-from biaudio.build.manifest import MANIFEST_NAME, atomic_write_text, read_manifest
 from biaudio.errors import BiaudioError
+from biaudio.manifest import MANIFEST_NAME, atomic_write_text, read_manifest
+from biaudio.stages.caption import ClipRef
 
 RECORD_VERSION = 1
 STATE_DIR = Path(".state") / "annotate"
@@ -274,7 +274,7 @@ def annotate(out_dir: Path | str, cfg: AnnotateConfig, *, retry_failed: list[str
     Raises :class:`BiaudioError` for a problem with the run as a whole (no manifest, no stage turned
     on, a checkpoint that is missing or does not load, the folder locked by a build).
     """
-    from biaudio.build.executor import _Lock
+    from biaudio.engine.state import _Lock
 
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -397,7 +397,7 @@ def _write_version(out: Path, stages: list[Stage], keys: dict[str, str], media: 
     """Annotation columns from the records -> a new manifest version (only when something changed)."""
     import pyarrow.parquet as pq
 
-    from biaudio.build import manifest as mf
+    from biaudio import manifest as mf
     from biaudio.review.qa import _atomic_copy, _next_version_path
 
     old = read_manifest(out)

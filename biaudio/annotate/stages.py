@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 
 from biaudio.annotate.config import AnnotateConfig, resolve_device
-from biaudio.build.caption import Caption, CaptionConfig, ClipRef, decode_many, get_captioner
 from biaudio.errors import BiaudioError
+from biaudio.stages.caption import Caption, CaptionConfig, ClipRef, decode_many, get_captioner
 
 
 def _sha256_file(path: Path) -> str:
@@ -53,7 +53,7 @@ def checkpoint_sha256(folder: Path, cache: Path | None = None) -> str:
             changed = True
         h.update(f"{p.relative_to(folder).as_posix()}\0{memo[k]}\n".encode())
     if cache is not None and changed:
-        from biaudio.build.manifest import atomic_write_text
+        from biaudio.manifest import atomic_write_text
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(memo, indent=0, sort_keys=True))

@@ -9,5 +9,5 @@
 * ``qa.py``     ``qa summary`` (counts, Cohen's kappa between passes) and ``qa apply`` (policies ->
   ``qa_status``/``qa_reason`` in a new manifest; the old one kept in ``manifest_versions/``).
 
-CLI: ``biaudio review OUT``, ``biaudio qa summary OUT``, ``biaudio qa apply OUT`` (biaudio/commands/review.py).
+CLI: ``biaudio review OUT``, ``biaudio qa summary OUT``, ``biaudio qa apply OUT`` (biaudio/cli/review.py).
 """

@@ -1,11 +1,11 @@
 """Read a built manifest for review: schema check, clip selection (``--where``, ``--sample``) and
 per-clip payloads for the page.
 
-The manifest is read with pyarrow (not through ``biaudio.build.manifest.read_manifest``, which
+The manifest is read with pyarrow (not through ``biaudio.manifest.read_manifest``, which
 checks every column) so review works on any v1 or v2 manifest, including hand-made or partial
 ones: only ``schema_version``, ``clip_id`` and ``video_path`` are required, every other column is
 optional and shows up as "n/a" on the page. The versions accepted and the v1 -> v2 conversion for
-display (``group_id``, times in the source video) come from ``biaudio.build.manifest``; ``qa
+display (``group_id``, times in the source video) come from ``biaudio.manifest``; ``qa
 apply`` writes back the table as read, so a v1 file stays v1 until ``biaudio upgrade``. The
 arrow table stays columnar; one row is converted to Python only when the page asks for it, so a
 100K-clip manifest with per-frame trajectories does not become millions of dicts at startup.
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from biaudio.build.manifest import READABLE_SCHEMA_VERSIONS
 from biaudio.errors import BiaudioError
+from biaudio.manifest import READABLE_SCHEMA_VERSIONS
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset(READABLE_SCHEMA_VERSIONS)
 REQUIRED_COLUMNS = ("schema_version", "clip_id", "video_path")
@@ -264,7 +264,7 @@ def select_rows(table, where: str | None = None, sample: int | None = None, seed
 def load_clipset(
     out_dir: Path, where: str | None = None, sample: int | None = None, seed: int = 0
 ) -> ClipSet:
-    from biaudio.build.manifest import v1_to_v2
+    from biaudio.manifest import v1_to_v2
 
     table = v1_to_v2(read_manifest_table(out_dir))  # a v1 file shows its derived group and video times
     return ClipSet(Path(out_dir), table, select_rows(table, where, sample, seed))

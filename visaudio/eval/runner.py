@@ -103,8 +103,8 @@ def load_split(manifest_dir: Path, split: str, need_model: bool = True) -> pd.Da
             except ValueError as e:  # visaudio.data.DataError
                 raise EvalError(f"no usable clips: {e}") from None
     if df is None:
-        from biaudio.build.manifest import read_manifest_frame
         from biaudio.errors import BiaudioError
+        from biaudio.manifest import read_manifest_frame
 
         try:  # v1 and v2 alike (v1: group_id derived on read)
             df = read_manifest_frame(manifest_dir)

@@ -23,7 +23,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from biaudio.build.manifest import (
+from biaudio.engine.splits import SPLITS, assign_splits, leaking_groups
+from biaudio.errors import BiaudioError
+from biaudio.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     SchemaVersionError,
@@ -34,8 +36,6 @@ from biaudio.build.manifest import (
     read_rejects,
     write_rejects,
 )
-from biaudio.build.splits import SPLITS, assign_splits, leaking_groups
-from biaudio.errors import BiaudioError
 
 STATE = ".state"
 
@@ -44,7 +44,7 @@ def _split_config(out: Path) -> tuple[Any, str]:
     """The folder's split settings (``recipe.yaml``), or the defaults when it has none."""
     import yaml
 
-    from biaudio.build.recipe import SplitConfig
+    from biaudio.recipe import SplitConfig
 
     path = out / "recipe.yaml"
     if not path.is_file():
@@ -62,7 +62,7 @@ def upgrade(out_dir: Path | str, *, dry_run: bool = False) -> dict:
     Raises BiaudioError when there is no manifest, :class:`SchemaVersionError` for a version this
     biaudio cannot read, and ``BuildLockedError`` while a build writes the folder.
     """
-    from biaudio.build.executor import _Lock
+    from biaudio.engine.state import _Lock
 
     out = Path(out_dir)
     version = manifest_version(out)
@@ -125,7 +125,7 @@ def _state_files_to_stamp(out: Path) -> list[Path]:
 
 
 def _write_manifest_v2(out: Path, rows: list[dict]) -> Path:
-    from biaudio.build.manifest import _atomic_write_table
+    from biaudio.manifest import _atomic_write_table
     from biaudio.review.qa import VERSIONS_DIR, _atomic_copy, _next_version_path
 
     path = out / MANIFEST_NAME

@@ -1,5 +1,7 @@
-"""`biaudio` command line. Each stage's commands live in ``biaudio/commands/<area>.py``; this file
-only assembles them, so `biaudio --help` stays fast (heavy imports happen inside commands)."""
+"""`biaudio` command line. Each area's commands live in ``biaudio/cli/<area>.py`` (each exposes
+``register(app, qa_app)``), the one error format and JSON shape in ``biaudio/cli/_common.py``; this
+file only assembles them, so `biaudio --help` stays fast (heavy imports happen inside commands).
+``python -m biaudio.cli`` runs it too (``__main__.py``)."""
 
 from __future__ import annotations
 
@@ -21,9 +23,17 @@ qa_app = typer.Typer(help="Summarise manual QA passes and apply their decisions 
 app.add_typer(qa_app, name="qa")
 
 
-def _register() -> None:
-    from biaudio.commands import register_all
+def register_all(app: typer.Typer, qa_app: typer.Typer) -> None:
+    from biaudio.cli import annotate, build, core, ingest, review, synth
+    from biaudio.cli._common import guard_app, tidy_help
 
+    for mod in (synth, core, ingest, build, annotate, review):
+        mod.register(app, qa_app)
+    tidy_help(app)
+    guard_app(app)
+
+
+def _register() -> None:
     register_all(app, qa_app)
 
 
@@ -32,7 +42,3 @@ _register()
 
 def main() -> None:  # console-script entry point
     app()
-
-
-if __name__ == "__main__":
-    main()

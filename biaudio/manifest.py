@@ -27,14 +27,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biaudio.build.splits import (
+from biaudio.engine.splits import (
     SplitList,
     assign_splits,
     group_id_from_row,
     hash_split,
     section_start_from_row,
 )
-from biaudio.build.types import temp_path
+from biaudio.engine.types import temp_path
 from biaudio.errors import BiaudioError
 
 SCHEMA_VERSION = 2
@@ -143,7 +143,7 @@ def assign_split(group_id: str, fractions: tuple[float, float], salt: str) -> st
     """``train``/``val``/``test`` from a hash of the *group* id (the original video, never the clip).
 
     ``fractions`` = (val_fraction, test_fraction). Every clip of one video lands in the same
-    split, and adding videos never moves existing ones. See :mod:`biaudio.build.splits`.
+    split, and adding videos never moves existing ones. See :mod:`biaudio.engine.splits`.
     """
     return hash_split(str(group_id), fractions, salt)
 
@@ -215,8 +215,8 @@ def complete_rows(
     """Add the engine's columns (group, split, schema_version, recipe_hash, tool_versions, QA) to stage rows.
 
     A row without ``group_id`` gets the one its ``source_id``/``source_uri`` imply
-    (:func:`biaudio.build.splits.group_id_from_row`); the engine sets it from the source item.
-    Splits are assigned per group (:func:`biaudio.build.splits.assign_splits`); ``report``, when
+    (:func:`biaudio.engine.splits.group_id_from_row`); the engine sets it from the source item.
+    Splits are assigned per group (:func:`biaudio.engine.splits.assign_splits`); ``report``, when
     given, receives the split report (``stats.json`` ``split``).
     """
     versions = tool_versions() if versions is None else versions
@@ -367,7 +367,7 @@ def manifest_version(out_dir: Path | str) -> int | None:
 def v1_to_v2(table: pa.Table) -> pa.Table:
     """Add the v2 columns a v1 table lacks; returns the table unchanged when it has them.
 
-    ``group_id`` from ``source_id``/``source_uri`` (:func:`biaudio.build.splits.group_id_from_row`;
+    ``group_id`` from ``source_id``/``source_uri`` (:func:`biaudio.engine.splits.group_id_from_row`;
     ``clip_id`` when a hand-made table has no ``source_id``). ``section_start_s``: a YouTube source
     whose id is ``<ytid>_<start>`` was a sectioned download; its ``start_s``/``end_s`` were times in
     the section and become times in the video. Works on partial tables (only the columns present

@@ -2,7 +2,8 @@
 
 Why one module for both: the dataset's value is that picture and sound agree. The video frames and
 the binaural rotation use the same per-frame poses at the same frame times (``traj.t``), so a source
-seen on the right of the image is heard louder in the right ear (CONVENTIONS §7).
+seen on the right of the image is heard louder in the right ear (docs/ARCHITECTURE.md, conventions §7;
+checked by tests/test_spatial_projection.py).
 
 Memory and speed: source frames are streamed once per clip, either from a branch of the source's
 analysis decode (:meth:`ClipRender.branch`, the build's default) or from a decode of the window alone
@@ -31,9 +32,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from biaudio.build.trajectory import Trajectory, frame_times
 from biaudio.errors import BiaudioError, MediaError
 from biaudio.spatial.angles import rotation_matrix, vec_to_dir
+from biaudio.stages.trajectory import Trajectory, frame_times
 
 log = logging.getLogger(__name__)
 STAGE = "render"
@@ -192,7 +193,7 @@ def render_clip(
     the encoder already run side by side as three processes).
 
     The window is decoded by its own ffmpeg process here; the build usually renders inside the
-    analysis decode instead (:class:`ClipRender` as a branch of ``biaudio.ingest.shared_decode``),
+    analysis decode instead (:class:`ClipRender` as a branch of ``biaudio.media.multidecode.shared_decode``),
     with the same frames and so the same bytes.
     """
     from biaudio.media.video import iter_frames
@@ -299,11 +300,11 @@ class ClipRender:
         return self.crop is not None
 
     def branch(self):
-        """This clip as a :class:`biaudio.ingest.VideoBranch`: the window's frames (exact ``-ss``
+        """This clip as a :class:`biaudio.media.multidecode.VideoBranch`: the window's frames (exact ``-ss``
         semantics: ``trim`` from the start time, timestamps shifted to 0, then the output fps, the
         pre-downscale and the crop) and the preview frame. Sink errors are kept in ``error`` (the
         sink goes on reading, so the shared decoder never blocks)."""
-        from biaudio.ingest import VideoBranch
+        from biaudio.media.multidecode import VideoBranch
         from biaudio.media.video import crop_filter, frame_filters, snapshot_graph
 
         _, _, cw, ch = (int(v) for v in self.crop)

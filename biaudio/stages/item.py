@@ -1,12 +1,12 @@
 """The stage chain for one source item: fetch -> validate/clean/segment -> per window: direction,
 trajectory, binaural, spatial-cue filter, video render, caption -> manifest rows.
 
-Why this shape: the engine (``biaudio.build.executor``) runs ``process_item`` in worker processes
+Why this shape: the engine (``biaudio.engine.run``) runs ``process_item`` in worker processes
 or Ray tasks and treats its :class:`ItemResult` as the item's complete outcome. So every
 item-level failure becomes a reject dict here (with the stage that failed and a reason slug), a
 rejected clip leaves no files (rejected windows are cleaned up), and only bugs escape as
 exceptions. The front half (probe, validate, silence/speech/static filters, shot segmentation) is
-``biaudio.ingest.analyze_file``: one ffmpeg decode feeds the static filter, the shot detector and
+``biaudio.ingest.analysis.analyze_file``: one ffmpeg decode feeds the static filter, the shot detector and
 the audio filters, and its audio comes back as ambiX FOA at the source rate, so the FOA is decoded
 once per source and only resampled here when the recipe's render rate differs. The filters judge
 each window (clip): a window that fails one becomes a reject row with its clip id, and its
@@ -36,18 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from biaudio.build.render import (
+from biaudio.engine.types import ItemResult, WorkItem, reject_from_error, reject_row, source_field
+from biaudio.errors import BiaudioError
+from biaudio.stages.render import (
     clip_paths,
     output_fps,
     remove_clip_files,
     render_binaural_along,
     render_clip,
 )
-from biaudio.build.spatial_cue import FORMULA
-from biaudio.build.spatial_cue import check as spatial_cue_check
-from biaudio.build.trajectory import make_trajectory
-from biaudio.build.types import ItemResult, WorkItem, source_field
-from biaudio.errors import BiaudioError
+from biaudio.stages.spatial_cue import FORMULA
+from biaudio.stages.spatial_cue import check as spatial_cue_check
+from biaudio.stages.trajectory import make_trajectory
 
 
 class _Timer:
@@ -115,7 +115,7 @@ class _Speculation:
 
     def plan(self, info: Any, foa: np.ndarray, sr_src: int, planned: list) -> list:
         """Audio side of each planned window; a render branch for those that pass the spatial cue."""
-        from biaudio.build.render import ClipRender
+        from biaudio.stages.render import ClipRender
 
         t0 = time.perf_counter()
         try:
@@ -188,20 +188,18 @@ def _as_source_item(source: Any, item_id: str):
 
 
 def _reject(item_id: str, stage: str, reason: str, detail: str, clip_id: str | None = None) -> dict:
-    d = {"item_id": item_id, "stage": stage, "reason": reason, "detail": detail}
-    if clip_id is not None:
-        d["clip_id"] = clip_id
-    return d
+    return reject_row(item_id, stage, reason, detail, **({} if clip_id is None else {"clip_id": clip_id}))
 
 
 def _from_error(item_id: str, e: BiaudioError, default_stage: str, clip_id: str | None = None) -> dict:
     where = f"{e.path}: " if e.path else ""
-    return _reject(item_id, e.stage or default_stage, e.reason, f"{where}{e.detail}".strip(), clip_id)
+    return reject_from_error(item_id, e, default_stage, f"{where}{e.detail}".strip(),
+                             **({} if clip_id is None else {"clip_id": clip_id}))
 
 
 def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger) -> ItemResult:
     """Run every stage for one source item; returns kept rows, rejects, per-stage seconds, bytes."""
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
     from biaudio.ingest.fetch import fetch
 
     out_dir = Path(out_dir)
@@ -273,7 +271,7 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
         return res
     foa = spec.foa if spec.foa is not None else _at_render_rate(foa, int(a.audio_sr), sr, timer)  # planned: done
 
-    from biaudio.build.splits import section_start
+    from biaudio.engine.splits import section_start
 
     timeline = getattr(recipe, "timeline", None)
     offset = section_start(src, bool(getattr(timeline, "offset_from_name", False)))
@@ -368,7 +366,7 @@ def _process_window(w, clip_id: str, source_id: str, path: Path, probe: Any, foa
                     ) -> tuple[dict, int]:
     """One window -> (row, bytes written); raises BiaudioError (with its stage) to reject the clip.
     With ``spec``: the window's audio side and render from the analysis decode when it made them."""
-    from biaudio.build.caption import get_captioner
+    from biaudio.stages.caption import get_captioner
 
     duration = float(w.end_s - w.start_s)
     prep = spec.prepared(w) if spec is not None else None

@@ -125,7 +125,7 @@ def clean_cmd(
 ) -> None:
     """Run the silence, static-video and speech filters (and segmentation) on files; print every score."""
     from biaudio.clean.speech import SpeechConfig
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
 
     cfg = _validate_cfg(declare, allow_16x9, False)
     sp = SpeechConfig(backend=speech_backend, checkpoint=checkpoint, max_speech_ratio=max_speech)

@@ -4,10 +4,9 @@ Why pydantic with ``extra="forbid"`` at every level: a typo in a recipe (``widht
 the build with a message naming ``render.widht``, not silently build a dataset with defaults.
 
 Stage configs are owned by the stage modules (ingest/clean/segment by the ingest area,
-trajectory/render/spatial_cue/caption by the per-clip stages); this module only nests them. They
-are imported defensively: while a stage module does not exist yet, a permissive placeholder
-section stands in (listed in ``PLACEHOLDER_SECTIONS``), so the engine can be developed and tested
-independently of the stages.
+trajectory/render/spatial_cue/caption by the per-clip stages, annotate by ``biaudio.annotate``);
+this module only nests them, so a stage's options are declared once, next to the code that reads
+them.
 
 ``recipe_hash`` is a stable hash of the canonical JSON of everything that changes the *data*
 (so it excludes ``output`` and ``execution``: the same dataset built with 1 or 16 workers, here
@@ -18,7 +17,6 @@ not make the build render again).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,59 +25,30 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from biaudio.annotate.config import AnnotateConfig
+from biaudio.clean.silence import SilenceConfig
+from biaudio.clean.speech import SpeechConfig
+from biaudio.clean.static import StaticConfig
 from biaudio.errors import RecipeError
+from biaudio.ingest.fetch import FetchConfig
+from biaudio.ingest.validate import ValidateConfig
+from biaudio.segment import SegmentConfig
+from biaudio.stages.caption import CaptionConfig
+from biaudio.stages.render import RenderConfig
+from biaudio.stages.spatial_cue import SpatialCueConfig
+from biaudio.stages.trajectory import TrajectoryConfig
 
-# sections that currently use a permissive placeholder (their stage module is not importable)
-PLACEHOLDER_SECTIONS: dict[str, str] = {}
-
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # packaged copies (biaudio/recipes)
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# pipelines/ is the one home of the built-in recipes (a source checkout, an editable install); a
+# wheel carries the same files as the data package biaudio.recipes (setup.py maps it onto pipelines/)
+PIPELINES_DIR = REPO_ROOT / "pipelines"
+PACKAGED_RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _placeholder(qualname: str) -> type[BaseModel]:
-    """A permissive stand-in section for a stage config class that is not importable yet."""
-    cls = type(
-        f"Placeholder_{qualname.rsplit('.', 1)[-1]}",
-        (BaseModel,),
-        {"__doc__": f"Placeholder for {qualname} (module not available).", "model_config": ConfigDict(extra="allow")},
-    )
-    return cls
-
-
-def _stage_config(module: str, name: str) -> type[BaseModel]:
-    """The stage's config class; a placeholder only while the stage module does not exist at all.
-
-    Any other import failure propagates: a stage module that exists but is broken must fail
-    loudly, not silently change what a recipe accepts (and its hash).
-    """
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        PLACEHOLDER_SECTIONS[f"{module}.{name}"] = "module not found"
-        return _placeholder(f"{module}.{name}")
-    cls = getattr(mod, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-        raise ImportError(f"{module}.{name} is not a pydantic model (the recipe section needs one)")
-    return cls
-
-
-FetchConfig = _stage_config("biaudio.ingest.fetch", "FetchConfig")
-ValidateConfig = _stage_config("biaudio.ingest.validate", "ValidateConfig")
-SilenceConfig = _stage_config("biaudio.clean.silence", "SilenceConfig")
-StaticConfig = _stage_config("biaudio.clean.static", "StaticConfig")
-SpeechConfig = _stage_config("biaudio.clean.speech", "SpeechConfig")
-SegmentConfig = _stage_config("biaudio.segment", "SegmentConfig")
-TrajectoryConfig = _stage_config("biaudio.build.trajectory", "TrajectoryConfig")
-RenderConfig = _stage_config("biaudio.build.render", "RenderConfig")
-SpatialCueConfig = _stage_config("biaudio.build.spatial_cue", "SpatialCueConfig")
-CaptionConfig = _stage_config("biaudio.build.caption", "CaptionConfig")
-AnnotateConfig = _stage_config("biaudio.annotate.config", "AnnotateConfig")
 
 
 class SynthParams(_Strict):
@@ -102,7 +71,8 @@ SourceEntry = str | SynthSource
 
 
 class CleanSection(_Strict):
-    """The Sphere360 filters (PIPELINE.md stage 3)."""
+    """The Sphere360 filters: silence, static video, speech (each a score in the manifest, and a
+    reason when it rejects)."""
 
     silence: SilenceConfig = Field(default_factory=SilenceConfig)  # type: ignore[valid-type]
     static: StaticConfig = Field(default_factory=StaticConfig)  # type: ignore[valid-type]
@@ -110,7 +80,8 @@ class CleanSection(_Strict):
 
 
 class DirectionSection(_Strict):
-    """Steered-power dominant-direction estimator (CONVENTIONS §4); ``to_config`` -> DirectionConfig."""
+    """Steered-power dominant-direction estimator (docs/ARCHITECTURE.md, conventions §4);
+    ``to_config`` -> DirectionConfig."""
 
     band_hz: tuple[float, float] = (200.0, 8000.0)
     window_s: float = Field(0.2, gt=0)
@@ -155,7 +126,7 @@ class SplitConfig(_Strict):
     @field_validator("group_pattern")
     @classmethod
     def _pattern(cls, v: str | None) -> str | None:
-        from biaudio.build.splits import check_group_pattern
+        from biaudio.engine.splits import check_group_pattern
 
         check_group_pattern(v)
         return v
@@ -175,7 +146,7 @@ class TimelineConfig(_Strict):
 class ExecutionConfig(_Strict):
     """How the build runs; excluded from the recipe hash (it never changes the data).
 
-    ``item_fn`` replaces ``biaudio.build.pipeline:process_item`` ("module:function" or
+    ``item_fn`` replaces ``biaudio.stages.item:process_item`` ("module:function" or
     "/path/file.py:function"); it exists for the engine's tests (a fast, controllable stand-in)
     and for experiments, and is never set by the shipped recipes.
     """
@@ -238,8 +209,12 @@ class Recipe(_Strict):
 
 
 def builtin_recipes() -> dict[str, Path]:
-    """Recipes shipped with the package (``biaudio/recipes/*.yaml``), by name."""
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+    """Recipes shipped with the package, by name: ``pipelines/*.yaml`` of the checkout (a source
+    tree or an editable install: a stray ``biaudio/recipes/`` there never shadows it), else the
+    wheel's ``biaudio/recipes/``, the same files."""
+    checkout = PIPELINES_DIR.is_dir() and (REPO_ROOT / "pyproject.toml").is_file()
+    folder = PIPELINES_DIR if checkout else PACKAGED_RECIPES_DIR
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
 def recipe_hash(recipe: Recipe) -> str:

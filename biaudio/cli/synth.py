@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from biaudio.commands._common import parse_size as _parse_size
+from biaudio.cli._common import parse_size as _parse_size
 
 
 def _parse_dir(s: str | None) -> tuple[float, float] | None:
@@ -83,7 +83,7 @@ def synth_command(
             else:
                 typer.echo(f"{p.video}  {p.truth_json}")
     except (BiaudioError, ValueError, OSError) as e:
-        from biaudio.commands._common import os_error_line
+        from biaudio.cli._common import os_error_line
 
         typer.echo(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", err=True)
         raise typer.Exit(1) from e

@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from biaudio.build.manifest import SCHEMA_VERSION, SPLITS, read_manifest, read_stats
 from biaudio.errors import BiaudioError
+from biaudio.manifest import SCHEMA_VERSION, SPLITS, read_manifest, read_stats
 
 
 def compute_stats(records: list[dict], rows: list[dict], rejects: list[dict], *, n_items: int, rhash: str) -> dict:

@@ -66,9 +66,9 @@ def build_cmd(
              "build did not write are never deleted; a file at a path the build writes (clips/<clip_id>.mp4) "
              "is replaced."),
 ) -> None:
-    from biaudio.build.executor import build
-    from biaudio.build.recipe import load_recipe
+    from biaudio.engine.run import build
     from biaudio.errors import BiaudioError, RecipeError
+    from biaudio.recipe import load_recipe
 
     console = _console(json_out)
     overrides = list(set_)
@@ -132,7 +132,7 @@ def build_cmd(
         _fail(console, json_out, f"build not started: {e}", 2)
         return
     except OSError as e:  # the output folder cannot be made or written (read-only, no permission)
-        from biaudio.commands._common import os_error_line
+        from biaudio.cli._common import os_error_line
 
         _fail(console, json_out, f"build not started: {os_error_line(e)}", 2)
         return
@@ -194,7 +194,7 @@ def validate_cmd(
 
     Exit status 0 only when no problem is found; each problem names the clip and the check.
     """
-    from biaudio.build.validate import validate
+    from biaudio.engine.check import validate
 
     console = _console(json_out)
     rep = validate(out_dir, tolerance_s=tolerance, check_media=not no_media)
@@ -231,7 +231,7 @@ def upgrade_cmd(
 
     Exit status 0 when the folder is v2 afterwards (or already was), 1 when it cannot be upgraded.
     """
-    from biaudio.build.upgrade import upgrade
+    from biaudio.engine.upgrade import upgrade
     from biaudio.errors import BiaudioError
 
     console = _console(json_out)
@@ -261,7 +261,7 @@ def stats_cmd(
 ) -> None:
     """Summarise a build folder: items done/pending, clips per split, rejects per stage and reason,
     time per stage, bytes written, QA status counts."""
-    from biaudio.build import stats as st
+    from biaudio.engine import stats as st
     from biaudio.errors import BiaudioError
 
     console = _console(json_out)

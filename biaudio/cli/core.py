@@ -14,14 +14,14 @@ from pathlib import Path
 
 import typer
 
-from biaudio.commands._common import parse_size as _parse_size
-from biaudio.commands._common import refuse_overwrite
+from biaudio.cli._common import parse_size as _parse_size
+from biaudio.cli._common import refuse_overwrite
 
 CONVENTION_HELP = "FOA channel convention of the input: ambix (ACN/SN3D; YouTube, Sphere360, DCASE), fuma, ambix-n3d."
 
 
 def _fail(exc: Exception, as_json: bool) -> None:
-    from biaudio.commands._common import os_error_line
+    from biaudio.cli._common import os_error_line
 
     reason = getattr(exc, "reason", type(exc).__name__)
     line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)

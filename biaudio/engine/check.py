@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from biaudio.build.manifest import QA_STATUSES, SCHEMA_VERSION, SPLITS, manifest_version, read_manifest
-from biaudio.build.splits import leaking_groups
+from biaudio.engine.splits import leaking_groups
 from biaudio.errors import BiaudioError
+from biaudio.manifest import QA_STATUSES, SCHEMA_VERSION, SPLITS, manifest_version, read_manifest
 from biaudio.media.ffpath import probe_args
 
 

@@ -4,14 +4,14 @@ These are plain dataclasses, not pydantic models, because they travel to worker 
 (``spawn`` pickles them) and to Ray tasks (cloudpickle): the fewer moving parts in a pickled
 object, the fewer surprises on a remote node.
 
-Contract with ``biaudio.build.pipeline.process_item(item, recipe, out_dir, log) -> ItemResult``:
+Contract with ``biaudio.stages.item.process_item(item, recipe, out_dir, log) -> ItemResult``:
 
 * ``ItemResult.rows`` are manifest rows *without* ``group_id``, ``split``, ``schema_version``,
   ``recipe_hash`` and ``tool_versions``; the engine adds those when it assembles
   ``manifest.parquet`` (``group_id`` from the item's source, the split per group). Their
   ``start_s``/``end_s`` are times in the source video (``section_start_s`` added).
-* ``ItemResult.rejects`` are dicts ``{item_id, stage, reason, detail}`` (optionally ``clip_id``);
-  the engine adds ``attempt`` and ``source_uri``.
+* ``ItemResult.rejects`` are dicts ``{item_id, stage, reason, detail}`` (optionally ``clip_id``),
+  made by :func:`reject_row` / :func:`reject_from_error`; the engine adds ``attempt`` and ``source_uri``.
 * ``ItemResult.stats`` maps stage name -> seconds spent.
 * ``process_item`` raises nothing for item-level failures; anything it does raise is recorded by
   the engine as a reject with ``stage="internal"`` (a bug, which makes the build exit non-zero).
@@ -91,15 +91,18 @@ class ItemResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ItemResult:
-        return cls(
-            item_id=d["item_id"],
-            rows=list(d.get("rows", [])),
-            rejects=list(d.get("rejects", [])),
-            stats=dict(d.get("stats", {})),
-            bytes_written=int(d.get("bytes_written", 0)),
-        )
+
+def reject_row(item_id: str, stage: str, reason: str, detail: str, **extra: Any) -> dict:
+    """One reject as records and ``rejects.parquet`` carry it: the one place such dicts are made.
+    ``extra``: ``clip_id`` for a window, ``attempt`` / ``source_uri`` where the engine knows them."""
+    return {"item_id": item_id, "stage": stage, "reason": reason, "detail": detail, **extra}
+
+
+def reject_from_error(item_id: str, e: Any, default_stage: str, detail: str | None = None, **extra: Any) -> dict:
+    """A reject from a :class:`biaudio.errors.BiaudioError`, which already carries stage, reason and
+    detail (``default_stage`` where it names none; ``detail`` defaults to its detail, else its text)."""
+    return reject_row(item_id, e.stage or default_stage, e.reason, (e.detail or str(e)) if detail is None else detail,
+                      **extra)
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
