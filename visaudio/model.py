@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visaudio import flow_matching as FM
 from visaudio.config import Config
 from visaudio.encoders import (
     SyncEncoder,
@@ -476,7 +477,7 @@ class ViSAudio(nn.Module):
             return self(x, t, cond)
         vv = self(torch.cat([x, x]), torch.cat([t, t]), Conditions.cat(cond, null))
         vc, vu = vv.chunk(2)
-        return vu + cfg * (vc - vu)
+        return FM.guide(vc, vu, cfg)
 
     @torch.no_grad()
     def sample(self, cond: Conditions, steps: int = 25, cfg: float = 4.5, seed: int = 0,
@@ -490,11 +491,7 @@ class ViSAudio(nn.Module):
             null = self.null_conditions(B, dev)
             if cond.traj is not None:
                 null = replace(null, traj=cond.traj)
-        ts = torch.linspace(0, 1, steps + 1, device=dev)
-        for i in range(steps):
-            t = ts[i].expand(B)
-            x = x + (ts[i + 1] - ts[i]) * self.velocity(x, t, cond, null, cfg).float()
-        return x
+        return FM.euler_sample(lambda x, t: self.velocity(x, t, cond, null, cfg), x, steps)
 
 
 def param_counts(model: ViSAudio) -> dict[str, int]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from visaudio import flow_matching as FM
 from visaudio.config import Config, load_config
 from visaudio.data import DataError, ManifestDataset, collate
 
@@ -207,17 +208,8 @@ class FlowLoss(nn.Module):
         m = self.model
         cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None, features=features)
         cond = m.drop_conditions(cond, drop_v, drop_t)
-        tt = t.view(-1, 1, 1, 1)
-        xt = (1 - tt) * x0 + tt * x1
-        v = m(xt, t, cond)
-        e = v.float() - (x1 - x0)
-        if self.side_weight == 1.0:
-            return e.pow(2).mean(dim=(2, 3)).sum(1)  # summed over L and R
-        # |e_L|^2 + |e_R|^2 = |e_L + e_R|^2 / 2 + |e_L - e_R|^2 / 2: reweight the side half
-        # (train.side_loss_weight; 1.0 gives the line above)
-        mid = (e[:, 0] + e[:, 1]).pow(2).mean(dim=(1, 2)) / 2
-        side = (e[:, 0] - e[:, 1]).pow(2).mean(dim=(1, 2)) / 2
-        return mid + self.side_weight * side
+        v = m(FM.interpolate(x0, x1, t), t, cond)
+        return FM.flow_loss(v, x0, x1, self.side_weight)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -636,8 +628,7 @@ def train(manifest_dir: str | Path | None, config: str | Path | Config, run_dir:
                 js = [it["g"] - step * tc.batch_size for it in chunk]  # index in the global batch
                 gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, step, j)) for j in js]
                 x0 = torch.cat([model.prior_noise(1, g) for g in gens]).to(dev)
-                u = torch.stack([torch.randn(1, generator=g) for g in gens]).view(-1)
-                t = torch.sigmoid(u * tc.t_std + tc.t_mean).to(dev)
+                t = FM.sample_t(gens, tc.t_mean, tc.t_std).to(dev)
                 dr = torch.stack([torch.rand(2, generator=g) for g in gens])
                 drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
                 feats = batch.get("features") or {}
@@ -753,8 +744,7 @@ def validate(model, codec, ds: ManifestDataset, cfg: Config, dev, step: int, max
     for tv in ts:
         x0 = model.prior_noise(n, g).to(dev)
         t = torch.full((n,), tv, device=dev)
-        xt = (1 - tv) * x0 + tv * x1
-        tot += float((model(xt, t, cond).float() - (x1 - x0)).pow(2).mean(dim=(2, 3)).sum(1).mean())
+        tot += float(FM.flow_loss(model(FM.interpolate(x0, x1, tv), t, cond), x0, x1).mean())
     out = {"step": float(step), "val_loss": tot / len(ts)}
     k = min(n, tc.val_clips)
     if k > 0:
