@@ -89,10 +89,11 @@ def rss(work: Path, steps: int) -> dict:
 def step(work: Path, steps: int) -> dict:
     import torch
 
+    from visaudio.checkpoint import build_model
     from visaudio.config import load_config
     from visaudio.data import collate
     from visaudio.stream import BatchStream, StoreDataset, StreamingDataset
-    from visaudio.train import FlowLoss, build_model
+    from visaudio.train import FlowLoss
 
     torch.set_num_threads(1)
     cfg = load_config("tiny", ["train.batch_size=8"])

@@ -25,9 +25,10 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.5)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    from visaudio.checkpoint import build_model
     from visaudio.config import load_config
     from visaudio.generate import Synthesizer
-    from visaudio.train import FlowLoss, build_model
+    from visaudio.train import FlowLoss
 
     cfg = load_config(a.config)
     model, codec = build_model(cfg)

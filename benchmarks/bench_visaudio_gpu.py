@@ -33,8 +33,9 @@ def main() -> None:
     if not torch.cuda.is_available() and not a.allow_cpu:
         print(json.dumps({"bench": "visaudio_gpu", "error": "CUDA is not available: this benchmark needs a GPU"}))
         sys.exit(2)
+    from visaudio.checkpoint import build_model
     from visaudio.config import load_config
-    from visaudio.train import FlowLoss, build_model
+    from visaudio.train import FlowLoss
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -120,7 +120,8 @@ def unpack_cache(carry: Path, manifest_dir: Path, config: str) -> Path:
 def _train_worker(name: str, manifest: str, config: str, run: str, budget_s: float, probe: int,
                   overrides: list[str], device: str, q) -> None:
 
-    from visaudio.train import read_checkpoint_file, train
+    from visaudio.checkpoint import read_checkpoint_file
+    from visaudio.train import train
 
     ov = COMMON + RUNS[name] + overrides
     t0 = time.time()
@@ -182,7 +183,7 @@ def generate_clips(carry: Path, run: Path, out: Path, device: str, steps: int = 
 def export(runs: Path, out: Path, names: list[str] | None = None) -> None:
     import torch
 
-    from visaudio.train import read_checkpoint_file
+    from visaudio.checkpoint import read_checkpoint_file
 
     out.mkdir(parents=True, exist_ok=True)
     for name in names or list(RUNS):
@@ -238,7 +239,7 @@ def unpack_runs(src: Path, runs: Path, names: list[str] | None = None) -> None:
     import torch
     import yaml
 
-    from visaudio.train import read_checkpoint_file
+    from visaudio.checkpoint import read_checkpoint_file
 
     for name in names or list(RUNS):
         f = src / name / "last.pt"

@@ -19,14 +19,14 @@ import torch
 from fixtures_model import _write_mp4
 from typer.testing import CliRunner
 
-from visaudio.cli import app
-from visaudio.train import (
+from visaudio.checkpoint import (
     CKPT_NAME,
     PREV_CKPT_NAME,
     CheckpointUnreadable,
     UnsafeCheckpoint,
-    train,
 )
+from visaudio.cli import app
+from visaudio.train import train
 
 torch.set_num_threads(1)
 FAST = ["train.num_threads=1"]

@@ -16,9 +16,10 @@ import pytest
 import torch
 from fixtures_model import make_toy_manifest
 
+from visaudio.checkpoint import CheckpointMismatch
 from visaudio.config import load_config
 from visaudio.data import DataError, ManifestDataset, load_manifest_split, swap_caption
-from visaudio.train import CheckpointMismatch, TrainingDiverged, train
+from visaudio.train import TrainingDiverged, train
 
 torch.set_num_threads(1)
 FAST = ["train.num_threads=1"]

@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visaudio.config import Config, load_config
-from visaudio.data import DataError, VideoTooShortError, read_video_frames
-from visaudio.train import (
+from visaudio.checkpoint import (
     CKPT_NAME,
     CheckpointUnreadable,
     build_model,
@@ -27,6 +25,8 @@ from visaudio.train import (
     load_weights,
     newest_checkpoint,
 )
+from visaudio.config import Config, load_config
+from visaudio.data import DataError, VideoTooShortError, read_video_frames
 
 
 class GenerationError(RuntimeError):

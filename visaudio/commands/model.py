@@ -40,9 +40,10 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device"),
     ) -> None:
         """Train ViSAudio on a feature store or a manifest (works under `torchrun --nproc_per_node=K`)."""
+        from visaudio.checkpoint import CheckpointError
         from visaudio.config import ConfigError
         from visaudio.data import DataError
-        from visaudio.train import CheckpointError, RunFolderError, TrainingDiverged, train
+        from visaudio.train import RunFolderError, TrainingDiverged, train
 
         if (manifest is None) == (store is None):
             _fail("give exactly one of --store STORE (from `visaudio prepare`) or --manifest MANIFEST", 2)
@@ -98,10 +99,10 @@ def register(app: typer.Typer) -> None:
         """Generate binaural audio for VIDEO; writes OUT.flac and OUT.mp4 (H.264 + AAC)."""
         import math
 
+        from visaudio.checkpoint import CheckpointError
         from visaudio.config import ConfigError
         from visaudio.data import DataError
         from visaudio.generate import generate_to_files
-        from visaudio.train import CheckpointError
 
         if not math.isfinite(cfg):
             _fail(f"--cfg must be a finite number (e.g. 4.5), got {cfg}", 2)

@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="checkpoint file to write (for `visaudio generate --ckpt`)"),
     ) -> None:
         """Synthesise the EMA of any width from the run's post-hoc EMA snapshots."""
+        from visaudio.checkpoint import CheckpointError, atomic_save, newest_checkpoint
         from visaudio.phema import synthesize
-        from visaudio.train import CheckpointError, _atomic_save, newest_checkpoint
 
         if not 0 < sigma_rel < 0.5:
             _fail(f"--sigma-rel must be in (0, 0.5), got {sigma_rel}", 2)
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
                   "codec_state": ck.get("codec_state"), "posthoc_ema": {k: v for k, v in info.items()}}
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(export, out)
+            atomic_save(export, out)
         except OSError as e:
             _fail(_os_error(e))
         typer.echo(json.dumps({"out": str(out), **info}))

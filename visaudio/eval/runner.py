@@ -208,8 +208,8 @@ class SystemSource:
             run = self.cfg.ckpt if which == "visaudio" else self.cfg.mono_ckpt
             if run is None or not Path(run).exists():
                 raise EvalError(f"checkpoint run dir for {which!r} not found: {run}")
+            from visaudio.checkpoint import CheckpointError
             from visaudio.config import ConfigError
-            from visaudio.train import CheckpointError
 
             try:
                 self._synth[which] = Synthesizer.from_run(run, device=self.cfg.device, use_ema=True)
