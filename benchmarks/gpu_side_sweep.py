@@ -72,14 +72,14 @@ def pack(manifest: Path, out: Path) -> None:
     from gpu_train_demo import pack as pack_demo
     from test_visaudio_e2e import camera_azimuth
 
-    from visaudio.train import ild_db
+    from visaudio.eval.metrics import block_ild_db
 
     pack_demo(manifest, out, ["train"], "tiny", gen_split="test")
     df = pd.read_parquet(manifest / "manifest.parquet")
     truth = {}
     for _, row in df[df.split == "test"].iterrows():
         ref, sr = sf.read(str(manifest / row["audio_path"]), always_2d=True)
-        ild, energy = ild_db(ref.T, sr, 0.1)
+        ild, energy = block_ild_db(ref.T, sr, 0.1)
         times = (np.arange(len(ild)) + 0.5) * 0.1
         az, ok = camera_azimuth(row, times)
         lat = np.sin(np.deg2rad(az))
@@ -97,12 +97,12 @@ def side_stats(gen: dict[str, np.ndarray], truth: dict, sr: int) -> dict[str, fl
     """The e2e test's statistics over all clips (same masks and truncation)."""
     from scipy.stats import binomtest
 
-    from visaudio.train import ild_db
+    from visaudio.eval.metrics import block_ild_db
 
     gi, la, ri, per_clip = [], [], [], {}
     for cid, audio in gen.items():
         t = truth[cid]
-        ild, energy = ild_db(audio, sr, 0.1)
+        ild, energy = block_ild_db(audio, sr, 0.1)
         lat = np.asarray(t["lateral"])[: len(ild)]
         ok = np.asarray(t["ok"])[: len(ild)]
         m = ok & (np.abs(lat) > 0.25) & (energy > energy.max() - 30)
@@ -197,12 +197,12 @@ def run_one(name: str, seed: int, manifest: str, carry: str, runs: str, steps: i
         gens[tag] = gen
         res[tag] = side_stats(gen, truth, sr)
     # flip consistency: per-frame ILD of the mirrored video vs the original (all loud frames)
-    from visaudio.train import ild_db
+    from visaudio.eval.metrics import block_ild_db
 
     a, b = [], []
     for cid in clips:
-        ia, ea = ild_db(gens["cfg4.5"][cid], sr, 0.1)
-        ib, _ = ild_db(gens["cfg4.5_flip"][cid], sr, 0.1)
+        ia, ea = block_ild_db(gens["cfg4.5"][cid], sr, 0.1)
+        ib, _ = block_ild_db(gens["cfg4.5_flip"][cid], sr, 0.1)
         mm = ea > ea.max() - 30
         a.append(ia[mm])
         b.append(ib[mm])

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from biaudio.spatial.angles import world_to_camera_dir
-from visaudio.train import ild_db
+from visaudio.eval.metrics import block_ild_db
 
 torch.set_num_threads(1)
 
@@ -40,7 +40,7 @@ def camera_azimuth(row: pd.Series, times: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def side_follow_stats(audio: np.ndarray, sr: int, row: pd.Series, frame_s: float = 0.1) -> dict[str, float]:
-    ild, energy = ild_db(audio, sr, frame_s)
+    ild, energy = block_ild_db(audio, sr, frame_s)
     times = (np.arange(len(ild)) + 0.5) * frame_s
     az, ok = camera_azimuth(row, times)
     lateral = np.sin(np.deg2rad(az))

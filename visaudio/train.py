@@ -41,6 +41,7 @@ from visaudio.checkpoint import (
 )
 from visaudio.config import Config, load_config
 from visaudio.data import DataError, ManifestDataset, collate
+from visaudio.eval.metrics import block_ild_sign_agreement
 
 RESUME_KEYS = ("model", "ema", "opt", "sched", "sampler", "rng")
 
@@ -226,28 +227,6 @@ def _set_rng_state(st: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def ild_db(audio: np.ndarray, sr: int, frame_s: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame broadband ILD in dB (L over R) and frame energy (dB) of (2, T) audio."""
-    n = max(1, int(sr * frame_s))
-    k = audio.shape[1] // n
-    x = audio[:, : k * n].reshape(2, k, n).astype(np.float64)
-    e = (x**2).mean(-1) + 1e-12
-    return 10 * np.log10(e[0] / e[1]), 10 * np.log10(e.sum(0))
-
-
-def ild_sign_agreement(gen: np.ndarray, ref: np.ndarray, sr: int, gate_db: float = 30.0,
-                       min_abs_db: float = 1.0) -> float:
-    """Share of loud reference frames with a clear ILD (|ILD| >= min_abs_db) whose sign the
-    generated audio reproduces; 0.5 is chance. NaN when no frame qualifies."""
-    ig, _ = ild_db(gen, sr)
-    ir, er = ild_db(ref, sr)
-    k = min(len(ig), len(ir))
-    m = (er[:k] > er[:k].max() - gate_db) & (np.abs(ir[:k]) >= min_abs_db)
-    if not m.any():
-        return float("nan")
-    return float((np.sign(ig[:k][m]) == np.sign(ir[:k][m])).mean())
 
 
 # ------------------------------------------------------------------------------------- train
@@ -591,7 +570,7 @@ def validate(model, codec, ds: ManifestDataset, cfg: Config, dev, step: int, max
         sub = type(cond)(*(None if v is None else v[:k] for v in (cond.video, cond.text, cond.sync, cond.spacetime, cond.traj)))
         x = model.sample(sub, steps=tc.val_steps, cfg=cfg.generate.cfg, seed=0)
         audio = codec.decode(model.denormalize(x), cfg.window_samples).cpu().numpy()
-        agr = [ild_sign_agreement(audio[i], items[i]["audio"].numpy(), cfg.data.sample_rate) for i in range(k)]
+        agr = [block_ild_sign_agreement(audio[i], items[i]["audio"].numpy(), cfg.data.sample_rate) for i in range(k)]
         agr = [a for a in agr if math.isfinite(a)]
         out["ild_sign_agreement"] = float(np.mean(agr)) if agr else float("nan")
     return out

@@ -172,6 +172,33 @@ def ild_db(x: np.ndarray) -> float:
     return float(10 * np.log10((np.sum(x[0] ** 2) + EPS) / (np.sum(x[1] ** 2) + EPS)))
 
 
+def block_ild_db(audio: np.ndarray, sr: int, frame_s: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame broadband ILD in dB (L over R) and frame energy (dB) of (2, T) audio, on
+    back-to-back rectangular ``frame_s`` blocks (a tail shorter than a block is dropped). The
+    trainer's validation and quick scripts use it; ``frame_ild`` is the evaluation's version
+    (overlapping ``EvalSettings`` frames), and the two are kept apart so neither figure moves."""
+    n = max(1, int(sr * frame_s))
+    k = audio.shape[1] // n
+    x = audio[:, : k * n].reshape(2, k, n).astype(np.float64)
+    e = (x**2).mean(-1) + 1e-12
+    return 10 * np.log10(e[0] / e[1]), 10 * np.log10(e.sum(0))
+
+
+def block_ild_sign_agreement(gen: np.ndarray, ref: np.ndarray, sr: int, gate_db: float = 30.0,
+                             min_abs_db: float = 1.0) -> float:
+    """Share of loud reference frames with a clear ILD (|ILD| >= min_abs_db) whose sign the
+    generated audio reproduces; 0.5 is chance. NaN when no frame qualifies. The trainer logs it as
+    ``ild_sign_agreement`` during validation: a cheap check on ``block_ild_db`` blocks, looser than
+    the evaluation metric of that name (``reference_metrics``: |ILD_ref| > 3 dB, ties count 1/2)."""
+    ig, _ = block_ild_db(gen, sr)
+    ir, er = block_ild_db(ref, sr)
+    k = min(len(ig), len(ir))
+    m = (er[:k] > er[:k].max() - gate_db) & (np.abs(ir[:k]) >= min_abs_db)
+    if not m.any():
+        return float("nan")
+    return float((np.sign(ig[:k][m]) == np.sign(ir[:k][m])).mean())
+
+
 def gcc_phat(left: np.ndarray, right: np.ndarray, sr: int, max_tau: float = 1e-3, upsample: int = 16,
              band_hz: tuple[float, float] | None = None) -> float:
     """Delay of ``right`` relative to ``left`` in seconds by GCC-PHAT, |tau| <= max_tau.
