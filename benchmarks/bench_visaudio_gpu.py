@@ -48,10 +48,10 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    from visaudio.codecs import VAECodec
+    from visaudio.model.codecs import VAECodec
 
     codec = VAECodec(cfg.codec, cfg.data.sample_rate).to(dev).eval()
-    import visaudio.codecs as vc
+    import visaudio.model.codecs as vc
 
     vc_build = vc.build_codec
     vc.build_codec = lambda c, sr, load_weights=True: VAECodec(c, sr)  # random codec weights for timing

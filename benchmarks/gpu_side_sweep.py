@@ -144,7 +144,7 @@ def attn_diag(syn, clips: dict, truth: dict) -> dict[str, float]:
                 patch = m.video_enc(fr[:, :: m.sync_stride][:, : m.n_frames])
                 st = m.spacetime
                 B, Fn, gh, gw, D = patch.shape
-                from visaudio.encoders import sincos_2d
+                from visaudio.model.encoders import sincos_2d
 
                 pe = sincos_2d(gh, gw, D, patch.device).reshape(gh, gw, D)
                 pe = torch.stack([pe, pe.flip(1)]).reshape(2, 1, gh * gw, D)

@@ -1,9 +1,9 @@
-"""visaudio.flow_matching: the sampler integrates known velocity fields exactly, the loss is zero
+"""visaudio.model.flow_matching: the sampler integrates known velocity fields exactly, the loss is zero
 for the true velocity, and guidance at scale 1 is the conditional velocity."""
 
 import torch
 
-from visaudio import flow_matching as FM
+from visaudio.model import flow_matching as FM
 
 
 def test_euler_integrates_a_constant_velocity_exactly():

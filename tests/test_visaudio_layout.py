@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_generate_and_eval_do_not_import_the_trainer():
     code = ("import sys\n"
-            "import visaudio.generate, visaudio.checkpoint, visaudio.flow_matching, visaudio.eval.runner\n"
+            "import visaudio.generate, visaudio.checkpoint, visaudio.model.flow_matching, visaudio.eval.runner\n"
             "from visaudio.generate import Synthesizer\n"
             "print(sorted(m for m in sys.modules if m == 'visaudio.train' or m.startswith('visaudio.train.')))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

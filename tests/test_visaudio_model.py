@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from visaudio.codecs import MelCodec, STFTCodec, VAECodec, build_codec, snr_db
 from visaudio.config import ConfigError, load_config
-from visaudio.model import ViSAudio, aligned_positions, apply_rope, param_counts, rope_cos_sin
+from visaudio.model.codecs import MelCodec, STFTCodec, VAECodec, build_codec, snr_db
+from visaudio.model.network import ViSAudio, aligned_positions, apply_rope, param_counts, rope_cos_sin
 
 torch.set_num_threads(1)
 

@@ -173,7 +173,7 @@ def test_missing_folders_name_the_key_and_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"pretrained.image.path: .*empty has no config.json"):
         ImagePart(load_config("micro", [f"pretrained.image.path={tmp_path / 'empty'}"]))
-    from visaudio.codecs import build_codec
+    from visaudio.model.codecs import build_codec
 
     cfg = load_config("micro", ["codec.kind=melvae", f"codec.vocoder_path={missing}", "codec.vae_strides=[2]"])
     with pytest.raises(ConfigError, match=r"codec.vocoder_path: folder .*nope not found"):
@@ -214,7 +214,7 @@ def melvae_dir(ckpts, toy_manifest, tmp_path_factory) -> Path:
 
 
 def test_melvae_codec_per_channel_latents_and_vocoder(ckpts, melvae_dir):
-    from visaudio.codecs import MelVAECodec, build_codec
+    from visaudio.model.codecs import MelVAECodec, build_codec
 
     assert (melvae_dir / "config.json").is_file() and (melvae_dir / "melvae.pt").is_file()
     cfg = load_config("micro", _melvae_overrides(ckpts, melvae_dir))
@@ -319,8 +319,8 @@ def test_paper_config_builds_from_checkpoint_configs(tmp_path, monkeypatch):
     config.json files only: the model's widths come from them, no weights are read to build it."""
     from transformers import CLIPConfig, VideoMAEConfig
 
-    from visaudio.codecs import build_codec
     from visaudio.model import ViSAudio, param_counts
+    from visaudio.model.codecs import build_codec
 
     ck = tmp_path / "checkpoints"
     CLIPConfig(vision_config=dict(patch_size=16, image_size=224)).save_pretrained(ck / "clip-vit-base-patch16")

@@ -185,8 +185,8 @@ def load_weights(model: nn.Module, state: dict, path: Path | str) -> None:
 def build_model(cfg: Config, device="cpu"):
     """The codec and a freshly initialised ViSAudio for ``cfg`` (seeded by ``cfg.seed``, so the
     same config gives the same initial weights); load a checkpoint into it with ``load_weights``."""
-    from visaudio.codecs import build_codec
     from visaudio.model import ViSAudio
+    from visaudio.model.codecs import build_codec
 
     codec = build_codec(cfg.codec, cfg.data.sample_rate).to(device)
     torch.manual_seed(cfg.seed)

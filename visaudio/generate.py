@@ -79,8 +79,8 @@ class Synthesizer:
         cfg = load_config(ck["config"])
         # the VAE codec weights travel inside the checkpoint; don't need the original file
         if cfg.codec.kind == "vae":
-            from visaudio.codecs import VAECodec
             from visaudio.model import ViSAudio
+            from visaudio.model.codecs import VAECodec
 
             codec = VAECodec(cfg.codec, cfg.data.sample_rate)
             codec.load_state_dict(ck["codec_state"])

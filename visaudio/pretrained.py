@@ -355,7 +355,7 @@ class CodecPart:
     name = "codec"
 
     def __init__(self, cfg: Config, device: str = "cpu"):
-        from visaudio.codecs import build_codec
+        from visaudio.model.codecs import build_codec
 
         self.codec = build_codec(cfg.codec, cfg.data.sample_rate).to(device)
         self.device = device

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from visaudio import flow_matching as FM
 from visaudio.checkpoint import (
     CKPT_NAME,
     PREV_CKPT_NAME,
@@ -42,6 +41,7 @@ from visaudio.checkpoint import (
 from visaudio.config import Config, load_config
 from visaudio.data import DataError, ManifestDataset, collate
 from visaudio.eval.metrics import block_ild_sign_agreement
+from visaudio.model import flow_matching as FM
 
 RESUME_KEYS = ("model", "ema", "opt", "sched", "sampler", "rng")
 

@@ -72,9 +72,9 @@ def register(app: typer.Typer) -> None:
         """Train a per-channel codec from scratch: the waveform VAE (codec.kind=vae, the default), or
         with a config whose codec.kind is melvae (e.g. paper, which also needs codec.vocoder_path)
         the mel-VAE on the BigVGAN vocoder's mel settings."""
-        from visaudio.codecs import train_codec
         from visaudio.config import ConfigError
         from visaudio.data import DataError
+        from visaudio.model.codecs import train_codec
 
         try:
             s = train_codec(manifest, config, run, steps=steps, batch_size=batch_size, lr=lr,
@@ -123,9 +123,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from visaudio.codecs import build_codec
         from visaudio.config import ConfigError, load_config
         from visaudio.model import ViSAudio, param_counts
+        from visaudio.model.codecs import build_codec
 
         try:
             cfg = load_config(config, list(set_))

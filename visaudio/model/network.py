@@ -34,9 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from visaudio import flow_matching as FM
 from visaudio.config import Config
-from visaudio.encoders import (
+from visaudio.model import flow_matching as FM
+from visaudio.model.encoders import (
     SyncEncoder,
     TrajectoryEncoder,
     VideoEncoder,

@@ -3,7 +3,7 @@ timesteps and the Euler sampler with classifier-free guidance.
 
 Convention (rectified flow, noise at t = 0, data at t = 1): x_t = (1 - t) x0 + t x1 with x0 the
 prior noise and x1 the normalised latents; the model predicts the velocity dx/dt = x1 - x0.
-Training (``visaudio.train``) and sampling (``visaudio.model.ViSAudio.sample``, hence
+Training (``visaudio.train``) and sampling (``visaudio.model.network.ViSAudio.sample``, hence
 ``visaudio.generate``) both call this module, so the two can never disagree on the convention,
 and generation needs no training code. It knows nothing of the network: velocities come in as
 tensors or as a callable ``v(x, t)``.
