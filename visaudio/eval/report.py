@@ -22,6 +22,7 @@ BAR_METRICS = [
 
 COLORS = {
     "reference": "#222222", "visaudio": "#d62728", "mono": "#1f77b4", "two-stage": "#2ca02c",
+    "two-stage-sync": "#17becf",
     "swapped-reference": "#9467bd", "mono-duplicated-reference": "#8c8c8c",
 }
 
