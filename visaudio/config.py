@@ -110,6 +110,10 @@ class ModelConfig(_Strict):
     # cancels; a sounding object off-centre gives the two branches opposite features from the
     # first step, instead of after the attention scores have learnt to find it.
     spacetime_lateral: bool = False
+    # camera motion measured from the picture (phase correlation of consecutive frames -> yaw),
+    # fed per branch (mirrored for R) into the spacetime condition: the cue that says how a
+    # world-fixed sound, on- or off-screen, must move between the ears (visaudio/motion.py).
+    camera_motion: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -205,7 +209,10 @@ class Config(_Strict):
         whose arch_dict matches (training hyper-parameters may change on resume)."""
         d = self.model_dump()
         data = {k: d["data"][k] for k in ("channels", "sample_rate", "clip_seconds", "fps", "sync_fps", "width", "height", "max_text_tokens")}
-        return {"data": data, "codec": d["codec"] | {"vae_ckpt": None}, "model": d["model"]}
+        model = dict(d["model"])
+        if not model.get("camera_motion"):  # off: the same hash as before the switch existed
+            model.pop("camera_motion", None)
+        return {"data": data, "codec": d["codec"] | {"vae_ckpt": None}, "model": model}
 
     def arch_hash(self) -> str:
         return hashlib.sha1(json.dumps(self.arch_dict(), sort_keys=True).encode()).hexdigest()[:12]

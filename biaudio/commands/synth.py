@@ -59,7 +59,6 @@ def synth_command(
     drawn as coloured discs at the same directions, plus a ground-truth JSON per scene."""
     from biaudio.errors import BiaudioError
     from biaudio.synth import iter_scenes
-
     from biaudio.synth_bench import WORLDS
 
     if world not in WORLDS:
