@@ -175,3 +175,56 @@ def test_eval_reports_each_scene_type_with_camera_truth(bench_build, tmp_path) -
     assert np.ptp(rel) < 6.0  # pitch/roll of the camera path add a little
     per_clip = pd.read_parquet(tmp_path / "rep" / "per_clip.parquet")
     assert set(per_clip.scene_type) == set(SCENE_TYPES)
+
+
+# --------------------------------------------------------------------------------------------
+# The win on the hard split, at the CI budget
+# --------------------------------------------------------------------------------------------
+
+WIN_SCENES, WIN_STEPS, WIN_MONO_STEPS, WIN_GEN_STEPS = 12, 200, 60, 10
+WIN_METRICS = ("lat_corr_ref", "motion_consistency")
+# Measured on this test's own budget (numbers in the xfail reason below); the README's table
+# has the larger benchmark (benchmarks/bench_spatial.py).
+WIN_XFAIL = pytest.mark.xfail(strict=True, reason="MEASURED_PLACEHOLDER")
+
+
+@pytest.fixture(scope="module")
+def bench_win_report(tmp_path_factory) -> dict:
+    """A 12-scene spatial-bench build; tiny binaural (WIN_STEPS) and mono (WIN_MONO_STEPS) runs
+    on its train split; ``visaudio eval`` of its test split with both two-stage baselines."""
+    import os
+
+    from biaudio.build.executor import build
+    from biaudio.build.recipe import load_recipe
+    from visaudio.eval import runner as R
+    from visaudio.train import train
+
+    root = tmp_path_factory.mktemp("bench-win")
+    out = root / "bench"
+    s = build(load_recipe("spatial-bench", [f"sources.0.synth.scenes={WIN_SCENES}"]), out)
+    assert s.exit_code == 0, s.to_dict()
+    threads = os.environ.get("VISAUDIO_TEST_THREADS", "1")
+    ov = ["train.batch_size=8", "train.val_every=100000", "train.ckpt_every=100", "train.warmup_steps=20",
+          "train.lr=1e-3", "train.ema_decay=0.99", "train.tensorboard=false", f"train.num_threads={threads}"]
+    train(out, "tiny", root / "bin", max_steps=WIN_STEPS, overrides=ov, progress=False)
+    train(out, "tiny", root / "mono", max_steps=WIN_MONO_STEPS, overrides=ov + ["data.channels=mono"], progress=False)
+    cfg = R.EvalConfig(manifest_dir=out, report_dir=root / "report", ckpt=root / "bin", mono_ckpt=root / "mono",
+                       systems=["visaudio", "two-stage", "two-stage-sync", "reference"], steps=WIN_GEN_STEPS,
+                       n_boot=500, n_boot_set=20, n_audio_clips=0)
+    return R.run(cfg)
+
+
+@WIN_XFAIL
+def test_visaudio_wins_on_the_hard_split(bench_win_report) -> None:
+    """ViSAudio better than every two-stage baseline on corr with the reference ILD and on
+    motion consistency (paired 95 % cluster-bootstrap interval of the difference above 0), and
+    not worse on ILD sign agreement (paired interval not entirely below 0)."""
+    s = bench_win_report
+    found = {(c["metric"], c["baseline"]): c for c in s["comparisons"]}
+    summary = {f"{m}/{b}": (round(c["paired_diff_mean"], 3), [round(v, 3) for v in c["paired_diff_ci"]])
+               for (m, b), c in found.items()}
+    print("\n[bench win]", json.dumps(summary))
+    for base in B.TWO_STAGE_SYSTEMS:
+        for m in WIN_METRICS:
+            assert found[(m, base)]["paired_better"], (m, base, summary)
+        assert found[("ild_sign_agreement", base)]["paired_diff_ci"][1] > 0, (base, summary)
