@@ -233,3 +233,29 @@ def test_visaudio_wins_on_the_hard_split(bench_win_report) -> None:
         for m in WIN_METRICS:
             assert found[(m, base)]["paired_better"], (m, base, summary)
         assert found[("ild_sign_agreement", base)]["paired_diff_ci"][1] > 0, (base, summary)
+
+
+def test_camera_motion_condition_measures_the_pan() -> None:
+    """``model.camera_motion``: the measured shift of a panning textured picture, and a zero
+    contribution before training (the switch must not change an untrained model)."""
+    import torch
+    from scipy import ndimage
+
+    from visaudio.config import load_config
+    from visaudio.model import ViSAudio
+    from visaudio.motion import horizontal_shifts
+
+    g = ndimage.gaussian_filter(np.random.default_rng(0).random((48, 200)), 2)
+    g = np.repeat(((g - g.min()) / np.ptp(g) * 255)[..., None], 3, -1).astype(np.uint8)
+    seq = np.stack([g[:, 20 - k: 84 - k] for k in range(6)])  # the view moves left: content moves right 1 px
+    dx = horizontal_shifts(torch.from_numpy(seq)[None])[0]
+    assert dx[0] == 0 and torch.allclose(dx[1:], torch.ones(5), atol=0.05), dx
+    torch.manual_seed(0)
+    on = ViSAudio(load_config("tiny", ["model.camera_motion=true"]), 642)
+    torch.manual_seed(0)
+    off = ViSAudio(load_config("tiny"), 642)
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("camera_motion.")})
+    frames = torch.from_numpy(np.stack([np.resize(seq[k % 6], (48, 64, 3)) for k in range(32)]))[None]
+    a, b = on.encode_conditions(frames, [None]), off.encode_conditions(frames, [None])
+    assert torch.equal(a.spacetime, b.spacetime)
+    assert load_config("tiny").arch_hash() != load_config("tiny", ["model.camera_motion=true"]).arch_hash()
