@@ -175,6 +175,8 @@ def test_eval_reports_each_scene_type_with_camera_truth(bench_build, tmp_path) -
     assert np.ptp(rel) < 6.0  # pitch/roll of the camera path add a little
     per_clip = pd.read_parquet(tmp_path / "rep" / "per_clip.parquet")
     assert set(per_clip.scene_type) == set(SCENE_TYPES)
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "Per scene type" in html and all(f"{t} (" in html for t in SCENE_TYPES)
 
 
 # --------------------------------------------------------------------------------------------
