@@ -48,7 +48,7 @@ def main() -> None:
     import numpy as np
 
     from biaudio.clean.speech import SpeechConfig, speech_score
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
     from biaudio.ingest.validate import ValidateConfig
 
     speech_score(np.zeros(16000, np.float32), 16000, SpeechConfig())  # load Silero once

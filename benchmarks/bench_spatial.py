@@ -25,8 +25,8 @@ KEYS = ["lat_corr_ref", "motion_consistency", "ild_sign_agreement", "lat_corr_az
 
 
 def _build(out: Path, recipe: str) -> Path:
-    from biaudio.build.executor import build
-    from biaudio.build.recipe import load_recipe
+    from biaudio.engine.run import build
+    from biaudio.recipe import load_recipe
 
     if not (out / "manifest.parquet").is_file():
         s = build(load_recipe(recipe), out)

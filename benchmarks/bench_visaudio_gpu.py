@@ -40,7 +40,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     ov = ([] if a.minilm else ["model.text_encoder=hashed"]) + list(a.set)
-    cfg = load_config("paper", ov)
+    cfg = load_config("paper_scratch", ov)  # from-scratch encoders: no checkpoint folders needed
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def sync() -> None:
@@ -106,7 +106,7 @@ def main() -> None:
         gt.append(time.perf_counter() - t0)
     print(json.dumps({
         "bench": "visaudio_gpu", "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-        "config": "paper", "params_M": round(n_params / 1e6, 1), "batch": B, "bf16": True,
+        "config": "paper_scratch", "params_M": round(n_params / 1e6, 1), "batch": B, "bf16": True,
         "train_step_s": round(step_s, 4), "train_samples_per_s": round(B / step_s, 1),
         "peak_mem_GiB": round(mem, 1), "clip_seconds": cfg.data.clip_seconds,
         "gen_s_per_8s_clip": round(min(gt), 3), "gen_steps": a.gen_steps, "cfg": a.cfg,

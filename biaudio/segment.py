@@ -14,6 +14,11 @@ darkens while the structure of most of the frame survives was a burst of light. 
 neither: every frame pair straddling it differs, and it changes the structure (or the colour, or
 its pixels change both ways). The check runs on
 the proxy frames the detector already gets (one decode).
+
+A dissolve is a cut. Spread over a few dozen frames its frame-to-frame change stays far below the
+threshold, yet a window across it mixes two shots; :class:`DissolveCheck` (``dissolve_frames``)
+compares frames up to that far apart and keeps a change only where the frames between are a blend
+of the two ends, the structure changed and the new picture stays, placing the cut mid-transition.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class SegmentConfig(BaseModel):
     proxy_scale_flags: str = Field("area", description="ffmpeg scaler for the proxy; fast_bilinear is cheaper but aliases (false cuts on water)")
     trim_frames: int = Field(4, ge=0, description="frames dropped on each side of a cut")
     window_s: float = Field(8.0, gt=0)
-    stride_s: float | None = Field(None, description="window start step; None = window_s (no overlap)")
+    stride_s: float | None = Field(None, gt=0, description="window start step; None = window_s (no overlap)")
     max_windows: int | None = Field(None, ge=1, description="per-video maximum (evenly spread over the video)")
     flash_frames: int = Field(
         5, ge=0, le=60, description="flash check: a candidate cut whose picture comes back within this many "
@@ -53,15 +58,24 @@ class SegmentConfig(BaseModel):
         0.6, ge=0, le=1, description="flash check: share of the proxy's tiles whose structure must survive a "
         "one-sided brightness change for it to count as a flash (a local burst changes the rest)")
 
+    dissolve_frames: int = Field(
+        60, ge=0, le=240, description="dissolve check: longest gradual transition (frames) detected as a shot "
+        "change, the cut placed mid-transition; 0 = off (hard cuts only)")
+
     @staticmethod
     def hash_view(dumped: dict) -> dict:
         """The section as the recipe hash sees it: with the flash check off (``flash_frames: 0``) the
         detector is the one before the check existed, so its keys stay out and such a recipe keeps
-        the hash (and the resumable items) it had then. With the check on the data can change, and
-        so does the hash."""
-        if dumped.get("flash_frames") == 0:
-            return {k: v for k, v in dumped.items() if k not in ("flash_frames", "flash_structure")}
-        return dumped
+        the hash (and the resumable items) it had then; likewise ``dissolve_frames: 0``. With a check
+        on the data can change, and so does the hash."""
+        out = dict(dumped)
+        if out.get("dissolve_frames") == 0:
+            out.pop("dissolve_frames")
+        if out.get("flash_frames") == 0:
+            out.pop("flash_frames")
+            if "dissolve_frames" not in out:  # the dissolve check uses flash_structure too
+                out.pop("flash_structure", None)
+        return out
 
     def proxy_dims(self) -> tuple[int, int]:
         """(w, h) of the proxy frames actually decoded: the band's share of ``proxy_size`` rows."""
@@ -202,6 +216,176 @@ class FlashCheck:
         return kept / max(1, n)
 
 
+class DissolveCheck:
+    """Finds gradual transitions (dissolves, fades through a blend) that frame-to-frame detectors
+    miss: a dissolve of n frames spreads one cut's change over n + 1 small steps (a 4-frame one stays
+    at half the content threshold), so the comparison is long-range.
+
+    For every frame ``q`` and every span ``K`` of 3, 5, 9, 17, ... frames up to ``dissolve_frames + 1``
+    the frames ``p = q - K`` and ``q`` are compared. A transition between them needs all of:
+
+    * **a big change**: their content score (the yaw pan between them undone, see below) reaches the
+      content threshold, as a hard cut between them would;
+    * **new structure**: fewer than ``flash_structure`` of the proxy's tiles keep their structure
+      from ``p`` to ``q`` (the flash check's tile test). A change of light, a burst of fireworks, an
+      exposure drift, a moving object or a pan keeps most of them; two different shots do not;
+    * **a blend**: every frame between them is ``(1 - a) p + a q`` with ``a`` rising from 0 to 1
+      (least squares on the pixels, the residual under ``BLEND_RESIDUAL`` of ``|q - p|^2``). A
+      dissolve is exactly that; water, crowds, a camera moving forward are not a blend of the frames
+      around them (a blend ghosts, motion stays sharp). Between 0.1 and 0.9, ``a`` must follow a
+      straight ramp within ``RAMP`` (a step to a flash or a change of light and then a cut to
+      another shot fits a blend too, with ``a`` stuck in between), and the frames outside the ramp
+      must look like ``p`` or ``q`` (under half the content threshold: a flash at ``p`` makes the
+      rest of its shot look like ``q`` to the fit);
+    * **it stays**: none of the ``flash_frames`` frames after ``q`` returns to ``p``'s picture and
+      none of those before ``p`` shows ``q``'s (a flash seen from inside is a blend too).
+
+    Yaw pans are undone by a running estimate of the horizontal shift between consecutive frames
+    (1-D cross-correlation along the rows: a yaw turn rolls the equirect's columns). The detection
+    with the largest change and those whose transitions overlap it make one transition; each
+    detection's cut is the first frame with ``a >= 0.5``, the transition's the median of them (one
+    window may end inside a burst of light, the many around it agree). What it cannot tell: a
+    dissolve between two takes of one spot that keeps the structure (as the flash check), and a
+    dissolve during a fast camera move other than yaw.
+    """
+
+    BLEND_RESIDUAL = 0.12  # largest residual share of |q - p|^2 a blend may leave
+    MONOTONE = 0.12  # how far a may fall back between consecutive frames (noise)
+    RAMP = 0.25  # how far a may stray from a straight ramp across the transition
+    GATE_SLACK = 1  # columns of slack around the pan estimate (on the half-size gate image)
+
+    def __init__(self, cfg: SegmentConfig, flash: FlashCheck | None = None) -> None:
+        self.n = int(cfg.dissolve_frames)
+        self.hi = float(cfg.threshold)
+        self.back = 0.5 * float(cfg.threshold)
+        self.structure = float(cfg.flash_structure)
+        self.tiles = flash or FlashCheck(cfg)
+        self.ahead = max(2, int(cfg.flash_frames))
+        ks, j = [], 1
+        while True:
+            k = min(2**j + 1, self.n + 1)
+            ks.append(k)
+            if k >= self.n + 1:
+                break
+            j += 1
+        self.spans = sorted(set(ks))
+        self.keep = self.spans[-1] + 2 * self.ahead + 4
+        self.hsv: dict[int, np.ndarray] = {}  # half-size HSV (int16), for the gate
+        self.rgb: dict[int, np.ndarray] = {}  # float32 colour, for the blend fit
+        self.v: dict[int, np.ndarray] = {}  # blurred value, for the tile test
+        self.x: dict[int, float] = {}  # accumulated yaw shift (columns of the proxy)
+        self.jump: dict[int, bool] = {}  # frame-to-frame change from the frame before >= threshold
+        self.found: list[tuple[float, int, int, int]] = []  # (change, zone start, zone end, cut)
+        self.pan_max = 0
+        self._fft: np.ndarray | None = None
+
+    def add(self, i: int, bgr: np.ndarray) -> None:
+        import cv2
+
+        h, w = bgr.shape[:2]
+        self.pan_max = int(np.ceil(w * FlashCheck.PAN_DEG / 360.0)) + 1
+        f = bgr.astype(np.float32)
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        self.hsv[i] = cv2.resize(hsv, (w // 2, max(1, h // 2)), interpolation=cv2.INTER_AREA).astype(np.int16)
+        self.rgb[i] = f
+        v = cv2.GaussianBlur(hsv[..., 2].astype(np.float32), (3, 3), 0)
+        self.v[i] = v
+        fv = np.fft.rfft(v - v.mean(), axis=1)
+        self.x[i] = self.x[i - 1] + self._pan(self._fft, fv) if i - 1 in self.v else 0.0
+        self._fft = fv
+        self.jump[i] = i - 1 in self.hsv and self._close(i - 1, i) >= self.hi
+        for d in (self.hsv, self.rgb, self.v, self.x, self.jump):
+            d.pop(i - self.keep, None)
+        q = i - self.ahead
+        for k in self.spans:
+            # a span over a frame-to-frame jump holds a hard cut or a flash, which the hard-cut
+            # detector and the flash check judge; the shortest span still sees 1-2-frame blends
+            if q - k in self.rgb and (k == self.spans[0] or not any(self.jump.get(m, False) for m in range(q - k + 1, q + 1))):
+                self._check(q - k, q, i)
+
+    def _pan(self, fa: np.ndarray, fb: np.ndarray) -> float:
+        """Columns ``s`` (sub-pixel) with ``b ~ roll(a, s)`` from the rows' spectra of ``a`` and
+        ``b``, searched within the fastest yaw pan."""
+        # plain cross-correlation: whitening (phase correlation) lets sensor noise in the empty high
+        # frequencies drown the peak of a smooth picture
+        r = np.fft.irfft((fb * np.conj(fa)).sum(0), n=2 * (fa.shape[1] - 1))
+        cand = list(range(-self.pan_max, self.pan_max + 1))
+        vals = [r[s % len(r)] for s in cand]
+        j = int(np.argmax(vals))
+        s = float(cand[j])
+        if 0 < j < len(cand) - 1:  # parabolic refinement
+            y0, y1, y2 = vals[j - 1], vals[j], vals[j + 1]
+            den = y0 - 2 * y1 + y2
+            if den < 0:
+                s += 0.5 * (y0 - y2) / den
+        return s
+
+    def _shift(self, src: int, dst: int) -> int:
+        return int(round(self.x[dst] - self.x[src]))
+
+    def _close(self, a: int, b: int) -> float:
+        """Content score between frames ``a`` and ``b`` on the half-size gate image, pan undone."""
+        base = int(round(self._shift(a, b) / 2.0))
+        return min(_content_score(np.roll(self.hsv[a], base + r, axis=1), self.hsv[b])
+                   for r in (0, *range(-self.GATE_SLACK, 0), *range(1, self.GATE_SLACK + 1)))
+
+    def _check(self, p: int, q: int, last: int) -> None:
+        base = int(round(self._shift(p, q) / 2.0))
+        if _content_score(np.roll(self.hsv[p], base, axis=1), self.hsv[q]) < self.hi:  # the cheap gate first
+            return
+        change = self._close(p, q)
+        if change < self.hi:
+            return
+        sh = self._shift(p, q)
+        kept = max(self.tiles.tiles_kept(np.roll(self.v[p], sh + r, axis=1), self.v[q]) for r in (-1, 0, 1))
+        if kept >= self.structure:
+            return
+        alphas = []
+        for m in range(p + 1, q):
+            P = np.roll(self.rgb[p], self._shift(p, m), axis=1)
+            Q = np.roll(self.rgb[q], self._shift(q, m), axis=1)
+            d = Q - P
+            dd = float((d * d).sum()) + 1e-6
+            e = self.rgb[m] - P
+            a = float((e * d).sum()) / dd
+            if float(((e - a * d) ** 2).sum()) > self.BLEND_RESIDUAL * dd or not -self.MONOTONE <= a <= 1 + self.MONOTONE:
+                return
+            if alphas and a < alphas[-1] - self.MONOTONE:
+                return
+            alphas.append(a)
+        for h in range(1, self.ahead + 1):  # a flash seen from inside: the picture comes back
+            if q + h <= last and q + h in self.hsv and self._close(p, q + h) < self.back:
+                return
+            if p - h in self.hsv and self._close(q, p - h) < self.back:
+                return
+        ms = list(range(p + 1, q))
+        cut = next((m for m, a in zip(ms, alphas, strict=True) if a >= 0.5), q)
+        inside = [j for j, a in enumerate(alphas) if 0.1 < a < 0.9]
+        if inside:  # one ramp, not a step to a plateau (a flash or a light change, then a cut)
+            j0, j1 = inside[0], inside[-1]
+            ramp = (np.arange(j0, j1 + 1) - j0 + 1) / (j1 - j0 + 2)
+            if float(np.abs(np.asarray(alphas[j0:j1 + 1]) - ramp).max()) > self.RAMP:
+                return
+        for m, a in zip(ms, alphas, strict=True):  # the shots on either side are p's and q's
+            if (a <= 0.1 and self._close(p, m) >= self.back) or (a >= 0.9 and self._close(m, q) >= self.back):
+                return
+        zone = [ms[j] for j in inside] or [cut - 1, cut]
+        self.found.append((change, min(zone[0], cut - 1), max(zone[-1], cut), cut))
+
+    def cuts(self) -> list[int]:
+        """One cut per transition: the detection with the biggest change and every other one whose
+        transition zone overlaps it make a group, the cut is the median of their cuts (one window may
+        end inside a burst of light or the shots' own motion, the many around it agree)."""
+        out: list[int] = []
+        left = sorted(self.found, key=lambda d: -d[0])
+        while left:
+            _, lo, hi, _ = left[0]
+            group = [d for d in left if not (d[2] < lo - 1 or d[1] > hi + 1)]
+            out.append(int(np.median([d[3] for d in group])))
+            left = [d for d in left if d not in group]
+        return sorted(set(out))
+
+
 class CutDetector:
     """Streaming wrapper over a PySceneDetect detector: feed RGB proxy frames, get cut frame indices.
 
@@ -210,7 +394,8 @@ class CutDetector:
     and PySceneDetect's own minimum-scene-length filter (merge mode) runs on the ones that are not
     flashes, so a vetoed flash does not hide a real cut right after it and a clip without flashes
     gets exactly the cuts it got before. The adaptive detector applies its minimum length itself; its
-    cuts are checked afterwards."""
+    cuts are checked afterwards. With ``dissolve_frames > 0`` the :class:`DissolveCheck` adds the
+    dissolves it finds, except where a hard cut lies closer than the minimum scene length."""
 
     def __init__(self, fps: float, cfg: SegmentConfig | None = None) -> None:
         from scenedetect import AdaptiveDetector, ContentDetector
@@ -220,6 +405,8 @@ class CutDetector:
         self.fps = float(fps)
         min_len = max(1, int(round(self.cfg.min_scene_s * self.fps)))
         self._flash = FlashCheck(self.cfg) if self.cfg.flash_frames > 0 and self.cfg.detector != "none" else None
+        self._dissolve = DissolveCheck(self.cfg, self._flash) if self.cfg.dissolve_frames > 0 and self.cfg.detector != "none" else None
+        self._min_len = min_len
         self._merge = None
         if self.cfg.detector == "adaptive":
             self._det = AdaptiveDetector(adaptive_threshold=self.cfg.adaptive_threshold, min_scene_len=min_len)
@@ -235,6 +422,7 @@ class CutDetector:
         self._pending: list[int] = []  # candidates waiting for their look-ahead
         self._next = 0  # content + flash check: next frame to pass through the length filter
         self.flashes: list[int] = []  # candidates the flash check rejected
+        self.dissolves: list[int] = []  # cuts the dissolve check added
         self.n_frames = 0
 
     def _tc(self, i: int):
@@ -257,6 +445,8 @@ class CutDetector:
         if self._det is None:
             return
         found = [int(tc.frame_num) for tc in self._det.process_frame(self._tc(i), frame_bgr) or []]
+        if self._dissolve is not None:
+            self._dissolve.add(i, frame_bgr)
         if self._flash is None:
             self._cuts += found
             return
@@ -292,7 +482,13 @@ class CutDetector:
             else:
                 self._pending += late
                 self._resolve(self.n_frames - 1, self.n_frames - 1)
-        return sorted({c for c in self._cuts if 0 < c < self.n_frames})
+        hard = sorted({c for c in self._cuts if 0 < c < self.n_frames})
+        if self._dissolve is None:
+            return hard
+        # a dissolve near a hard cut is that cut (or closer to it than PySceneDetect's shortest shot)
+        soft = [c for c in self._dissolve.cuts() if 0 < c < self.n_frames and all(abs(c - h) >= self._min_len for h in hard)]
+        self.dissolves = soft
+        return sorted(hard + soft)
 
 
 def detect_cuts(frames: Iterable[np.ndarray], fps: float, cfg: SegmentConfig | None = None) -> tuple[list[int], int]:

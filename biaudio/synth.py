@@ -829,3 +829,36 @@ indices count from 0 at ``fps``."""
             for img in self.frames():
                 vw.write(img)
         return Path(path)
+
+
+@dataclass
+class BusyScene(FlashScene):
+    """A :class:`FlashScene` with motion that is neither a cut nor a dissolve: ``water`` (share of
+    the picture height below the horizon) ripples with waves running at different speeds (its
+    texture a second later is unrelated to now), and ``movers=[(first_frame, elevation_deg,
+    deg_per_frame), ...]`` are dark figures, 20 x 30 degrees, crossing the picture from azimuth 0."""
+
+    water: float = 0.0
+    movers: list[tuple[int, float, float]] = field(default_factory=list)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        W, H = self.size
+        az = (np.arange(W) + 0.5) / W * 2 * np.pi
+        el = (0.5 - (np.arange(H) + 0.5) / H) * 180.0
+        A, E = np.meshgrid(az, np.deg2rad(el))
+        rng = np.random.default_rng([self.seed, 7])
+        waves = [(int(rng.integers(3, 40)), rng.uniform(10, 60), rng.uniform(0.1, 0.6) * rng.choice([-1, 1]), rng.uniform(0, 6.3))
+                 for _ in range(8)]
+        rows = slice(H // 2, H // 2 + int(round(self.water * H)))
+        for f, img in enumerate(super().frames()):
+            out = img.astype(np.float32)
+            if self.water > 0:
+                w = sum(np.sin(kx * A[rows] + ke * E[rows] - sp * f + ph) for kx, ke, sp, ph in waves)
+                out[rows] = (90 + 18 * w)[..., None] * np.array([0.6, 0.8, 1.0])
+            for s, m_el, speed in self.movers:
+                if f >= s:
+                    c = ((f - s) * speed) % 360.0
+                    d_az = np.abs(((np.rad2deg(az) - c + 180) % 360) - 180)
+                    mask = (d_az[None, :] < 10) & (np.abs(el - m_el)[:, None] < 15)
+                    out[mask] = 25.0
+            yield np.clip(out, 0, 255).astype(np.uint8)

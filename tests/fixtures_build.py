@@ -17,8 +17,8 @@ import pytest
 
 def run_demo_build(out_dir: Path, overrides: tuple[str, ...] = ()) -> Path:
     """Build the demo recipe into ``out_dir`` in-process (engine + real stages); raise on failure."""
-    from biaudio.build.executor import build
-    from biaudio.build.recipe import load_recipe
+    from biaudio.engine.run import build
+    from biaudio.recipe import load_recipe
 
     recipe = load_recipe("demo", overrides)
     summary = build(recipe, out_dir)

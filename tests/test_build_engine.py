@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from biaudio.build.executor import BuildLockedError, _Lock, build
-from biaudio.build.manifest import SchemaVersionError, read_manifest
-from biaudio.build.recipe import load_recipe
-from biaudio.build.validate import validate
 from biaudio.cli import app
+from biaudio.engine.check import validate
+from biaudio.engine.run import build
+from biaudio.engine.state import BuildLockedError, _Lock
+from biaudio.manifest import SchemaVersionError, read_manifest
+from biaudio.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "test_build_engine_standin.py"
@@ -188,8 +189,11 @@ def test_lock_and_other_schema_version_refused(media, tmp_path, monkeypatch):
             build(load_recipe(rp), out)
         res = CliRunner().invoke(app, ["build", str(rp), "--out", str(out)])
         assert res.exit_code == 2
-    (out / ".state" / "build.json").write_text(json.dumps({"schema_version": 2}))
-    with pytest.raises(SchemaVersionError, match="schema v2"):
+    (out / ".state" / "build.json").write_text(json.dumps({"schema_version": 3}))
+    with pytest.raises(SchemaVersionError, match="schema v3"):
+        build(load_recipe(rp), out)
+    (out / ".state" / "build.json").write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(SchemaVersionError, match="schema v1.*biaudio upgrade"):  # a v1 folder: say how to upgrade
         build(load_recipe(rp), out)
     res = CliRunner().invoke(app, ["build", str(rp), "--out", str(out), "--json"])
     assert res.exit_code == 2 and "schema" in res.stdout
@@ -318,7 +322,7 @@ def test_rebuild_keeps_qa_decisions_and_other_tools_files(media, tmp_path, monke
 def test_warm_worker_runs_the_item_module_hook_and_never_raises(media, tmp_path):
     """The pool initializer loads the stages, the decoder and calls the item module's ``warm_up(recipe)``
     (per-process costs paid once per worker, not in item time); a broken item_fn is not its problem."""
-    from biaudio.build.executor import warm_worker
+    from biaudio.engine.worker import warm_worker
     from biaudio.spatial.decoders import get_decoder
 
     mod = tmp_path / "hooked.py"

@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import soundfile as sf
 
-from biaudio.build.executor import build
-from biaudio.build.recipe import load_recipe
+from biaudio.engine.run import build
+from biaudio.recipe import load_recipe
 from biaudio.spatial.angles import dir_to_vec, world_to_camera_dir
 from biaudio.synth import load_truth
 
@@ -54,6 +54,9 @@ def test_demo_build_validates_and_reads_everywhere(demo_build):
     # splits: all non-empty, >= 4 test sources, no source in two splits
     per_src = df.groupby("source_id")["split"].nunique()
     assert (per_src == 1).all()
+    assert (df.groupby("group_id")["split"].nunique() == 1).all()
+    assert (df["group_id"] == df["source_id"]).all()  # every synthetic scene is its own video
+    assert df["section_start_s"].isna().all()  # whole videos: start_s is the time in the scene file
     src_split = df.groupby("split")["source_id"].nunique()
     assert set(src_split.index) == {"train", "val", "test"} and src_split["test"] >= 4
     assert (df["qa_status"] == "pending").all()

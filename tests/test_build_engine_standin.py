@@ -1,4 +1,4 @@
-"""A fast, controllable stand-in for ``biaudio.build.pipeline.process_item`` (no tests in here).
+"""A fast, controllable stand-in for ``biaudio.stages.item.process_item`` (no tests in here).
 
 The engine tests inject it with the recipe hook ``execution.item_fn =
 "<this file>:process_item"``, so resume/kill/retry/executor behaviour is tested in seconds, with
@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from biaudio.build.types import ItemResult, WorkItem, temp_path
+from biaudio.engine.types import ItemResult, WorkItem, temp_path
 
 
 def _cfg() -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from biaudio.build.recipe import Recipe
-from biaudio.build.types import WorkItem
+from biaudio.engine.types import WorkItem
+from biaudio.recipe import Recipe
 
 LOG = logging.getLogger("test_build_single_decode")
 
@@ -34,7 +34,7 @@ def _files(out: Path) -> dict[str, str]:
 def _run(video: Path, recipe: Recipe, out: Path, monkeypatch) -> tuple[object, dict[str, str], int]:
     """process_item, its files and how many windows were decoded by a render of their own."""
     import biaudio.media.video as mv
-    from biaudio.build.pipeline import process_item
+    from biaudio.stages.item import process_item
 
     own = []
     real = mv.iter_frames
@@ -94,8 +94,8 @@ def test_a_cut_drops_planned_renders_and_renders_the_real_windows(scenes, tmp_pa
 def test_a_render_that_fails_inside_the_decode_is_made_again_alone(scenes, tmp_path: Path, monkeypatch):
     """An encoder error inside the shared decode must neither block ffmpeg (its sink keeps
     reading) nor lose the clip: the clip is rendered again from its own decode."""
-    from biaudio.build import render
     from biaudio.errors import MediaError
+    from biaudio.stages import render
 
     failed = []
     real_push = render.ClipRender.push
@@ -118,9 +118,9 @@ def test_a_render_that_fails_inside_the_decode_is_made_again_alone(scenes, tmp_p
 def test_windows_the_audio_filters_reject_are_never_rendered(scenes, tmp_path: Path, monkeypatch):
     """The plan knows the silence verdicts from the audio pass: a silent window gets no render
     (not even one thrown away later), and the analysis' verdicts are unchanged."""
-    from biaudio.build import render
     from biaudio.media.audio import decode_audio
     from biaudio.media.video import mux_foa
+    from biaudio.stages import render
 
     foa, sr = decode_audio(scenes["plain"])
     foa[:, : int(2.2 * sr)] = 0.0

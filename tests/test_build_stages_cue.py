@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biaudio.build.spatial_cue import SpatialCueConfig, check, lr_difference
 from biaudio.errors import BiaudioError
+from biaudio.stages.spatial_cue import SpatialCueConfig, check, lr_difference
 
 
 def test_lr_difference_formula_properties():

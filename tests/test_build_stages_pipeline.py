@@ -1,4 +1,4 @@
-"""process_item on synthetic scenes: every manifest v1 column, files present, spatial-cue rejects."""
+"""process_item on synthetic scenes: every manifest v2 column, files present, spatial-cue rejects."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biaudio.build.recipe import Recipe
-from biaudio.build.types import WorkItem
+from biaudio.engine.types import WorkItem
+from biaudio.recipe import Recipe
 
-STAGE_COLUMNS = [  # manifest v1 minus the engine's columns (split, schema_version, recipe_hash, tool_versions)
-    "clip_id", "source_id", "source_uri", "start_s", "end_s", "duration_s", "video_path", "audio_path",
+STAGE_COLUMNS = [  # manifest v2 minus the engine's columns (group_id, split, schema_version, recipe_hash, tool_versions)
+    "clip_id", "source_id", "source_uri", "start_s", "end_s", "duration_s", "section_start_s", "video_path", "audio_path",
     "preview_path", "fps", "hfov_deg", "width", "height", "sample_rate", "num_frames", "trajectory",
     "trajectory_mode", "clip_azimuth_deg", "clip_elevation_deg", "window_directions", "silence_ratio",
     "static_ratio", "speech_ratio", "speech_backend", "speech_checkpoint", "lr_difference", "caption",
@@ -49,7 +49,7 @@ def scenes(tmp_path_factory):
 
 
 def test_process_item_rows_have_every_column_and_files_exist(scenes, tmp_path: Path):
-    from biaudio.build.pipeline import process_item
+    from biaudio.stages.item import process_item
 
     video = scenes["lateral"].video
     res = process_item(_item(video), _recipe(), tmp_path, LOG)
@@ -78,7 +78,7 @@ def test_process_item_rows_have_every_column_and_files_exist(scenes, tmp_path: P
 
 
 def test_spatial_cue_rejects_straight_ahead_static_and_keeps_lateral(scenes, tmp_path: Path):
-    from biaudio.build.pipeline import process_item
+    from biaudio.stages.item import process_item
 
     static = {"mode": "static", "yaw_offset_deg": [0, 0]}
     res = process_item(_item(scenes["front"].video), _recipe(**static), tmp_path / "front", LOG)
@@ -94,7 +94,7 @@ def test_spatial_cue_rejects_straight_ahead_static_and_keeps_lateral(scenes, tmp
 
 
 def test_bad_inputs_become_rejects(tmp_path: Path):
-    from biaudio.build.pipeline import process_item
+    from biaudio.stages.item import process_item
 
     res = process_item(_item(tmp_path / "missing.mp4"), _recipe(), tmp_path, LOG)
     assert res.rows == [] and res.rejects[0]["reason"] == "missing" and res.rejects[0]["stage"] == "fetch"
@@ -110,7 +110,7 @@ def test_real_sphere360_clip_end_to_end_turned_away(testdata_dir: Path, tmp_path
     one 8-s clip kept, right ear louder, preview written, direction near the front."""
     import soundfile as sf
 
-    from biaudio.build.pipeline import process_item
+    from biaudio.stages.item import process_item
 
     src = testdata_dir / "sphere360-erp-foa" / "JUN314mwb90_49.webm"
     recipe = Recipe.model_validate({
@@ -131,7 +131,7 @@ def test_real_sphere360_clip_end_to_end_turned_away(testdata_dir: Path, tmp_path
 
 
 def test_caption_reject_after_render_leaves_no_files_and_file_captions_fill_row(scenes, tmp_path: Path):
-    from biaudio.build.pipeline import process_item
+    from biaudio.stages.item import process_item
 
     caps = tmp_path / "caps.csv"
     caps.write_text('clip_id,caption\nlateral_0,"Visible sound: a red disc humming, Invisible sound: room tone"\n',
@@ -149,9 +149,9 @@ def test_caption_reject_after_render_leaves_no_files_and_file_captions_fill_row(
 def test_filters_judge_each_clip_and_foa_is_decoded_once(tmp_path: Path):
     """A 16-s scene silent for its first 8 s: that clip is rejected (reason silent, its clip id), the
     second is kept with its own silence ratio; the file's audio is decoded by ffmpeg exactly once."""
-    from biaudio.build.pipeline import process_item
     from biaudio.media.audio import AUDIO_DECODES, decode_audio
     from biaudio.media.video import mux_foa
+    from biaudio.stages.item import process_item
     from biaudio.synth import make_scene
 
     scene = make_scene(tmp_path, "loud", 31, duration=16.4, size=(256, 128), fps=10, n_sources=1, ambience=True,
@@ -179,7 +179,7 @@ def test_filters_judge_each_clip_and_foa_is_decoded_once(tmp_path: Path):
     assert bsr == 32000 and b.shape[0] == 8 * 32000 and np.sqrt(np.mean(b ** 2)) > 1e-3
     assert not (tmp_path / "out" / "clips" / "half_0.mp4").exists()
 
-    from biaudio.ingest import analyze_file
+    from biaudio.ingest.analysis import analyze_file
 
     a = analyze_file(video, segment_cfg=recipe.segment, speech_cfg=recipe.clean.speech, keep_foa=False)
     s0, s1 = (a.window_scores[c]["silence"] for c in ("half_0", "half_8000"))

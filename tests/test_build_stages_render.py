@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biaudio.build.render import RenderConfig, output_fps, render_clip, view_outline
-from biaudio.build.trajectory import Trajectory, TrajectoryConfig, make_trajectory
 from biaudio.spatial.angles import world_to_camera_dir
+from biaudio.stages.render import RenderConfig, output_fps, render_clip, view_outline
+from biaudio.stages.trajectory import Trajectory, TrajectoryConfig, make_trajectory
 
 SRC_AZ, SRC_EL = 30.0, 10.0
 CFG = RenderConfig(width=192, height=108, preview_width=320)
@@ -128,7 +128,7 @@ def test_preview_draws_path_where_the_camera_looks(scene, tmp_path: Path, monkey
     n = int(round(2.0 * fps))
     t = np.arange(n) / fps
     traj = Trajectory(t, np.linspace(-90.0, -60.0, n), np.zeros(n), np.zeros(n), "paper")
-    import biaudio.build.render as render_mod
+    import biaudio.stages.render as render_mod
     from biaudio.spatial.projection import Projector
 
     # only the viewed rectangle is decoded; the whole-frame preview comes from the same decode

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from biaudio.build.executor import BuildLockedError, OutDirError, _Lock, build
-from biaudio.build.manifest import read_manifest
-from biaudio.build.recipe import load_recipe
-from biaudio.build.validate import validate
 from biaudio.cli import app
+from biaudio.engine.check import validate
+from biaudio.engine.run import build
+from biaudio.engine.state import BuildLockedError, OutDirError, _Lock
 from biaudio.ingest.sources import read_sources
+from biaudio.manifest import read_manifest
+from biaudio.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "test_build_engine_standin.py"
@@ -252,7 +253,7 @@ def test_lock_of_a_live_process_a_dead_one_and_another_host(media, tmp_path, mon
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from biaudio.build.executor import _Lock\n"
+        "import sys, time; from pathlib import Path; from biaudio.engine.state import _Lock\n"
         f"l = _Lock(Path({str(out)!r})).__enter__(); print('held', flush=True); time.sleep(120)")],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

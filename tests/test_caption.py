@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from biaudio.build import caption as cap
-from biaudio.build.caption import CaptionConfig, get_captioner, parse_caption
 from biaudio.errors import BiaudioError, RejectItem
+from biaudio.stages import caption as cap
+from biaudio.stages.caption import CaptionConfig, get_captioner, parse_caption
 
 
 def test_parse_caption_variants():
@@ -90,12 +90,15 @@ def test_local_model_missing_paths_are_clear_errors(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory) -> Path:
+    return make_tiny_text_model(tmp_path_factory.mktemp("tiny_text_model"))
+
+
+def make_tiny_text_model(d: Path) -> Path:
     """A randomly initialised 1-layer GPT-2 and a tiny BPE tokenizer, saved locally (nothing downloaded)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from tokenizers import decoders as tdec
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    d = tmp_path_factory.mktemp("tiny_text_model")
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = tdec.ByteLevel()
@@ -126,14 +129,14 @@ def test_local_model_text_stage_runs_offline(tiny_text_model: Path, tmp_path: Pa
     c = cap.LocalModelCaptioner(cfg)
     out = c.restructure("a flute plays, wind blows")
     assert isinstance(out, str)
-    monkeypatch.setattr(c, "describe", lambda video_path: "a flute plays")
+    monkeypatch.setattr(c, "describe_batch", lambda paths: ["a flute plays"] * len(paths))
     # a random model does not write the format: the clip is rejected with a clear reason
-    monkeypatch.setattr(c, "restructure", lambda d: "gibberish " + out)
+    monkeypatch.setattr(c, "restructure_batch", lambda ds: ["gibberish " + out for _ in ds])
     with pytest.raises(RejectItem) as e:
         c.caption("x_0", "x", video_path=tmp_path / "x.mp4")
     assert e.value.reason == "caption_unparsable"
     # a well-formed answer is parsed into the two fields
-    monkeypatch.setattr(c, "restructure", lambda d: f"Sure! Visible sound: {d}, Invisible sound: none.")
+    monkeypatch.setattr(c, "restructure_batch", lambda ds: [f"Sure! Visible sound: {d}, Invisible sound: none." for d in ds])
     got = c.caption("x_0", "x", video_path=tmp_path / "x.mp4")
     assert (got.visible, got.invisible, got.backend) == ("a flute plays", "none", "local-model")
 
@@ -162,6 +165,10 @@ _OMNI_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tiny_omni_model(tmp_path_factory) -> Path:
+    return make_tiny_omni_model(tmp_path_factory.mktemp("tiny_omni_model"))
+
+
+def make_tiny_omni_model(d: Path) -> Path:
     """A randomly initialised Qwen2.5-Omni (1-layer thinker: text, vision and audio towers; no talker)
     and its real processor (BPE tokenizer with the Omni special tokens, Qwen2-VL image/video processor,
     Whisper feature extractor), saved locally like a downloaded checkpoint (nothing downloaded)."""
@@ -178,7 +185,6 @@ def tiny_omni_model(tmp_path_factory) -> Path:
         WhisperFeatureExtractor,
     )
 
-    d = tmp_path_factory.mktemp("tiny_omni_model")
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = tdec.ByteLevel()

@@ -12,7 +12,7 @@ import pytest
 from biaudio.clean.silence import SilenceConfig, silence_score
 from biaudio.clean.speech import SpeechConfig, speech_score
 from biaudio.clean.static import static_score
-from biaudio.ingest import analyze_file
+from biaudio.ingest.analysis import analyze_file
 from biaudio.ingest.validate import ValidateConfig
 
 AMBIX_WEBM = ValidateConfig(declared_convention="ambix", declared_convention_formats=["webm"])

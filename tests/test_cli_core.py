@@ -119,7 +119,7 @@ def test_render_trajectory_and_bad_input(tiny_360, tmp_path):
     out = tmp_path / "t.mp4"
     r = runner.invoke(app, ["render", str(tiny_360), "--out", str(out), "--trajectory", str(traj), "--size", "64x36", "--json"])
     assert r.exit_code == 0, r.output
-    from biaudio.commands.core import load_trajectory, sample_trajectory
+    from biaudio.cli.core import load_trajectory, sample_trajectory
 
     y, p, _ = sample_trajectory(load_trajectory(traj), np.array([0.0, 1.0, 2.0]))
     assert np.allclose(np.abs(y), [170, 180, 170]) and np.allclose(p, [0, 5, 10])  # through ±180, not through 0

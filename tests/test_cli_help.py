@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from biaudio.commands._common import _LIST_ITEM, unwrap_help
+from biaudio.cli._common import _LIST_ITEM, unwrap_help
 
 
 def test_unwrap_help_joins_paragraph_lines_and_keeps_examples_and_lists():

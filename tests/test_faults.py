@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from biaudio.build.executor import build
-from biaudio.build.manifest import read_manifest
-from biaudio.build.recipe import load_recipe
-from biaudio.build.validate import validate
 from biaudio.cli import app
+from biaudio.engine.check import validate
+from biaudio.engine.run import build
+from biaudio.manifest import read_manifest
+from biaudio.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "test_build_engine_standin.py"

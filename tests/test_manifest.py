@@ -1,4 +1,4 @@
-"""Manifest schema v1: round trip through pandas, pyarrow and duckdb; splits by source; versions."""
+"""Manifest schema v2: round trip through pandas, pyarrow and duckdb; splits by source; versions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from biaudio.build import manifest as m
+from biaudio import manifest as m
 from biaudio.errors import BiaudioError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_round_trip_pandas_pyarrow_duckdb(tmp_path):
 
     df = pd.read_parquet(path)
     assert len(df) == 10 and set(df["split"]) <= {"train", "val", "test"}
-    assert df["schema_version"].dtype.name == "int32" and (df["schema_version"] == 1).all()
+    assert df["schema_version"].dtype.name == "int32" and (df["schema_version"] == m.SCHEMA_VERSION).all()
     assert (df["qa_status"] == "pending").all()
     first = df.iloc[0]
     assert len(first["trajectory"]) == 3 and set(first["trajectory"][0]) == {"t", "yaw", "pitch", "roll"}
@@ -101,12 +101,12 @@ def test_rows_missing_required_or_duplicated_are_refused(tmp_path):
 
 def test_other_schema_version_is_refused(tmp_path):
     table = m.manifest_table(_complete(_rows(1)))
-    pq.write_table(table.replace_schema_metadata({b"biaudio.schema_version": b"2"}), tmp_path / "manifest.parquet")
-    with pytest.raises(m.SchemaVersionError, match="v2"):
+    pq.write_table(table.replace_schema_metadata({b"biaudio.schema_version": b"3"}), tmp_path / "manifest.parquet")
+    with pytest.raises(m.SchemaVersionError, match="v3"):
         m.read_manifest(tmp_path)
 
 
-def test_split_is_by_source_and_stable():
+def test_split_is_by_group_and_stable():
     fr = (0.2, 0.3)
     ids = [f"video{i}" for i in range(2000)]
     splits = [m.assign_split(s, fr, "salt") for s in ids]
@@ -114,13 +114,18 @@ def test_split_is_by_source_and_stable():
     assert abs(share["test"] - 0.3) < 0.04 and abs(share["val"] - 0.2) < 0.04 and abs(share["train"] - 0.5) < 0.04
     assert splits == [m.assign_split(s, fr, "salt") for s in ids]  # deterministic
     assert splits != [m.assign_split(s, fr, "other") for s in ids]  # the salt matters
-    # every clip of one source lands in the split of that source, whatever the clip
-    rows = _complete(_rows(40))
-    by_src: dict[str, set] = {}
+    # every clip of one video lands in the split of that video, whatever the clip or the item:
+    # files named the Sphere360 way (<ytid>_<start>) are sections of one video
+    rows = _rows(40)
     for r in rows:
-        by_src.setdefault(r["source_id"], set()).add(r["split"])
-    assert all(len(v) == 1 for v in by_src.values())
-    assert len({r["split"] for r in rows}) == 3
+        r["source_uri"] = f"/data/{'Vid' + r['source_id'][-2:-1]}_{r['source_id'][-1]}0.webm"
+    rows = _complete(rows)
+    assert len({r["group_id"] for r in rows}) == 4 and len({r["source_id"] for r in rows}) == 40
+    by_group: dict[str, set] = {}
+    for r in rows:
+        by_group.setdefault(r["group_id"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in by_group.values())
+    assert [r["split"] for r in rows] == [m.assign_split(r["group_id"], (0.2, 0.3), "t") for r in rows]
 
 
 def test_rejects_table(tmp_path):
@@ -134,6 +139,7 @@ def test_rejects_table(tmp_path):
 
 def test_readme_documents_every_column():
     doc = (REPO / "manifests" / "README.md").read_text()
-    assert re.search(r"schema[_ ]version.*\b1\b", doc)
+    assert re.search(rf"schema[_ ]version.*\b{m.SCHEMA_VERSION}\b", doc)
+    assert "v1 -> v2" in doc or "v1 → v2" in doc
     for name in m.MANIFEST_SCHEMA.names + m.REJECTS_SCHEMA.names:
         assert f"`{name}`" in doc, f"manifests/README.md does not document column {name}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from biaudio.errors import BiaudioError
-from biaudio.ingest import analyze_file
+from biaudio.ingest.analysis import analyze_file
 from biaudio.ingest.validate import ValidateConfig, validate_input
 from biaudio.media.header import exact_rate, parse_input_dump
 from biaudio.media.probe import probe, probe_from_dict
@@ -163,7 +163,7 @@ def test_non_8bit_video_decodes_again_with_the_general_graph(tmp_path, monkeypat
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), "-c:v", "libx264", "-preset",
                         "ultrafast", "-qp", "0", "-pix_fmt", pix, "-c:a", "copy", str(out)], check=True, timeout=120)
     assert probe(ten).raw["streams"][0]["pix_fmt"] == "yuv420p10le"
-    import biaudio.ingest as ingest
+    import biaudio.ingest.analysis as ingest
 
     modes: list[bool] = []
     real_decode = ingest.shared_decode

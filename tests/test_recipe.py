@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from biaudio.build.recipe import (
-    PLACEHOLDER_SECTIONS,
+from biaudio.errors import RecipeError
+from biaudio.recipe import (
     builtin_recipes,
     load_recipe,
     recipe_from_dict,
     recipe_hash,
 )
-from biaudio.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,11 +55,15 @@ def test_bad_value_names_key_and_value():
     with pytest.raises(RecipeError) as ei:
         recipe_from_dict({"sources": [5]})
     assert ei.value.reason == "sources.0" and "5" in ei.value.detail
+    # a stride of 0 or less would never advance the window start (an endless loop, not an error)
+    for bad in (0, -1.0):
+        with pytest.raises(RecipeError) as ei:
+            recipe_from_dict({"segment": {"stride_s": bad}})
+        assert ei.value.reason == "segment.stride_s"
 
 
 def test_stage_sections_are_real_and_strict():
-    # the stage configs are nested for real (not placeholders) and forbid unknown keys too
-    assert not PLACEHOLDER_SECTIONS, PLACEHOLDER_SECTIONS
+    # the stage configs are nested for real and forbid unknown keys too
     for section in ("trajectory", "render", "caption", "spatial_cue", "segment", "fetch", "validate"):
         with pytest.raises(RecipeError) as ei:
             recipe_from_dict({section: {"no_such_key": 1}})
@@ -105,12 +108,31 @@ def test_hash_ignores_output_and_execution_only():
     assert recipe_hash(load_recipe("demo")) == recipe_hash(base)  # stable across loads
 
 
-def test_builtin_recipes_packaged_copies_match_pipelines():
+def test_builtin_recipe_names_resolve_to_pipelines():
+    """pipelines/ is the one home of the recipes: every file there is a built-in name, and the
+    name loads that file (there is no second copy to drift)."""
     names = builtin_recipes()
-    assert {"demo", "biaudio"} <= set(names)
-    for name in ("demo", "biaudio"):
-        assert (REPO / "pipelines" / f"{name}.yaml").read_bytes() == names[name].read_bytes(), name
-        load_recipe(REPO / "pipelines" / f"{name}.yaml")  # both validate
+    assert set(names) == {p.stem for p in (REPO / "pipelines").glob("*.yaml")} >= {"demo", "biaudio"}
+    for name, path in names.items():
+        assert path.resolve() == (REPO / "pipelines" / f"{name}.yaml").resolve(), name
+        assert load_recipe(name).name == load_recipe(path).name  # both validate, the same recipe
+
+
+def test_builtin_recipes_from_a_wheel_layout(tmp_path, monkeypatch):
+    """Installed from a wheel, the recipes sit in biaudio/recipes/ (setup.py maps that data package
+    onto pipelines/) and there is no checkout around the package: that folder is used."""
+    import shutil
+
+    import biaudio.recipe as rmod
+
+    packaged = tmp_path / "recipes"
+    packaged.mkdir()
+    shutil.copy(REPO / "pipelines" / "demo.yaml", packaged / "demo.yaml")
+    monkeypatch.setattr(rmod, "PACKAGED_RECIPES_DIR", packaged)
+    assert builtin_recipes()["demo"].parent == REPO / "pipelines"  # a checkout: pipelines/ wins
+    monkeypatch.setattr(rmod, "PIPELINES_DIR", tmp_path / "site-packages" / "pipelines")  # no checkout
+    assert builtin_recipes() == {"demo": packaged / "demo.yaml"}
+    assert recipe_hash(load_recipe("demo")) == recipe_hash(load_recipe(REPO / "pipelines" / "demo.yaml"))
 
 
 def test_paper_recipe_values():

@@ -135,7 +135,7 @@ def _review_flow(
         pd.read_parquet(out / "manifest_versions" / "manifest.v1.parquet")["clip_id"]
     )
     if build_reader:  # the rewritten manifest still satisfies the build area's schema-checking reader
-        from biaudio.build.manifest import read_manifest
+        from biaudio.manifest import read_manifest
 
         t = read_manifest(out)
         status = dict(zip(t.column("clip_id").to_pylist(), t.column("qa_status").to_pylist(), strict=True))

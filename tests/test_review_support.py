@@ -150,7 +150,7 @@ def write_manifest(out: Path, rows: list[dict[str, Any]], drop: tuple[str, ...] 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from biaudio.build.manifest import MANIFEST_SCHEMA
+    from biaudio.manifest import MANIFEST_SCHEMA
 
     # The v1 column types from the real schema; the writer itself stays permissive so tests can
     # drop columns or plant an old schema_version, which the real writer refuses.

@@ -138,8 +138,8 @@ def test_sync_baseline_finds_the_sounding_disc_and_the_camera_turn() -> None:
 @pytest.fixture(scope="module")
 def bench_build(tmp_path_factory) -> Path:
     """A 4-scene spatial-bench build (one of each type), every clip in the test split."""
-    from biaudio.build.executor import build
-    from biaudio.build.recipe import load_recipe
+    from biaudio.engine.run import build
+    from biaudio.recipe import load_recipe
 
     out = tmp_path_factory.mktemp("bench-build") / "bench"
     recipe = load_recipe("spatial-bench", ["sources.0.synth.scenes=4", "sources.0.synth.duration=4.5",
@@ -203,8 +203,8 @@ def bench_win_report(tmp_path_factory) -> dict:
     on its train split; ``visaudio eval`` of its test split with both two-stage baselines."""
     import os
 
-    from biaudio.build.executor import build
-    from biaudio.build.recipe import load_recipe
+    from biaudio.engine.run import build
+    from biaudio.recipe import load_recipe
     from visaudio.eval import runner as R
     from visaudio.train import train
 

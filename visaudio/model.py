@@ -18,7 +18,11 @@ Layout (MODEL.md §3, MMAudio style):
   expressed where the content flows (the skip path) - see ``ViSAudio.__init__``;
 * adaLN gates and the output layers are zero-initialised: the untrained model predicts zero
   velocity and every block starts as the identity;
-* learned **null conditions** for classifier-free guidance.
+* learned **null conditions** for classifier-free guidance;
+* frozen pretrained encoders (``pretrained.image`` / ``pretrained.motion`` / ``model.text_encoder:
+  minilm``; ``visaudio.pretrained``) replace the patch CNN, sync CNN and hashed text when the config
+  names their folders: ``encode_conditions`` takes their precomputed features (a feature store) or
+  computes them from the frames and captions itself.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from visaudio.encoders import (
     build_text_encoder,
     sincos_2d,
 )
+from visaudio.pretrained import PartSlot, part_dims
 
 SKIP_MULT = 50.0
 
@@ -282,10 +287,15 @@ class ViSAudio(nn.Module):
         self.in_proj = nn.Linear(latent_dim, D)
         self.chan_emb = nn.Parameter(torch.randn(2, D) * 0.02)
         self.t_embed = TimestepEmbed(D)
-        self.video_enc = VideoEncoder(cfg)
+        # pretrained frozen encoders (visaudio.pretrained): widths from their config.json only
+        dims = part_dims(cfg) if (cfg.uses_pretrained or m.text_encoder == "minilm") else {}
+        self.video_enc = VideoEncoder(cfg, dims.get("image"))
         self.video_proj = nn.Linear(D, D)
-        self.sync_enc = SyncEncoder(cfg)
-        self.text_enc = build_text_encoder(cfg)
+        self.sync_enc = SyncEncoder(cfg, dims.get("motion"))
+        if "motion" in dims:  # latents per motion feature (one per tubelet)
+            self.lps = cfg.data.sample_rate / cfg.codec.hop / (cfg.data.sync_fps / dims["motion_tubelet"])
+        self.text_enc = build_text_encoder(cfg, dims.get("text"))
+        self._parts = PartSlot()  # frozen image/motion parts for on-the-fly features (not submodules)
         self.text_proj = nn.Linear(D, D)
         self.spacetime = SpacetimeModule(D, m.spacetime_lateral) if m.use_spacetime else None
         self.traj_enc = TrajectoryEncoder(cfg) if m.use_trajectory else None
@@ -348,24 +358,59 @@ class ViSAudio(nn.Module):
         return x * self.latent_std + self.latent_mean
 
     # --------------------------------------------------------------------- conditions
-    def encode_conditions(self, frames: torch.Tensor, captions: list[str | None],
-                          traj: torch.Tensor | None = None) -> Conditions:
-        """frames: (B, Fs, H, W, 3) uint8 at sync_fps; the patch stream takes every k-th frame."""
+    def pretrained_features(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen image/motion parts' features of a batch of windows, computed here when no
+        feature store supplies them (same code as ``visaudio prepare``); {} without such parts."""
+        if not self.cfg.uses_pretrained:
+            return {}
+        if not self._parts:
+            from visaudio.pretrained import ImagePart, MotionPart, shared_part
+
+            dev = str(frames.device)
+            if self.cfg.pretrained.image.path is not None:
+                self._parts.append(shared_part(ImagePart, self.cfg, dev))
+            if self.cfg.pretrained.motion.path is not None:
+                self._parts.append(shared_part(MotionPart, self.cfg, dev))
+        out = {}
+        for p in self._parts:
+            if p.name == "image":
+                out["image"] = p.features(frames[:, :: self.sync_stride][:, : self.n_frames]).to(frames.device)
+            else:
+                out["motion"] = p.features(frames).to(frames.device)
+        return out
+
+    def encode_conditions(self, frames: torch.Tensor | None, captions: list[str | None],
+                          traj: torch.Tensor | None = None,
+                          features: dict[str, torch.Tensor] | None = None) -> Conditions:
+        """frames: (B, Fs, H, W, 3) uint8 at sync_fps; the patch stream takes every k-th frame.
+        ``features``: precomputed frozen-part features of the window (keys ``image``, ``motion``,
+        ``text``, ``text_mask`` as in ``visaudio.pretrained``); missing ones are computed from
+        ``frames`` / ``captions``."""
         N = self.n_latents
-        patch = self.video_enc(frames[:, :: self.sync_stride][:, : self.n_frames])  # (B,F,gh,gw,D)
+        feats = dict(features or {})
+        if (self.video_enc.pre is not None and "image" not in feats) or \
+                (self.sync_enc.pre is not None and "motion" not in feats):
+            if frames is None:
+                raise ValueError("encode_conditions: no frames and no precomputed 'image'/'motion' features")
+            feats = self.pretrained_features(frames) | feats
+        img = feats.get("image")
+        patch = self.video_enc(None if img is not None else frames[:, :: self.sync_stride][:, : self.n_frames],
+                               None if img is None else img[:, : self.n_frames])  # (B,F,gh,gw,D)
         B, Fn, gh, gw, D = patch.shape
         pooled = F.adaptive_avg_pool2d(patch.reshape(B * Fn, gh, gw, D).permute(0, 3, 1, 2), self.pool)
         pooled = pooled.permute(0, 2, 3, 1).reshape(B, Fn, self.tokens_per_frame, D)
         pooled = pooled + sincos_2d(*self.pool, D, patch.device)
         video = self.video_proj(pooled.reshape(B, Fn * self.tokens_per_frame, D))
-        text = self.text_proj(self.text_enc(captions))
-        sync = _upsample(self.sync_enc(frames), N, self.lps)
+        text = self.text_proj(self.text_enc(captions, feats.get("text"), feats.get("text_mask")))
+        sync = _upsample(self.sync_enc(frames, feats.get("motion")), N, self.lps)
         if self.spacetime is not None:
             st = self.spacetime(patch)  # (B,2,F,D)
             st = _upsample(st.reshape(B * 2, Fn, D), N, self.lpf).reshape(B, 2, N, D)
         else:
-            st = torch.zeros(B, 2, N, D, device=frames.device)
+            st = torch.zeros(B, 2, N, D, device=patch.device)
         if self.camera_motion is not None:  # part of the video condition: nulled with it for CFG
+            if frames is None:
+                raise ValueError("model.camera_motion measures the camera from the frames: the store must keep them")
             cm = self.camera_motion(frames)  # (B, 2, Fs, D) at sync_fps
             st = st + _upsample(cm.reshape(B * 2, cm.shape[2], D), N, self.lps).reshape(B, 2, N, D)
         tr = self.traj_enc(traj) if (self.traj_enc is not None and traj is not None) else None

@@ -10,8 +10,11 @@ checkpoint. Global RNG states are still saved and restored for anything else tha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -28,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from visaudio.config import Config, load_config
-from visaudio.data import ManifestDataset, collate
+from visaudio.data import DataError, ManifestDataset, collate
 
 CKPT_NAME = "last.pt"
 PREV_CKPT_NAME = "prev.pt"  # the checkpoint before last.pt: a damaged last.pt does not lose the run
@@ -111,23 +114,58 @@ class EpochSampler:
         return out
 
 
-def compute_latent_stats(ds: ManifestDataset, codec, cfg: Config, device
+def codec_key(cfg: Config) -> str:
+    """What the latent statistics depend on: the codec settings, mono/binaural, and the bytes of
+    a learned codec's checkpoint."""
+    d: dict[str, Any] = {"codec": cfg.codec.model_dump(), "channels": cfg.data.channels}
+    if cfg.codec.vae_ckpt:
+        p = Path(cfg.codec.vae_ckpt)
+        d["vae_sha1"] = hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else None
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def compute_latent_stats(ds, codec, cfg: Config, device, rank: int = 0, world: int = 1
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension mean and a per-dimension or shared scale (``codec.norm``) of the codec
     latents over whole training clips (both channels). Per-dimension stds are floored at 10% of
-    their mean so near-silent dimensions don't become huge normalised values."""
+    their mean so near-silent dimensions don't become huge normalised values.
+
+    Under DDP each rank encodes every world-th clip and the sums are all-reduced. A feature store
+    keeps the result beside its shards (keyed by the codec), so it is computed once per store."""
+    cache = ds.stats_cache(codec_key(cfg)) if hasattr(ds, "stats_cache") else None
+    if cache is not None and cache.is_file():
+        try:
+            st = torch.load(cache, map_location="cpu", weights_only=True)
+            return st["mean"], st["std"], st["var"]
+        except Exception as e:  # a damaged cache is recomputed, never trusted
+            print(f"warning: latent statistics {cache} unreadable ({e}); recomputing", file=sys.stderr)
     s = s2 = None
     n = 0
+    flat = 0
     with torch.no_grad():
-        for i in range(len(ds)):
-            a, _ = ds.media(i)
-            a = torch.from_numpy(a)[None].to(device)
-            if cfg.data.channels == "mono":
-                a = a.mean(1, keepdim=True).repeat(1, 2, 1)
-            z = codec.encode(a).reshape(-1, codec.latent_dim).double()
-            s = z.sum(0) if s is None else s + z.sum(0)
-            s2 = z.pow(2).sum(0) if s2 is None else s2 + z.pow(2).sum(0)
-            n += z.shape[0]
+        for k, size in enumerate(ds.shard_sizes):
+            for i in range(size):
+                flat += 1
+                if (flat - 1) % world != rank:
+                    continue
+                a = torch.from_numpy(ds.audio_at(k, i))[None].to(device)
+                if cfg.data.channels == "mono":
+                    a = a.mean(1, keepdim=True).repeat(1, 2, 1)
+                z = codec.encode(a).reshape(-1, codec.latent_dim).double()
+                s = z.sum(0) if s is None else s + z.sum(0)
+                s2 = z.pow(2).sum(0) if s2 is None else s2 + z.pow(2).sum(0)
+                n += z.shape[0]
+    if s is None:
+        s = torch.zeros(codec.latent_dim, dtype=torch.float64, device=device)
+        s2 = torch.zeros_like(s)
+    if world > 1:
+        import torch.distributed as dist
+
+        packed = torch.cat([s, s2, torch.tensor([float(n)], dtype=torch.float64, device=s.device)])
+        if dist.get_backend() == "nccl":
+            packed = packed.to(device)
+        dist.all_reduce(packed)
+        s, s2, n = packed[: len(s)], packed[len(s): 2 * len(s)], float(packed[-1])
     mean = s / n
     var = (s2 / n - mean.pow(2)).clamp_min(0)
     norm = cfg.codec.norm if cfg.codec.norm != "auto" else ("global" if cfg.codec.kind == "stft" else "dim")
@@ -135,7 +173,26 @@ def compute_latent_stats(ds: ManifestDataset, codec, cfg: Config, device
         std = var.mean().sqrt().expand_as(mean).clone() + 1e-8
     else:
         std = var.sqrt().clamp_min(0.1 * float(var.sqrt().mean()) + 1e-8)
-    return mean.float().cpu(), std.float().cpu(), (var / std.pow(2)).float().cpu()
+    out = mean.float().cpu(), std.float().cpu(), (var / std.pow(2)).float().cpu()
+    if cache is not None and rank == 0:
+        try:
+            _atomic_save({"mean": out[0], "std": out[1], "var": out[2], "n_frames": int(n)}, cache)
+        except OSError as e:  # a read-only store still trains; it recomputes next time
+            print(f"warning: could not keep latent statistics in {cache} ({e.strerror or e})", file=sys.stderr)
+    return out
+
+
+def lr_factor(step: int, tc) -> float:
+    """Multiplier of train.lr after ``step`` optimizer steps: linear warm-up, then the decay."""
+    w = max(1, tc.warmup_steps)
+    if step + 1 < w:
+        return (step + 1) / w
+    if tc.lr_schedule == "constant":
+        return 1.0
+    total = tc.decay_steps if tc.decay_steps is not None else tc.max_steps
+    frac = min(1.0, max(0.0, (step + 1 - w) / max(1, total - w)))
+    shape = 0.5 * (1 + math.cos(math.pi * frac)) if tc.lr_schedule == "cosine" else 1.0 - frac
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * shape
 
 
 class FlowLoss(nn.Module):
@@ -146,9 +203,9 @@ class FlowLoss(nn.Module):
         self.model = model
         self.side_weight = float(side_weight)
 
-    def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t) -> torch.Tensor:
+    def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t, features=None) -> torch.Tensor:
         m = self.model
-        cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None)
+        cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None, features=features)
         cond = m.drop_conditions(cond, drop_v, drop_t)
         tt = t.view(-1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * x1
@@ -378,10 +435,14 @@ def _check_writable(folder: Path) -> None:
 
 
 
-def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | Path, max_steps: int | None = None,
-          overrides: list[str] | tuple[str, ...] = (), device: str | None = None, progress: bool | None = None
-          ) -> dict[str, Any]:
-    """Train (or resume) a ViSAudio run; returns a summary dict (see end of function)."""
+def train(manifest_dir: str | Path | None, config: str | Path | Config, run_dir: str | Path, max_steps: int | None = None,
+          overrides: list[str] | tuple[str, ...] = (), device: str | None = None, progress: bool | None = None,
+          store: str | Path | None = None) -> dict[str, Any]:
+    """Train (or resume) a ViSAudio run; returns a summary dict (see end of function).
+
+    The examples come from ``store`` (a feature store written by ``visaudio prepare``; streamed,
+    RAM independent of the dataset size) or else from ``manifest_dir`` clip by clip (tiny CPU
+    runs). Both go through the same streaming loader (visaudio/stream.py)."""
     cfg = load_config(config, overrides)
     tc = cfg.train
     if tc.num_threads:
@@ -392,8 +453,11 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if tc.batch_size % world:
-        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {world}")
+    if tc.batch_size % (world * tc.grad_accum):
+        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {world} x "
+                         f"train.grad_accum {tc.grad_accum}")
+    if store is None and manifest_dir is None:
+        raise DataError("pass a manifest folder or a feature store (visaudio prepare) to train on")
     total_steps = int(max_steps if max_steps is not None else tc.max_steps)
     run = Path(run_dir)
     ckpt_path = run / "ckpt" / CKPT_NAME
@@ -408,14 +472,26 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
             f"checkpoint {found[0]} holds weights for generation only (no {[k for k in RESUME_KEYS if k not in ck]}),"
             " so training cannot resume from it; pass a new --run folder to start a run")
 
-    train_ds = ManifestDataset(manifest_dir, "train", cfg, augment=cfg.data.augment)
-    try:
-        val_ds: ManifestDataset | None = ManifestDataset(manifest_dir, "val", cfg, augment=False)
-    except ValueError:
-        val_ds = None
+    if store is not None:
+        from visaudio.store import StoreError
+        from visaudio.stream import StoreDataset
+
+        train_ds: Any = StoreDataset(store, "train", cfg, augment=cfg.data.augment)
+        try:
+            val_ds: Any = StoreDataset(store, "val", cfg, augment=False)
+        except StoreError as e:
+            if "has no split" not in str(e):
+                raise
+            val_ds = None
+    else:
+        train_ds = ManifestDataset(manifest_dir, "train", cfg, augment=cfg.data.augment)
+        try:
+            val_ds = ManifestDataset(manifest_dir, "val", cfg, augment=False)
+        except ValueError:
+            val_ds = None
     model, codec = build_model(cfg, dev)
     if ck is None:
-        mean, std, var = compute_latent_stats(train_ds, codec, cfg, dev)
+        mean, std, var = compute_latent_stats(train_ds, codec, cfg, dev, rank, world)
         model.latent_mean.copy_(mean.to(dev))
         model.latent_std.copy_(std.to(dev))
         model.latent_var.copy_(var.to(dev))
@@ -424,17 +500,40 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
         p.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                             betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
-    sampler = EpochSampler(len(train_ds), cfg.seed, shuffle=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc))
+    phema = None
+    if tc.posthoc_ema:
+        from visaudio.phema import PowerEMA
+
+        phema = PowerEMA(model, tc.posthoc_sigma_rels)
+    n_data = len(train_ds)
+    data_source = f"store:{train_ds.key_dir.name}" if store is not None else "manifest"
     step = 0
+    g0 = 0  # global index of the next training example (visaudio/stream.py)
     if ck is not None:
         load_weights(model, ck["model"], found[0])
         load_weights(ema, ck["ema"], found[0])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        sampler.state = SamplerState(**ck["sampler"])
+        st = SamplerState(**ck["sampler"])
+        g0 = st.epoch * n_data + st.pos
+        dpos = ck.get("data")
+        if isinstance(dpos, dict) and (dpos.get("n") != n_data or dpos.get("source") != data_source):
+            print(f"warning: {found[0]} was written while training on {dpos.get('n')} examples from "
+                  f"{dpos.get('source')}; now {n_data} from {data_source}: the data order continues from "
+                  f"epoch {st.epoch}, position {st.pos} but is not the one the run had", file=sys.stderr)
+        if phema is not None:
+            if "phema" not in ck:
+                raise CheckpointError(f"checkpoint {found[0]} has no post-hoc EMA state; resume with "
+                                      "train.posthoc_ema=false or start a new --run")
+            phema.load_state_dict(ck["phema"])
         step = int(ck["step"])
         _set_rng_state(ck["rng"])
+    from visaudio.stream import BatchStream, EpochOrder, StreamingDataset
+
+    order = EpochOrder(train_ds.shard_sizes, cfg.seed, tc.shuffle_block)
+    stream = BatchStream(StreamingDataset(train_ds, cfg.seed, rank, world, g0, tc.shuffle_block),
+                         workers=tc.num_workers)
     loss_mod: nn.Module = FlowLoss(model, tc.side_loss_weight)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -477,14 +576,35 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
                 f"({e.strerror or e}); the previous checkpoint is untouched. Free space or fix the "
                 "folder, then run the same command again to resume") from None
 
+    def data_position(step_: int) -> dict[str, Any]:
+        """Where the data stream stands after ``step_`` steps: the global example index, its
+        epoch and position, and the shard and offset it is read from."""
+        g = g0 + (step_ - start_step) * tc.batch_size
+        e, p, k, i = order.at(g)
+        return {"g": g, "epoch": e, "pos": p, "shard": k, "offset": i, "n": n_data, "source": data_source}
+
     def _save(step_: int) -> None:
-        _atomic_save({
-            "step": step_, "sampler": vars(sampler.state).copy(), "model": model.state_dict(),
+        dp = data_position(step_)
+        extra = {"phema": phema.state_dict()} if phema is not None else {}
+        _atomic_save(extra | {
+            "step": step_, "sampler": {"epoch": dp["epoch"], "pos": dp["pos"]}, "data": dp, "model": model.state_dict(),
             "ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
             "rng": _rng_state(), "config": cfg.model_dump(), "arch_hash": cfg.arch_hash(),
             "latent_mean": model.latent_mean.cpu(), "latent_std": model.latent_std.cpu(),
             "codec_state": codec.state_dict() if cfg.codec.kind == "vae" else None,
         }, ckpt_path, keep_prev=ckpt_path.with_name(PREV_CKPT_NAME))
+
+    def save_phema(step_: int) -> None:
+        if phema is None or not is_main:
+            return
+        from visaudio.phema import snapshot_path
+
+        sp = snapshot_path(run, step_)
+        sp.parent.mkdir(exist_ok=True)
+        try:
+            _atomic_save(phema.state_dict(), sp)
+        except OSError as e:
+            raise RunFolderError(f"could not write the post-hoc EMA snapshot {sp} ({e.strerror or e})") from None
 
     amp = dev.type == "cuda" and tc.bf16
     losses: list[tuple[int, float]] = []
@@ -502,26 +622,42 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
     try:
         while step < total_steps:
             t0 = time.time()
-            entries = sampler.next_batch(tc.batch_size)
-            mine = list(range(rank, tc.batch_size, world))
-            items = [train_ds.item(entries[j][0], np.random.default_rng([cfg.seed, entries[j][1], entries[j][2]]))
-                     for j in mine]
-            batch = collate(items)
-            gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, step, j)) for j in mine]
-            x0 = torch.cat([model.prior_noise(1, g) for g in gens]).to(dev)
-            u = torch.stack([torch.randn(1, generator=g) for g in gens]).view(-1)
-            t = torch.sigmoid(u * tc.t_std + tc.t_mean).to(dev)
-            dr = torch.stack([torch.rand(2, generator=g) for g in gens])
-            drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
-            audio = batch["audio"].to(dev)
-            with torch.no_grad():
-                x1 = model.normalize(codec.encode(audio).float())
+            b_rank = tc.batch_size // world
+            items = stream.take(b_rank)
+            micro = b_rank // tc.grad_accum
             model.train()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                per = loss_mod(x0, x1, t, batch["frames"].to(dev), batch["caption"], batch["traj"].to(dev),
-                               drop_v, drop_t)
-            loss = per.mean()
-            stats = torch.stack([loss.detach().float()])
+            opt.zero_grad(set_to_none=True)
+            lsum = torch.zeros((), dtype=torch.float64)
+            per_all, t_all, clip_ids = [], [], []
+            for m in range(tc.grad_accum):
+                chunk = items[m * micro:(m + 1) * micro]
+                batch = collate(chunk)
+                clip_ids += batch["clip_id"]
+                js = [it["g"] - step * tc.batch_size for it in chunk]  # index in the global batch
+                gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, step, j)) for j in js]
+                x0 = torch.cat([model.prior_noise(1, g) for g in gens]).to(dev)
+                u = torch.stack([torch.randn(1, generator=g) for g in gens]).view(-1)
+                t = torch.sigmoid(u * tc.t_std + tc.t_mean).to(dev)
+                dr = torch.stack([torch.rand(2, generator=g) for g in gens])
+                drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
+                feats = batch.get("features") or {}
+                cond_feats = {k: v.to(dev) for k, v in feats.items() if k in ("image", "motion", "text", "text_mask")}
+                with torch.no_grad():  # a frozen codec's latents come from the store when it has them
+                    z = feats["latents"].to(dev) if "latents" in feats and cfg.data.channels != "mono" else \
+                        codec.encode(batch["audio"].to(dev))
+                    x1 = model.normalize(z.float())
+                last_micro = m == tc.grad_accum - 1
+                sync = contextlib.nullcontext() if (world == 1 or last_micro) else loss_mod.no_sync()
+                with sync:
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                        per = loss_mod(x0, x1, t, batch["frames"].to(dev), batch["caption"], batch["traj"].to(dev),
+                                       drop_v, drop_t, cond_feats or None)
+                    (per.sum() / b_rank).backward()
+                lsum += per.detach().double().sum().cpu()
+                per_all.append(per.detach())
+                t_all.append(t.detach())
+            per, t = torch.cat(per_all), torch.cat(t_all)
+            stats = (lsum / b_rank).float().reshape(1).to(dev)
             if world > 1:
                 import torch.distributed as dist
 
@@ -530,11 +666,9 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
             lval = float(stats[0])
             if not math.isfinite(lval):
                 raise TrainingDiverged(
-                    f"non-finite loss ({lval}) at step {step + 1}; batch clip ids {batch['clip_id']}; "
+                    f"non-finite loss ({lval}) at step {step + 1}; batch clip ids {clip_ids}; "
                     f"last good checkpoint kept: {ckpt_path if ckpt_path.is_file() else 'none yet'}"
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             opt.step()
             sched.step()
@@ -545,6 +679,8 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
                     pe.lerp_(pm.detach(), 1 - d)
                 for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
                     be.copy_(bm)
+            if phema is not None:
+                phema.update(model, step)
             dt = time.time() - t0
             n_samples += tc.batch_size
             losses.append((step, lval))
@@ -577,9 +713,12 @@ def train(manifest_dir: str | Path, config: str | Path | Config, run_dir: str | 
                     for k, v in vm.items():
                         if k != "step" and math.isfinite(v):
                             tb.add_scalar(f"val/{k}", v, step)
+            if phema is not None and (step % tc.posthoc_every == 0 or step == total_steps):
+                save_phema(step)
             if step % tc.ckpt_every == 0 or step == total_steps:
                 save(step)
     finally:
+        stream.close()
         prog.stop()
         if tb is not None:
             tb.close()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from biaudio.errors import RejectItem
-
 
 @dataclass
 class FilterResult:
@@ -28,12 +26,6 @@ class FilterResult:
         if not with_extra:
             d.pop("extra")
         return d
-
-    def raise_if_rejected(self, path: str | None = None, stage: str = "clean") -> FilterResult:
-        """Turn a failed verdict into the pipeline's per-item exception."""
-        if not self.passed:
-            raise RejectItem(path, self.reason or self.name, self.detail, stage=stage)
-        return self
 
 
 __all__ = ["FilterResult"]

@@ -1,7 +1,7 @@
 """Static-video filter (Sphere360): frames at 2 fps, grayscale, MSE between consecutive frames.
 
 Why a streaming accumulator: the build decodes each file once at a low resolution and feeds the
-same frames to shot detection and to this filter (:func:`biaudio.ingest.analyze_file`), so the
+same frames to shot detection and to this filter (:func:`biaudio.ingest.analysis.analyze_file`), so the
 filter takes frames one at a time with their timestamps and samples them at ``fps`` itself.
 MSE is measured at the source size by default: measured on the real Sphere360 test clips, a
 static-camera performer scene has median MSE 2.6-5.6 at 1920 px but 0.4-1.1 at 256x128, so at proxy

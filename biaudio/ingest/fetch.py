@@ -38,7 +38,9 @@ RETRYABLE = {"network", "timeout", "truncated", "http_5xx", "http_429"}
 
 
 class FetchConfig(BaseModel):
-    """Recipe section ``fetch``. Defaults follow PIPELINE.md stage 1."""
+    """Recipe section ``fetch``. Defaults are the paper pipeline's: ``bv[height<=1440]+ba[audio_channels=4]``
+    for sections (``height<=1080`` for whole videos), 30-s socket timeout, retries, files under 1 KiB
+    are failures."""
 
     model_config = ConfigDict(extra="forbid")
 

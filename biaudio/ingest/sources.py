@@ -14,6 +14,9 @@ Accepted entries (one per line in .txt, a column in .csv/.tsv/.parquet, or a lis
 - ``<ytid>_<startsec>`` Sphere360 clip id = the 10-s section starting at that second
 - any other ``http(s)://`` URL (yt-dlp generic extractor)
 - a local media file, a folder (its media files), a glob (``clips/*.webm``), or another list file
+
+Table lists may add ``start``/``end`` columns (a section) and a ``group`` column: the original
+video the entry comes from, which overrides the derived ``group_id`` (splits keep a group whole).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import csv
 import glob
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlparse
@@ -40,6 +43,7 @@ MEDIA_SUFFIXES = {".webm", ".mp4", ".mkv", ".mov", ".m4v", ".avi", ".ogv"}
 ID_COLUMNS = ("source", "uri", "url", "id", "youtube_id", "ytid", "video_id", "clip_id", "path", "file")
 START_COLUMNS = ("start", "start_s", "start_sec", "section_start")
 END_COLUMNS = ("end", "end_s", "end_sec", "section_end")
+GROUP_COLUMNS = ("group", "group_id")  # the original video an entry belongs to (splits keep it whole)
 
 _YT_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
 # Sphere360 ids use 11- or 12-character video ids (the published lists contain both).
@@ -56,6 +60,7 @@ class SourceItem:
     uri: str
     section: tuple[float, float] | None = None
     origin: str | None = None  # "file:line" the item came from, for error messages
+    group: str | None = None  # the original video, when the source list says (a ``group`` column)
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +69,7 @@ class SourceItem:
             "uri": self.uri,
             "section": list(self.section) if self.section else None,
             "origin": self.origin,
+            "group": self.group,
         }
 
 
@@ -172,9 +178,9 @@ def _cell(rec: list[str], i: int | None) -> str | None:
     return rec[i] if i is not None and i < len(rec) else None
 
 
-def _rows_from_table(path: Path) -> list[tuple[int, str, object, object]]:
-    """(line_number, entry, start, end) rows from a CSV/TSV/parquet list."""
-    rows: list[tuple[int, str, object, object]] = []
+def _rows_from_table(path: Path) -> list[tuple[int, str, object, object, object]]:
+    """(line_number, entry, start, end, group) rows from a CSV/TSV/parquet list."""
+    rows: list[tuple[int, str, object, object, object]] = []
     if path.suffix.lower() == ".parquet":
         import pandas as pd
 
@@ -183,9 +189,11 @@ def _rows_from_table(path: Path) -> list[tuple[int, str, object, object]]:
         idc = next((cols[c] for c in ID_COLUMNS if c in cols), df.columns[0])
         sc = next((cols[c] for c in START_COLUMNS if c in cols), None)
         ec = next((cols[c] for c in END_COLUMNS if c in cols), None)
+        gc = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
         for i, rec in enumerate(df.to_dict("records")):
             # "line" of a parquet row = row index + 2 (as if it had a header line)
-            rows.append((i + 2, "" if rec[idc] is None else str(rec[idc]), rec.get(sc) if sc else None, rec.get(ec) if ec else None))
+            rows.append((i + 2, "" if rec[idc] is None else str(rec[idc]), rec.get(sc) if sc else None,
+                         rec.get(ec) if ec else None, rec.get(gc) if gc else None))
         return rows
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
     with open(path, newline="", encoding="utf-8") as f:
@@ -194,16 +202,17 @@ def _rows_from_table(path: Path) -> list[tuple[int, str, object, object]]:
         return rows
     header = [h.strip().lower() for h in reader[0]]
     has_header = any(h in ID_COLUMNS for h in header)
-    idx, si, ei, start_line = 0, None, None, 1
+    idx, si, ei, gi, start_line = 0, None, None, None, 1
     if has_header:
         idx = next(header.index(c) for c in ID_COLUMNS if c in header)
         si = next((header.index(c) for c in START_COLUMNS if c in header), None)
         ei = next((header.index(c) for c in END_COLUMNS if c in header), None)
+        gi = next((header.index(c) for c in GROUP_COLUMNS if c in header), None)
         reader, start_line = reader[1:], 2
     for n, rec in enumerate(reader, start=start_line):
         if not rec or not any(x.strip() for x in rec) or rec[0].lstrip().startswith("#"):
             continue
-        rows.append((n, _cell(rec, idx) or "", _cell(rec, si), _cell(rec, ei)))
+        rows.append((n, _cell(rec, idx) or "", _cell(rec, si), _cell(rec, ei), _cell(rec, gi)))
     return rows
 
 
@@ -217,23 +226,30 @@ def _read_list_file(path: Path, out: SourceReadResult, seen: set, depth: int) ->
             for n, line in enumerate(lines, start=1):
                 line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("http") else line.strip()
                 if line:
-                    rows.append((n, line, None, None))
+                    rows.append((n, line, None, None, None))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         out.errors.append(BiaudioError(path, "unreadable_source_list", str(e), stage=STAGE))
         return
     except Exception as e:  # pandas/pyarrow raise their own types for a broken parquet file
         out.errors.append(BiaudioError(path, "unreadable_source_list", f"{type(e).__name__}: {e}", stage=STAGE))
         return
-    for n, entry, start, end in rows:
+    for n, entry, start, end, group in rows:
         origin = f"{path}:{n}"
         try:
             section = _section_from(start, end)
-            _add_entry(entry, origin, section, path.parent, out, seen, depth)
+            _add_entry(entry, origin, section, path.parent, out, seen, depth, _group_from(group))
         except ValueError as e:
             out.errors.append(BiaudioError(origin, "malformed_source", str(e), stage=STAGE))
 
 
-def _add_entry(entry: str, origin: str | None, section, base: Path | None, out: SourceReadResult, seen: set, depth: int) -> None:
+def _group_from(v: object) -> str | None:
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    return str(v).strip() or None
+
+
+def _add_entry(entry: str, origin: str | None, section, base: Path | None, out: SourceReadResult, seen: set, depth: int,
+               group: str | None = None) -> None:
     s = entry.strip()
     p = Path(s).expanduser()
     if base is not None and not p.is_absolute():
@@ -244,6 +260,8 @@ def _add_entry(entry: str, origin: str | None, section, base: Path | None, out: 
         _read_list_file(p.resolve(), out, seen, depth + 1)
         return
     for item in parse_entry(s, origin, section, base):
+        if group is not None:
+            item = replace(item, group=group)
         key = (item.kind, item.uri, item.section)
         if key in seen:
             out.duplicates += 1
@@ -261,7 +279,7 @@ def _disambiguate(items: list[SourceItem]) -> list[SourceItem]:
     for it in items:
         count[it.source_id] = count.get(it.source_id, 0) + 1
     return [it if count[it.source_id] == 1 else
-            SourceItem(f"{it.source_id}-{source_hash(it.uri, it.section)}", it.kind, it.uri, it.section, it.origin)
+            replace(it, source_id=f"{it.source_id}-{source_hash(it.uri, it.section)}")
             for it in items]
 
 

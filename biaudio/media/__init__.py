@@ -1,8 +1,8 @@
 """Media I/O over ffmpeg/ffprobe: probe, FOA-safe audio decode, streaming frames, writers, SA3D.
 
 Every function raises :class:`biaudio.errors.MediaError` (path + reason slug) for bad input, and
-no function ever passes a channel-layout option to ffmpeg for multichannel audio (see
-CONVENTIONS.md §6: such options silently remix FOA).
+no function ever passes a channel-layout option to ffmpeg for multichannel audio (such
+options silently remix FOA; docs/ARCHITECTURE.md, conventions §6).
 """
 
 from biaudio.media.audio import decode_audio, decode_foa, write_audio

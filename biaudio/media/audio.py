@@ -14,7 +14,7 @@ is cheap. Matroska/Vorbis timestamps are millisecond-rounded, so there the cut c
 samples off the full decode's sample index.
 
 ``AUDIO_DECODES`` counts every ffmpeg run that decodes an audio stream (here and in
-``biaudio.ingest.shared_decode``) per resolved path: a plain counter, so tests can prove that a
+``biaudio.media.multidecode.shared_decode``) per resolved path: a plain counter, so tests can prove that a
 source's FOA is decoded once without mocking ffmpeg.
 """
 

@@ -1,8 +1,8 @@
 """ffmpeg's own input dump (``-loglevel level+info``) -> the ffprobe JSON fields :func:`probe` reads.
 
 Why: ``analyze_file`` decodes every source once; probing it first with a separate ffprobe process
-costs ~0.09 s of CPU per file (mostly loading ffmpeg's ~200 shared libraries), about 13 % of the
-decode of a 10-s 1080p clip. The decoding ffmpeg prints the same facts (format, duration, streams,
+costs a process start per file (mostly loading ffmpeg's shared libraries), a visible share of the
+decode of a short clip. The decoding ffmpeg prints the same facts (format, duration, streams,
 codecs, sizes, frame rates, channel layouts, spherical / stereo-3D side data, stream tags) before
 it decodes anything, so the build reads them there.
 

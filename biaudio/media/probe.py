@@ -2,24 +2,21 @@
 
 Why ffprobe and not PyAV: PyAV exposes no stream side data, and the "Spherical Mapping" side data
 is how we know a video is equirectangular. ffprobe does not report the MP4 ``SA3D`` box, so for
-MP4/MOV the box is parsed here too (``sa3d.py``). ffprobe happily reports a duration for a WebM
+MP4/MOV the box is parsed here too (``sa3d.py``; running ffprobe itself is ``ffprobe.py``, which
+both use, so neither imports the other). ffprobe happily reports a duration for a WebM
 or MP4 whose tail is missing, so the container structure is checked for truncation as well.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 from biaudio.errors import MediaError
 from biaudio.media import sa3d as _sa3d
-from biaudio.media.ffpath import probe_args
-
-_FFPROBE_TIMEOUT_S = 60
+from biaudio.media.ffprobe import run_ffprobe
 
 
 @dataclass
@@ -92,30 +89,6 @@ def _tag_duration(s: dict) -> float | None:
         return None
 
 
-def run_ffprobe(path: str | os.PathLike) -> dict:
-    """ffprobe ``-show_streams -show_format`` JSON; raises MediaError with a reason slug."""
-    p = Path(path)
-    check_file(p)
-    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", *probe_args(p)]
-    try:
-        r = subprocess.run(cmd, capture_output=True, timeout=_FFPROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        raise MediaError(str(p), "unreadable", "ffprobe timed out") from e
-    err = r.stderr.decode("utf-8", "replace").strip()
-    if r.returncode != 0:
-        low = err.lower()
-        reason = (
-            "truncated"
-            if ("moov atom not found" in low or "end of file" in low or "input/output" in low)
-            else "unreadable"
-        )
-        raise MediaError(str(p), reason, err.splitlines()[-1] if err else f"ffprobe exit {r.returncode}")
-    try:
-        return json.loads(r.stdout.decode("utf-8", "replace"))
-    except json.JSONDecodeError as e:
-        raise MediaError(str(p), "unreadable", f"ffprobe JSON: {e}") from e
-
-
 def _check_matroska_complete(p: Path) -> None:
     """The EBML Segment element states its size; a shorter file lost its tail."""
     size_total = p.stat().st_size
@@ -163,17 +136,6 @@ def probe(path: str | os.PathLike) -> ProbeInfo:
     """Probe one file. Raises MediaError: missing, empty, unreadable, truncated, no_streams."""
     p = Path(path)
     return probe_from_dict(p, run_ffprobe(p))
-
-
-def check_file(path: str | os.PathLike) -> None:
-    """What ``run_ffprobe`` checks before starting a process: missing, not a file, empty."""
-    p = Path(path)
-    if not p.exists():
-        raise MediaError(str(p), "missing", "file does not exist")
-    if not p.is_file():
-        raise MediaError(str(p), "unreadable", "not a regular file")
-    if p.stat().st_size == 0:
-        raise MediaError(str(p), "empty", "file has zero bytes")
 
 
 def probe_from_dict(p: Path, d: dict) -> ProbeInfo:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from biaudio.errors import MediaError
+from biaudio.media.ffprobe import run_ffprobe
 
 _CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf", b"sv3d", b"proj"}
 _VIDEO_ENTRY_PREFIX = 78  # after the 8-byte header: reserved, dref, pre_defined, w, h, res, name...
@@ -322,8 +323,6 @@ def _shift_chunk_offsets(stbl: Box, start: int, delta: int, path: str = "") -> N
 
 
 def _probe_channels(p: Path) -> int:
-    from biaudio.media.probe import run_ffprobe  # local: probe imports this module
-
     for s in run_ffprobe(p).get("streams", []):
         if s.get("codec_type") == "audio":
             return int(s.get("channels") or 0)

@@ -82,7 +82,7 @@ def _read_into(stream, out: np.ndarray) -> int:
 def frame_filters(fps: float | None = None, band: float = 1.0, size: tuple[int, int] | None = None) -> list[str]:
     """The filters of :func:`iter_frames` before any crop: output fps, the central ``band`` of the
     rows, the area-filter scale to ``size``. Shared with the build's branches of the analysis decode
-    (``biaudio.build.render.ClipRender.branch``), whose frames must equal these."""
+    (``biaudio.stages.render.ClipRender.branch``), whose frames must equal these."""
     filters = []
     if fps:
         filters.append(f"fps={fps}")

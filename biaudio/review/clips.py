@@ -1,9 +1,12 @@
 """Read a built manifest for review: schema check, clip selection (``--where``, ``--sample``) and
 per-clip payloads for the page.
 
-The manifest is read with pyarrow directly (not through ``biaudio.build.manifest``) so review works
-on any v1 manifest, including hand-made or partial ones: only ``schema_version``, ``clip_id`` and
-``video_path`` are required, every other column is optional and shows up as "n/a" on the page. The
+The manifest is read with pyarrow (not through ``biaudio.manifest.read_manifest``, which
+checks every column) so review works on any v1 or v2 manifest, including hand-made or partial
+ones: only ``schema_version``, ``clip_id`` and ``video_path`` are required, every other column is
+optional and shows up as "n/a" on the page. The versions accepted and the v1 -> v2 conversion for
+display (``group_id``, times in the source video) come from ``biaudio.manifest``; ``qa
+apply`` writes back the table as read, so a v1 file stays v1 until ``biaudio upgrade``. The
 arrow table stays columnar; one row is converted to Python only when the page asks for it, so a
 100K-clip manifest with per-frame trajectories does not become millions of dicts at startup.
 """
@@ -17,8 +20,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from biaudio.errors import BiaudioError
+from biaudio.manifest import READABLE_SCHEMA_VERSIONS
 
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SUPPORTED_SCHEMA_VERSIONS = frozenset(READABLE_SCHEMA_VERSIONS)
 REQUIRED_COLUMNS = ("schema_version", "clip_id", "video_path")
 MEDIA_COLUMNS = ("video_path", "audio_path", "preview_path")
 # Scalars shown in the score table, in display order (missing columns are simply left out).
@@ -32,11 +36,13 @@ SCORE_COLUMNS = (
 )
 INFO_COLUMNS = (
     "source_id",
+    "group_id",
     "source_uri",
     "split",
     "start_s",
     "end_s",
     "duration_s",
+    "section_start_s",
     "fps",
     "hfov_deg",
     "width",
@@ -258,5 +264,7 @@ def select_rows(table, where: str | None = None, sample: int | None = None, seed
 def load_clipset(
     out_dir: Path, where: str | None = None, sample: int | None = None, seed: int = 0
 ) -> ClipSet:
-    table = read_manifest_table(out_dir)
+    from biaudio.manifest import v1_to_v2
+
+    table = v1_to_v2(read_manifest_table(out_dir))  # a v1 file shows its derived group and video times
     return ClipSet(Path(out_dir), table, select_rows(table, where, sample, seed))

@@ -2,7 +2,7 @@
 
 Rotate first (one matrix per video frame, cross-faded across the frame's samples), then apply
 the fixed decoder: the decoder is linear and time-invariant, so this order costs eight FFT
-convolutions in total however the camera moves (CONVENTIONS §4-5).
+convolutions in total however the camera moves (docs/ARCHITECTURE.md, conventions §4-5).
 """
 
 from __future__ import annotations

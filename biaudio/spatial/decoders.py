@@ -1,7 +1,7 @@
 """FOA -> binaural decoders as 4+4 SH-domain FIR filters (``filters (2, 4, N)``, row 0 = left).
 
 A first-order decoder is linear and time-invariant, so it is folded once into one FIR per
-(ear, ambiX channel) and applied after the per-frame rotation (CONVENTIONS §5). Built offline
+(ear, ambiX channel) and applied after the per-frame rotation (docs/ARCHITECTURE.md, conventions §5). Built offline
 from any HRIR set:
 
 - ``cube``: YouTube-style virtual loudspeakers (az ±45/±135, el ±35.26), sampling decoder, each
@@ -215,8 +215,8 @@ def _decoder_cache_key(hrtf: str, kind: str, sr: int) -> str | None:
 
 
 def _cached_build(hrtf: str, kind: str, sr: int) -> BinauralDecoder:
-    """Build a decoder, or load the filters an earlier process built (MagLS from KEMAR costs ~1 s of
-    CPU: slab import, resampling, the per-bin fit; every fresh worker would otherwise pay it)."""
+    """Build a decoder, or load the filters an earlier process built (MagLS from KEMAR is expensive:
+    slab import, resampling, the per-bin fit; every fresh worker would otherwise pay it)."""
     import os
 
     def build() -> BinauralDecoder:

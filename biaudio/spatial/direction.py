@@ -1,8 +1,9 @@
 """Dominant ("maximal energy") direction of an FOA scene, an az/el energy map and diffuseness.
 
 Steered power rather than the intensity vector: the intensity vector averages between two sources
-and is biased in real scenes, the steered-power argmax locks onto the louder one (CONVENTIONS §4).
-Everything is computed from one 4x4 covariance per window, so a 10 s clip costs a few ms:
+and is biased in real scenes, the steered-power argmax locks onto the louder one (docs/ARCHITECTURE.md,
+conventions §4).
+Everything is computed from one 4x4 covariance per window, so the cost hardly grows with the grid:
 band-pass once, one einsum for all covariances, one matrix product for every beam of every window,
 then a few fixed-point iterations refine the grid argmax off the ~4° grid.
 """
@@ -20,7 +21,8 @@ from biaudio.spatial.foa import check_foa
 
 @dataclass(frozen=True)
 class DirectionConfig:
-    """Parameters of the steered-power estimator (defaults = CONVENTIONS §4)."""
+    """Parameters of the steered-power estimator (defaults: docs/ARCHITECTURE.md, conventions §4:
+    band 200-8000 Hz, 0.1-0.5-s windows, a cardioid beam, a 30-dB gate below the loudest window)."""
 
     band_hz: tuple[float, float] = (200.0, 8000.0)
     window_s: float = 0.2

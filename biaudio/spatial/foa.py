@@ -2,7 +2,7 @@
 
 Internally everything is **ambiX** (ACN order W, Y, Z, X; SN3D). Every input carries a declared
 convention and is converted once at the boundary, because a wrong W gain or channel order does not
-fail loudly: it silently moves every source (CONVENTIONS §4). Unknown conventions, wrong channel
+fail loudly: it silently moves every source (docs/ARCHITECTURE.md, conventions §4). Unknown conventions, wrong channel
 counts and non-finite samples therefore raise instead of guessing.
 """
 
@@ -109,7 +109,7 @@ def rotate_along(
 
     Frame ``k`` holds pose ``R[k]`` at ``frame_times[k]``; between two frames the output is
     ``(1-g) M_k x + g M_{k+1} x`` with ``g`` going linearly 0 -> 1 over the samples in between
-    (CONVENTIONS §4: ~50 dB against exact per-sample rotation, no clicks). ``crossfade=False``
+    (close to exact per-sample rotation, no clicks; tests/test_spatial_foa.py measures it). ``crossfade=False``
     switches matrices at frame boundaries (only for comparison: it clicks). Before the first
     and after the last frame time the end poses hold.
     """

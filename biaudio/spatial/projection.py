@@ -1,4 +1,5 @@
-"""Equirectangular -> perspective (rectilinear) projection for a moving camera (CONVENTIONS §2-3).
+"""Equirectangular -> perspective (rectilinear) projection for a moving camera (docs/ARCHITECTURE.md,
+conventions §2-3).
 
 Camera rays are computed once per output size; each frame only costs ``R @ rays`` on a coarse
 grid (every 4th pixel), an arctan2 and an arcsin, a bilinear upsampling of the two maps and one
@@ -26,15 +27,6 @@ def focal_px(out_w: int, hfov_deg: float) -> float:
 def vfov_deg(out_w: int, out_h: int, hfov_deg: float) -> float:
     """Vertical FOV for square pixels."""
     return float(np.rad2deg(2 * np.arctan(np.tan(np.deg2rad(hfov_deg) / 2) * out_h / out_w)))
-
-
-def camera_rays(out_w: int, out_h: int, hfov_deg: float) -> np.ndarray:
-    """Camera-frame rays ``(3, h*w)`` float32: ``[1, -(i+0.5-w/2)/f, -(j+0.5-h/2)/f]`` (right = -y, down = -z)."""
-    f = focal_px(out_w, hfov_deg)
-    i = (np.arange(out_w, dtype=np.float64) + 0.5 - out_w / 2) / f
-    j = (np.arange(out_h, dtype=np.float64) + 0.5 - out_h / 2) / f
-    jj, ii = np.meshgrid(j, i, indexing="ij")
-    return np.stack([np.ones(out_w * out_h), -ii.ravel(), -jj.ravel()]).astype(np.float32)
 
 
 def equirect_pixel(az_deg, el_deg, W: int, H: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +146,7 @@ class Projector:
     ``exact`` computes the maps at every output pixel (default: on a 4-pixel grid, upsampled,
     except near the poles; see ``_COARSE_STEP``). ``fixed_point`` converts the maps to OpenCV's
     16-bit form first: only worth it when one map serves many frames; per-frame maps go to
-    ``cv2.remap`` as float (the conversion cost more than the faster remap saved, ~0.2 ms a frame).
+    ``cv2.remap`` as float (the conversion costs more than the faster remap saves).
 
     :meth:`render` takes and returns rgb (or gray) frames; :meth:`render_i420` takes and returns
     planar yuv420p frames ``(h*3/2, w)`` as ffmpeg pipes them (half the bytes of rgb24, no colour

@@ -25,22 +25,29 @@ def _os_error(e: OSError) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
-        manifest: Path = typer.Option(..., "--manifest", help="BiAudio manifest folder (manifest.parquet)"),
+        manifest: Path | None = typer.Option(None, "--manifest",
+                                             help="BiAudio manifest folder (manifest.parquet): clips decoded on the "
+                                                  "fly, for small runs"),
+        store: Path | None = typer.Option(None, "--store",
+                                          help="feature store written by `visaudio prepare` (streamed; for real "
+                                               "datasets). Give --store or --manifest"),
         run: Path = typer.Option(..., "--run", "--run-dir",
                                  help="run folder (checkpoints, logs); resumes if it has one. Under torchrun "
                                       "spell it --run-dir (torchrun's own parser claims --run)"),
-        config: str = typer.Option("tiny", "--config", help="micro | tiny | paper | FILE.yaml"),
+        config: str = typer.Option("tiny", "--config", help="micro | tiny | paper | paper_scratch | FILE.yaml"),
         max_steps: int | None = typer.Option(None, "--max-steps"),
         set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=1e-4 (repeatable)"),
         device: str | None = typer.Option(None, "--device"),
     ) -> None:
-        """Train ViSAudio on a manifest (works under `torchrun --nproc_per_node=K`)."""
+        """Train ViSAudio on a feature store or a manifest (works under `torchrun --nproc_per_node=K`)."""
         from visaudio.config import ConfigError
         from visaudio.data import DataError
         from visaudio.train import CheckpointError, RunFolderError, TrainingDiverged, train
 
+        if (manifest is None) == (store is None):
+            _fail("give exactly one of --store STORE (from `visaudio prepare`) or --manifest MANIFEST", 2)
         try:
-            s = train(manifest, config, run, max_steps=max_steps, overrides=list(set_), device=device)
+            s = train(manifest, config, run, max_steps=max_steps, overrides=list(set_), device=device, store=store)
         except (ConfigError, DataError, CheckpointError, TrainingDiverged, RunFolderError) as e:
             _fail(str(e))
         except OSError as e:
@@ -52,7 +59,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train-codec")
     def train_codec_cmd(
         manifest: Path = typer.Option(..., "--manifest"),
-        run: Path = typer.Option(..., "--run", help="output folder; writes RUN/codec.pt"),
+        run: Path = typer.Option(..., "--run", help="output folder; writes RUN/codec.pt (vae) or the folder "
+                                 "RUN/melvae (codec.kind=melvae)"),
         config: str = typer.Option("paper", "--config"),
         steps: int = typer.Option(2000, "--steps"),
         batch_size: int = typer.Option(16, "--batch-size"),
@@ -60,7 +68,9 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option([], "--set"),
         device: str | None = typer.Option(None, "--device"),
     ) -> None:
-        """Train the per-channel waveform VAE codec (codec.kind=vae) from scratch."""
+        """Train a per-channel codec from scratch: the waveform VAE (codec.kind=vae, the default), or
+        with a config whose codec.kind is melvae (e.g. paper, which also needs codec.vocoder_path)
+        the mel-VAE on the BigVGAN vocoder's mel settings."""
         from visaudio.codecs import train_codec
         from visaudio.config import ConfigError
         from visaudio.data import DataError
@@ -106,7 +116,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(s))
 
     @app.command("info")
-    def info_cmd(config: str = typer.Argument("tiny", help="micro | tiny | paper | FILE.yaml"),
+    def info_cmd(config: str = typer.Argument("tiny", help="micro | tiny | paper | paper_scratch | FILE.yaml"),
                  set_: list[str] = typer.Option([], "--set")) -> None:
         """Print parameter counts per component of a config's model."""
         from rich.console import Console
@@ -118,10 +128,12 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg = load_config(config, list(set_))
+            # pretrained parts: widths from their folders' config.json (a missing folder is named)
+            codec = build_codec(cfg.codec, cfg.data.sample_rate, load_weights=False)
+            model = ViSAudio(cfg, codec.latent_dim)
         except ConfigError as e:
             _fail(str(e))
-        codec = build_codec(cfg.codec, cfg.data.sample_rate, load_weights=False)
-        counts = param_counts(ViSAudio(cfg, codec.latent_dim))
+        counts = param_counts(model)
         counts["codec"] = sum(p.numel() for p in codec.parameters())
         t = Table(title=f"{cfg.name}: latent {cfg.n_latents} x {codec.latent_dim} per channel, "
                   f"{cfg.data.clip_seconds} s @ {cfg.data.sample_rate} Hz")
@@ -129,6 +141,9 @@ def register(app: typer.Typer) -> None:
         t.add_column("parameters", justify="right")
         for k, v in counts.items():
             t.add_row(k, f"{v:,}")
-        if cfg.model.text_encoder == "minilm":
+        if cfg.model.text_encoder == "minilm" and cfg.model.minilm_path is None:
             t.add_row("(frozen MiniLM, not trained)", "22,713,216")
+        for part, key in (("image", cfg.pretrained.image.path), ("motion", cfg.pretrained.motion.path)):
+            if key is not None:
+                t.add_row(f"(frozen {part} encoder, not trained)", str(key))
         Console().print(t)

@@ -104,7 +104,13 @@ def load_split(manifest_dir: Path, split: str, need_model: bool = True) -> pd.Da
             except ValueError as e:  # visaudio.data.DataError
                 raise EvalError(f"no usable clips: {e}") from None
     if df is None:
-        df = pd.read_parquet(manifest_dir / "manifest.parquet")
+        from biaudio.errors import BiaudioError
+        from biaudio.manifest import read_manifest_frame
+
+        try:  # v1 and v2 alike (v1: group_id derived on read)
+            df = read_manifest_frame(manifest_dir)
+        except BiaudioError as e:
+            raise EvalError(f"unreadable manifest: {e}") from None
         df = df[df["split"] == split]
         if "qa_status" in df.columns:
             df = df[df["qa_status"].fillna("pending") != "rejected"]
@@ -389,7 +395,7 @@ def summarise(per_clip: pd.DataFrame, fd: dict[str, tuple], cfg: EvalConfig, not
         "mono_ckpt": str(cfg.mono_ckpt) if cfg.mono_ckpt else None,
         "generation": {"steps": cfg.steps, "cfg": cfg.cfg, "seed": cfg.seed},
         "bootstrap": {"n": cfg.n_boot, "n_set_metrics": cfg.n_boot_set, "seed": cfg.seed, "level": 0.95,
-                      "method": "percentile bootstrap of the mean, resampling source videos (cluster bootstrap)"},
+                      "method": "percentile bootstrap of the mean, resampling source videos (group_id; cluster bootstrap)"},
         "settings": cfg.settings.to_dict(),
         "metric_info": {
             **{k: {"higher_is_better": v[0], "direction_sensitive": v[1], "description": v[2]}
@@ -403,7 +409,7 @@ def summarise(per_clip: pd.DataFrame, fd: dict[str, tuple], cfg: EvalConfig, not
     for s in systems:
         sub = per_clip[per_clip["system"] == s]
         ms = {}
-        groups = sub["source_id"].to_numpy() if "source_id" in sub else None
+        groups = _groups(sub)
         for m in metric_names:
             # the same seed for every system and metric: identical resamples, comparable intervals
             mean, lo, hi, n = bootstrap_ci(sub[m].to_numpy(), cfg.n_boot, cfg.seed, groups)
@@ -432,6 +438,16 @@ def by_scene_type(per_clip: pd.DataFrame, cfg: EvalConfig, notes: dict[str, str]
     return out
 
 
+def _groups(df: pd.DataFrame) -> np.ndarray | None:
+    """Bootstrap clusters: the original video (``group_id``). Clips of one video are not independent
+    (Sphere360 cuts many sections from one YouTube video), so resampling them one by one would give
+    intervals that are too narrow; ``source_id`` only for tables without ``group_id``."""
+    for col in ("group_id", "source_id"):
+        if col in df:
+            return df[col].to_numpy()
+    return None
+
+
 def _default_note(s: str) -> str:
     return {
         "visaudio": "end-to-end model (--ckpt)",
@@ -447,8 +463,7 @@ def compare(per_clip: pd.DataFrame, summary: dict, cfg: EvalConfig) -> list[dict
     if "visaudio" not in summary["systems"]:
         return res
     wide = per_clip.pivot(index="clip_id", columns="system")
-    groups = per_clip.drop_duplicates("clip_id").set_index("clip_id").loc[wide.index, "source_id"].to_numpy() \
-        if "source_id" in per_clip else None
+    groups = _groups(per_clip.drop_duplicates("clip_id").set_index("clip_id").loc[wide.index])
     for base in ["mono", *B.TWO_STAGE_SYSTEMS]:
         if base not in summary["systems"]:
             continue
@@ -520,7 +535,8 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
             est, _ = M.align(M.prepare(a[:, : int(round(dur * sr))], sr, s), ref)
             est, ref_c = M.align(est, ref)
             met = M.reference_metrics(est, ref_c, s, ctx)
-            rows.append({"clip_id": cid, "source_id": str(row.get("source_id", cid)), "system": sys_,
+            rows.append({"clip_id": cid, "source_id": str(row.get("source_id", cid)),
+                         "group_id": str(row.get("group_id") or row.get("source_id", cid)), "system": sys_,
                          **({"scene_type": stype} if stype is not None else {}), **met})
             feats[sys_].append(M.logmel_features(est, s))
             ser["ild"][sys_] = np.round(np.clip(M.frame_ild(est, s), -40, 40), 3).tolist()
@@ -533,7 +549,7 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
         on_progress("statistics", total, total)
     per_clip = pd.DataFrame(rows)
     per_clip.to_parquet(report_dir / "per_clip.parquet", index=False)
-    src_ids = per_clip.drop_duplicates("clip_id")["source_id"].to_numpy()
+    src_ids = _groups(per_clip.drop_duplicates("clip_id"))
     fd = {sys_: set_metric_ci(feats[sys_], feats["__ref__"], cfg.n_boot_set, cfg.seed, src_ids) for sys_ in cfg.systems}
     summary = summarise(per_clip, fd, cfg, src.notes)
     if cam_truth:

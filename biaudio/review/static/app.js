@@ -187,7 +187,7 @@ function renderScores(c) {
   const i = c.info;
   if ("start_s" in i || "duration_s" in i) add("time in source", `${fmt(i.start_s, 2)} s + ${fmt(i.duration_s, 2)} s`);
   if ("trajectory_mode" in i) add("camera path", `${fmt(i.trajectory_mode)}, FOV ${fmt(i.hfov_deg, 0)}°`);
-  if ("split" in i) add("split / source", `${fmt(i.split)} · ${fmt(i.source_id)}`);
+  if ("split" in i) add("split / source", `${fmt(i.split)} · ${fmt(i.source_id)}${i.group_id && i.group_id !== i.source_id ? " (video " + i.group_id + ")" : ""}`);
   const a = c.media.audio;
   add("lossless audio", a.present ? a.path : (a.raw ? `missing: ${a.raw}` : "n/a"), !a.present && a.raw);
   if ("qa_status" in i) add("manifest qa_status", `${fmt(i.qa_status)}${i.qa_reason ? " · " + i.qa_reason : ""}`);

@@ -1,0 +1,470 @@
+"""Manifest schema v2: ``manifest.parquet`` (one row per kept clip), ``rejects.parquet``, ``stats.json``.
+
+The schema is a fixed pyarrow schema (not inferred from the rows) so that every build, whatever
+its content, writes the same column types, and readers (pandas, pyarrow, duckdb, the model's data
+loader) can rely on it. ``manifests/README.md`` documents it; a test keeps the two in step.
+
+Reproducibility: rows are sorted by ``clip_id`` and written with fixed writer options, so the same
+inputs give a byte-identical file (the resume tests compare bytes). Every file is written to a
+temporary name and renamed, so a reader never sees half a manifest.
+
+Versions: v2 added ``group_id`` (the original video; splits are assigned per group) and
+``section_start_s`` (times are in the source video's timeline). v1 files still read: every reader
+goes through :func:`read_manifest` / :func:`read_manifest_frame`, which derive the v2 columns of a
+v1 file on read (:func:`v1_to_v2`); ``biaudio upgrade OUT`` rewrites a v1 folder as v2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from biaudio.engine.splits import (
+    SplitList,
+    assign_splits,
+    group_id_from_row,
+    hash_split,
+    section_start_from_row,
+)
+from biaudio.engine.types import temp_path
+from biaudio.errors import BiaudioError
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Versions the readers accept; v1 gets its v2 columns derived on read."""
+MANIFEST_NAME = "manifest.parquet"
+REJECTS_NAME = "rejects.parquet"
+STATS_NAME = "stats.json"
+SPLITS = ("train", "val", "test")
+QA_STATUSES = ("pending", "accepted", "rejected", "flagged")
+
+_TRAJ = pa.list_(
+    pa.struct([("t", pa.float64()), ("yaw", pa.float64()), ("pitch", pa.float64()), ("roll", pa.float64())])
+)
+_WINDIRS = pa.list_(
+    pa.struct(
+        [
+            ("t", pa.float64()),
+            ("azimuth_deg", pa.float64()),
+            ("elevation_deg", pa.float64()),
+            ("diffuseness", pa.float64()),
+            ("energy_db", pa.float64()),
+        ]
+    )
+)
+
+# (name, type, nullable): the v2 columns, in file order
+_COLUMNS: list[tuple[str, pa.DataType, bool]] = [
+    ("schema_version", pa.int32(), False),
+    ("clip_id", pa.string(), False),
+    ("source_id", pa.string(), False),
+    ("group_id", pa.string(), False),
+    ("source_uri", pa.string(), False),
+    ("split", pa.string(), False),
+    ("start_s", pa.float64(), False),
+    ("end_s", pa.float64(), False),
+    ("duration_s", pa.float64(), False),
+    ("section_start_s", pa.float64(), True),
+    ("video_path", pa.string(), False),
+    ("audio_path", pa.string(), False),
+    ("preview_path", pa.string(), True),
+    ("fps", pa.float64(), False),
+    ("hfov_deg", pa.float64(), False),
+    ("width", pa.int32(), False),
+    ("height", pa.int32(), False),
+    ("sample_rate", pa.int32(), False),
+    ("num_frames", pa.int32(), False),
+    ("trajectory", _TRAJ, False),
+    ("trajectory_mode", pa.string(), False),
+    ("clip_azimuth_deg", pa.float64(), True),
+    ("clip_elevation_deg", pa.float64(), True),
+    ("window_directions", _WINDIRS, True),
+    ("silence_ratio", pa.float64(), True),
+    ("static_ratio", pa.float64(), True),
+    ("speech_ratio", pa.float64(), True),
+    ("speech_backend", pa.string(), True),
+    ("speech_checkpoint", pa.string(), True),
+    ("lr_difference", pa.float64(), True),
+    ("caption", pa.string(), True),
+    ("caption_visible", pa.string(), True),
+    ("caption_invisible", pa.string(), True),
+    ("caption_backend", pa.string(), True),
+    ("foa_convention", pa.string(), True),
+    ("hrir_set", pa.string(), True),
+    ("decoder", pa.string(), True),
+    ("recipe_hash", pa.string(), False),
+    ("tool_versions", pa.string(), False),
+    ("qa_status", pa.string(), False),
+    ("qa_reason", pa.string(), True),
+]
+
+MANIFEST_SCHEMA = pa.schema(
+    [pa.field(n, t, nullable=nl) for n, t, nl in _COLUMNS],
+    metadata={b"biaudio.schema_version": str(SCHEMA_VERSION).encode()},
+)
+V2_COLUMNS = ("group_id", "section_start_s")
+"""Columns added in v2 (absent from v1 files; derived on read)."""
+_V1_COLUMNS = [c for c in _COLUMNS if c[0] not in V2_COLUMNS]
+ENGINE_COLUMNS = ("schema_version", "group_id", "split", "recipe_hash", "tool_versions", "qa_status", "qa_reason")
+"""Columns the engine fills in; the per-item stages provide all the others."""
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("source_uri", pa.string()),
+    ],
+    metadata={b"biaudio.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+_WRITE_OPTS: dict[str, Any] = {"compression": "zstd", "use_dictionary": True, "write_statistics": True}
+
+
+class SchemaVersionError(BiaudioError):
+    """An output folder or manifest was written by another schema version of this tool."""
+
+
+# ------------------------------------------------------------------ splits
+
+
+def assign_split(group_id: str, fractions: tuple[float, float], salt: str) -> str:
+    """``train``/``val``/``test`` from a hash of the *group* id (the original video, never the clip).
+
+    ``fractions`` = (val_fraction, test_fraction). Every clip of one video lands in the same
+    split, and adding videos never moves existing ones. See :mod:`biaudio.engine.splits`.
+    """
+    return hash_split(str(group_id), fractions, salt)
+
+
+# ------------------------------------------------------------------ tool versions
+
+
+@lru_cache(maxsize=1)
+def tool_versions() -> str:
+    """JSON of the versions that can change the output bytes (biaudio, numpy, torch, ffmpeg...).
+
+    Read from package metadata (no heavy imports); cached per process.
+    """
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for pkg in ("biaudio", "numpy", "scipy", "torch", "pyarrow", "opencv-python-headless", "pyannote.audio"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    try:
+        first = subprocess.run(
+            ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout.splitlines()
+        out["ffmpeg"] = first[0].split()[2] if first and len(first[0].split()) > 2 else None
+    except (OSError, subprocess.SubprocessError):
+        out["ffmpeg"] = None
+    return json.dumps(out, sort_keys=True)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    tmp = temp_path(path)
+    try:
+        pq.write_table(table, tmp, **_WRITE_OPTS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, fsync, rename: a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def complete_rows(
+    rows: Iterable[dict],
+    *,
+    recipe_hash: str,
+    split_fractions: tuple[float, float],
+    salt: str,
+    versions: str | None = None,
+    lists: Iterable[SplitList] = (),
+    repair: bool = True,
+    report: dict | None = None,
+) -> list[dict]:
+    """Add the engine's columns (group, split, schema_version, recipe_hash, tool_versions, QA) to stage rows.
+
+    A row without ``group_id`` gets the one its ``source_id``/``source_uri`` imply
+    (:func:`biaudio.engine.splits.group_id_from_row`); the engine sets it from the source item.
+    Splits are assigned per group (:func:`biaudio.engine.splits.assign_splits`); ``report``, when
+    given, receives the split report (``stats.json`` ``split``).
+    """
+    versions = tool_versions() if versions is None else versions
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["schema_version"] = SCHEMA_VERSION
+        if r.get("group_id") in (None, ""):
+            r["group_id"] = group_id_from_row(str(r["source_id"]), r.get("source_uri"))
+        r.setdefault("section_start_s", None)
+        r["recipe_hash"] = recipe_hash
+        r["tool_versions"] = versions
+        r.setdefault("qa_status", "pending")
+        r.setdefault("qa_reason", None)
+        out.append(r)
+    rep = assign_splits(out, fractions=split_fractions, salt=salt, lists=lists, repair=repair)
+    if report is not None:
+        report.update(rep)
+    return out
+
+
+def manifest_table(rows: list[dict]) -> pa.Table:
+    """Rows -> table with the v2 schema, sorted by clip_id; extra keys become extra columns.
+
+    Extra columns (a stage may add some) are appended after the schema's columns, sorted by name,
+    with inferred types; the schema's columns are never reordered or retyped.
+    """
+    rows = sorted(rows, key=lambda r: str(r["clip_id"]))
+    ids = [r["clip_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise BiaudioError(None, "duplicate_clip_id", f"clip ids appear twice: {dup[:5]}")
+    for r in rows:
+        missing = [n for n, _, nullable in _COLUMNS if not nullable and r.get(n) is None]
+        if missing:
+            raise BiaudioError(None, "incomplete_row", f"clip {r.get('clip_id')}: missing {missing}")
+    try:
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise BiaudioError(None, "bad_row", f"manifest rows do not fit schema v{SCHEMA_VERSION}: {e}") from e
+    extra = sorted({k for r in rows for k in r} - set(MANIFEST_SCHEMA.names))
+    for name in extra:
+        col = pa.array([_jsonable(r.get(name)) for r in rows])
+        if pa.types.is_null(col.type):
+            col = col.cast(pa.string())
+        table = table.append_column(name, col)
+    return table
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "tolist"):  # numpy scalars/arrays
+        return v.tolist()
+    return v
+
+
+def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
+    """Write ``OUT/manifest.parquet`` atomically (rows must already have the engine columns)."""
+    path = Path(out_dir) / MANIFEST_NAME
+    _atomic_write_table(manifest_table(rows), path)
+    return path
+
+
+def write_rejects(out_dir: Path, rejects: list[dict]) -> Path:
+    """Write ``OUT/rejects.parquet`` atomically, sorted (item, clip, stage, reason) for stable bytes."""
+    norm = [
+        {
+            "item_id": str(r.get("item_id")),
+            "clip_id": None if r.get("clip_id") is None else str(r.get("clip_id")),
+            "stage": str(r.get("stage") or "unknown"),
+            "reason": str(r.get("reason") or "unknown"),
+            "detail": None if r.get("detail") is None else str(r.get("detail")),
+            "attempt": int(r.get("attempt") or 1),
+            "source_uri": None if r.get("source_uri") is None else str(r.get("source_uri")),
+        }
+        for r in rejects
+    ]
+    norm.sort(key=lambda r: (r["item_id"], r["clip_id"] or "", r["stage"], r["reason"], r["detail"] or ""))
+    path = Path(out_dir) / REJECTS_NAME
+    _atomic_write_table(pa.Table.from_pylist(norm, schema=REJECTS_SCHEMA), path)
+    return path
+
+
+def write_stats(out_dir: Path, stats: dict) -> Path:
+    path = Path(out_dir) / STATS_NAME
+    atomic_write_text(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ reading
+
+
+def schema_version_of(schema: pa.Schema) -> int | None:
+    """The version in the parquet metadata (``biaudio.schema_version``), None when absent."""
+    v = (schema.metadata or {}).get(b"biaudio.schema_version")
+    try:
+        return None if v is None else int(v.decode())
+    except ValueError:
+        return -1
+
+
+def check_schema(schema: pa.Schema, where: str) -> list[str]:
+    """Problems with a manifest schema: unreadable version, missing columns, wrong types.
+
+    A v1 file is checked against the v1 columns (its v2 columns are derived on read); any version
+    other than v1/v2 raises :class:`SchemaVersionError`.
+    """
+    version = schema_version_of(schema)
+    if version is not None and version not in READABLE_SCHEMA_VERSIONS:
+        raise SchemaVersionError(
+            where,
+            "schema_version",
+            f"written with manifest schema v{version}; this biaudio reads v1 and v{SCHEMA_VERSION} "
+            "(rebuild into a new folder, or use the biaudio release that wrote it)",
+        )
+    columns = _V1_COLUMNS if version == 1 or (version is None and "group_id" not in schema.names) else _COLUMNS
+    problems = []
+    for name, typ, _ in columns:
+        if name not in schema.names:
+            problems.append(f"missing column {name}")
+        elif not schema.field(name).type.equals(typ):
+            problems.append(f"column {name} has type {schema.field(name).type}, expected {typ}")
+    return problems
+
+
+def _manifest_file(out_dir: Path | str) -> Path:
+    p = Path(out_dir)
+    return p if p.suffix == ".parquet" else p / MANIFEST_NAME
+
+
+def manifest_version(out_dir: Path | str) -> int | None:
+    """Schema version of ``OUT/manifest.parquet`` (metadata, else the rows; None if it has neither).
+
+    Raises BiaudioError when there is no readable manifest."""
+    path = _manifest_file(out_dir)
+    if not path.is_file():
+        raise BiaudioError(str(path), "no_manifest", "no manifest.parquet here (has the build run?)")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise BiaudioError(str(path), "unreadable_manifest", str(e)) from e
+    v = schema_version_of(schema)
+    if v is None and "schema_version" in schema.names:
+        vals = {x for x in pq.read_table(path, columns=["schema_version"]).column(0).to_pylist() if x is not None}
+        v = max(vals) if vals else None
+    return v
+
+
+def v1_to_v2(table: pa.Table) -> pa.Table:
+    """Add the v2 columns a v1 table lacks; returns the table unchanged when it has them.
+
+    ``group_id`` from ``source_id``/``source_uri`` (:func:`biaudio.engine.splits.group_id_from_row`;
+    ``clip_id`` when a hand-made table has no ``source_id``). ``section_start_s``: a YouTube source
+    whose id is ``<ytid>_<start>`` was a sectioned download; its ``start_s``/``end_s`` were times in
+    the section and become times in the video. Works on partial tables (only the columns present
+    are used); the columns keep the v2 order when the table has all v1 columns. ``schema_version``
+    keeps the file's value, so a caller can tell a converted table.
+    """
+    names = table.column_names
+    if "group_id" in names and "section_start_s" in names:
+        return table
+    n = table.num_rows
+    sid = table.column("source_id").to_pylist() if "source_id" in names else (
+        table.column("clip_id").to_pylist() if "clip_id" in names else [None] * n)
+    uri = table.column("source_uri").to_pylist() if "source_uri" in names else [None] * n
+    if "group_id" not in names:
+        groups = [group_id_from_row(str(s), u) if s is not None else None for s, u in zip(sid, uri, strict=True)]
+        table = table.append_column(pa.field("group_id", pa.string(), nullable=False), pa.array(groups, pa.string()))
+    if "section_start_s" not in table.column_names:
+        off = [section_start_from_row(str(s), u) if s is not None else None for s, u in zip(sid, uri, strict=True)]
+        for col in ("start_s", "end_s"):
+            if col in table.column_names and any(o for o in off):
+                vals = table.column(col).to_pylist()
+                shifted = [None if v is None else float(v) + (o or 0.0) for v, o in zip(vals, off, strict=True)]
+                i = table.column_names.index(col)
+                table = table.set_column(i, table.schema.field(i), pa.array(shifted, pa.float64()))
+        table = table.append_column(pa.field("section_start_s", pa.float64()), pa.array(off, pa.float64()))
+    if all(c in table.column_names for c, _, _ in _COLUMNS):  # the v2 order, extra columns after
+        order = [c for c, _, _ in _COLUMNS] + [c for c in table.column_names if c not in MANIFEST_SCHEMA.names]
+        table = table.select(order)
+    return table
+
+
+def read_manifest(out_dir: Path | str, columns: list[str] | None = None) -> pa.Table:
+    """Read ``OUT/manifest.parquet`` (or a manifest path) as v2, refusing unknown schema versions.
+
+    A v1 file is checked against the v1 schema and gets its v2 columns derived (:func:`v1_to_v2`).
+    Raises :class:`SchemaVersionError` for another version, :class:`BiaudioError` for a missing or
+    malformed manifest.
+    """
+    path = _manifest_file(out_dir)
+    if not path.is_file():
+        raise BiaudioError(str(path), "no_manifest", "no manifest.parquet here (has the build run?)")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise BiaudioError(str(path), "unreadable_manifest", str(e)) from e
+    problems = check_schema(schema, str(path))
+    if problems:
+        raise BiaudioError(str(path), "bad_schema", "; ".join(problems))
+    need = None
+    if columns is not None:
+        need = list(dict.fromkeys([*columns, "schema_version"]))
+        if "group_id" not in schema.names:  # v1: what the derived columns are made from
+            need = list(dict.fromkeys([*need, "source_id", "source_uri", "start_s", "end_s"]))
+        need = [c for c in need if c in schema.names]
+    table = pq.read_table(path, columns=need)
+    versions = set(table.column("schema_version").to_pylist()) if "schema_version" in table.column_names else set()
+    if versions - set(READABLE_SCHEMA_VERSIONS):
+        raise SchemaVersionError(str(path), "schema_version", f"rows with schema_version {sorted(versions)}")
+    table = v1_to_v2(table)
+    if columns is not None:
+        table = table.select([c for c in columns if c in table.column_names])
+    return table
+
+
+def read_manifest_frame(out_dir: Path | str):
+    """``manifest.parquet`` as a pandas DataFrame for the model's loaders, v1 or v2 (v2 columns
+    derived for v1), tolerant of hand-made manifests that have only some columns.
+
+    Unlike :func:`read_manifest` it checks only the version (a file from an unknown version is
+    refused), not the column set: the training and eval code need just the columns they use.
+    """
+    path = _manifest_file(out_dir)
+    if not path.is_file():
+        raise BiaudioError(str(path), "no_manifest", "no manifest.parquet here (has the build run?)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise BiaudioError(str(path), "unreadable_manifest", str(e)) from e
+    version = schema_version_of(table.schema)
+    rows_v = set(table.column("schema_version").to_pylist()) - {None} if "schema_version" in table.column_names else set()
+    bad = sorted(({version} if version is not None else set()) | rows_v - set(READABLE_SCHEMA_VERSIONS))
+    bad = [v for v in bad if v not in READABLE_SCHEMA_VERSIONS]
+    if bad:
+        raise SchemaVersionError(str(path), "schema_version",
+                                 f"manifest schema_version {bad}; this biaudio reads {list(READABLE_SCHEMA_VERSIONS)}")
+    return v1_to_v2(table).to_pandas()
+
+
+def read_rejects(out_dir: Path | str) -> pa.Table:
+    path = Path(out_dir) / REJECTS_NAME
+    if not path.is_file():
+        return REJECTS_SCHEMA.empty_table()
+    return pq.read_table(path)
+
+
+def read_stats(out_dir: Path | str) -> dict:
+    path = Path(out_dir) / STATS_NAME
+    if not path.is_file():
+        raise BiaudioError(str(path), "no_stats", "no stats.json here (has the build run?)")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,53 @@
+"""Running ``ffprobe`` on a local file: its JSON, or a MediaError with a reason slug.
+
+Kept apart from ``probe.py`` (which turns the JSON into :class:`ProbeInfo` and parses MP4 boxes
+with ``sa3d.py``) so that ``sa3d.py`` can ask ffprobe for a channel count without importing
+``probe.py``, which imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from biaudio.errors import MediaError
+from biaudio.media.ffpath import probe_args
+
+_FFPROBE_TIMEOUT_S = 60
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """What ``run_ffprobe`` checks before starting a process: missing, not a file, empty."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(str(p), "missing", "file does not exist")
+    if not p.is_file():
+        raise MediaError(str(p), "unreadable", "not a regular file")
+    if p.stat().st_size == 0:
+        raise MediaError(str(p), "empty", "file has zero bytes")
+
+
+def run_ffprobe(path: str | os.PathLike) -> dict:
+    """ffprobe ``-show_streams -show_format`` JSON; raises MediaError with a reason slug."""
+    p = Path(path)
+    check_file(p)
+    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", *probe_args(p)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, timeout=_FFPROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise MediaError(str(p), "unreadable", "ffprobe timed out") from e
+    err = r.stderr.decode("utf-8", "replace").strip()
+    if r.returncode != 0:
+        low = err.lower()
+        reason = (
+            "truncated"
+            if ("moov atom not found" in low or "end of file" in low or "input/output" in low)
+            else "unreadable"
+        )
+        raise MediaError(str(p), reason, err.splitlines()[-1] if err else f"ffprobe exit {r.returncode}")
+    try:
+        return json.loads(r.stdout.decode("utf-8", "replace"))
+    except json.JSONDecodeError as e:
+        raise MediaError(str(p), "unreadable", f"ffprobe JSON: {e}") from e
