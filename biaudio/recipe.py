@@ -59,10 +59,13 @@ class SynthParams(_Strict):
     duration: float = Field(10.0, gt=0)
     size: tuple[int, int] = (960, 480)
     fps: float = Field(30.0, gt=0)
+    world: Literal["demo", "spatial-bench"] = "demo"
+    """``spatial-bench``: the hard spatial world (silent distractors, sources leaving the view,
+    off-screen ambience, unseen second sources; ``biaudio.synth_bench``)."""
 
 
 class SynthSource(_Strict):
-    """``{synth: {scenes: N, seed: S, duration: 10, size: [W, H], fps: 30}}``."""
+    """``{synth: {scenes: N, seed: S, duration: 10, size: [W, H], fps: 30, world: demo}}``."""
 
     synth: SynthParams
 
@@ -222,6 +225,9 @@ def recipe_hash(recipe: Recipe) -> str:
     data = recipe.dump()
     data.pop("output", None)
     data.pop("execution", None)
+    for src in data.get("sources") or []:  # the default world leaves older recipes' hashes as they were
+        if isinstance(src, dict) and isinstance(src.get("synth"), dict) and src["synth"].get("world") == "demo":
+            src["synth"].pop("world")
     data["segment"] = SegmentConfig.hash_view(data["segment"])  # keys at a setting that changes nothing stay out
     data.pop("annotate", None)
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

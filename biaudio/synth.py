@@ -36,6 +36,7 @@ import numpy as np
 from biaudio.spatial.angles import dir_to_vec, wrap_deg
 
 KINDS = ("tone", "noise", "clicks", "formant")
+EXTRA_KINDS = ("rumble",)  # continuous ambience (spatial-bench world); not drawn by the demo
 COLORS: list[tuple[str, tuple[int, int, int]]] = [
     ("red", (255, 0, 0)),
     ("green", (0, 255, 0)),
@@ -68,6 +69,15 @@ class SourceSpec:
     radius_deg: float = 8.0
     gain_db: float = 0.0
     static: bool = False
+    # spatial-bench world (see biaudio.synth_bench): a source may be heard and not drawn
+    # (off-screen ambience, an unseen second source) or drawn and not heard (a silent distractor);
+    # ``pulse`` makes its disc radius follow a loudness envelope: "own" = its own sound's (the
+    # audio-visual synchrony that tells the sounding disc apart), "decoy" = the envelope of a
+    # sound of the same kind that is never played (a distractor that pulses just as much).
+    visible: bool = True
+    sounding: bool = True
+    pulse: str = "none"
+    pulse_depth: float = 0.6
 
     def direction(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = np.asarray(t, dtype=np.float64)
@@ -95,6 +105,9 @@ class SceneSpec:
     spatial_metadata: bool = True
     cuts_s: list[float] = field(default_factory=list)
     crf: int = 23
+    world: str = "demo"
+    scene_type: str | None = None
+    texture_drift: bool = True  # False: the background is fixed in the world (only the camera moves it)
 
 
 @dataclass
@@ -218,14 +231,24 @@ def _sound_speech(path: str, n: int, sr: int) -> np.ndarray:
     return np.tile(y, reps)[:n]
 
 
+def _sound_rumble(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """Continuous band-limited noise (150-1500 Hz) with a slow, shallow level wander: ambience
+    that is always on, so its direction is audible in every frame."""
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(2, [150.0, min(1500.0, 0.45 * sr)], btype="band", fs=sr, output="sos")
+    t = np.arange(n) / sr
+    am = 1.0 - 0.2 * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * t + rng.uniform(0, 2 * np.pi)))
+    return sosfilt(sos, rng.standard_normal(n)) * am
+
+
 def _make_sound(kind: str, rng: np.random.Generator, n: int, sr: int, speech_wav: str | None) -> np.ndarray:
     if kind == "speech":
         assert speech_wav is not None
         x = _sound_speech(speech_wav, n, sr)
     else:
-        x = {"tone": _sound_tone, "noise": _sound_noise, "clicks": _sound_clicks, "formant": _sound_formant}[
-            kind
-        ](rng, n, sr)
+        x = {"tone": _sound_tone, "noise": _sound_noise, "clicks": _sound_clicks, "formant": _sound_formant,
+             "rumble": _sound_rumble}[kind](rng, n, sr)
     rms = np.sqrt(np.mean(x[np.abs(x) > 1e-9] ** 2)) if np.any(np.abs(x) > 1e-9) else 1.0
     return x / rms * 0.1  # -20 dBFS while active
 
@@ -315,14 +338,22 @@ def random_scene_spec(
 
 def render_foa(spec: SceneSpec) -> tuple[np.ndarray, list[np.ndarray]]:
     """ambiX FOA ``(4, T)`` float32 and each source's mono signal (after gain)."""
+    foa, sigs, _ = render_foa_full(spec)
+    return foa, sigs
+
+
+def render_foa_full(spec: SceneSpec) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """As :func:`render_foa`, plus each source's drawn sound before muting: a silent distractor
+    (``sounding=False``) emits nothing, but its "decoy" pulse follows the sound it would have made."""
     rng = np.random.default_rng([spec.seed, 1])
     n = int(round(spec.duration * spec.sr))
     t = np.arange(n) / spec.sr
     foa = np.zeros((4, n))
-    sigs = []
+    sigs, raws = [], []
     for s in spec.sources:
         x = _make_sound(s.kind, rng, n, spec.sr, spec.speech_wav) * 10 ** (s.gain_db / 20)
-        if spec.silent:
+        raws.append(x)
+        if spec.silent or not s.sounding:
             x = np.zeros(n)
         az, el = s.direction(t)
         d = dir_to_vec(az, el)  # (T, 3): x, y, z
@@ -346,7 +377,7 @@ def render_foa(spec: SceneSpec) -> tuple[np.ndarray, list[np.ndarray]]:
         g = 0.9 / peak
         foa *= g
         sigs = [x * g for x in sigs]
-    return foa.astype(np.float32), sigs
+    return foa.astype(np.float32), sigs, raws
 
 
 # ----------------------------------------------------------------------------------- video
@@ -461,6 +492,18 @@ def _rms_db_per_frame(x: np.ndarray, sr: int, fps: float, n_frames: int) -> np.n
     return out
 
 
+def _disc_radii(s: SourceSpec, raw: np.ndarray, sr: int, fps: float, n_frames: int) -> np.ndarray:
+    """Per-frame disc radius: constant, or (``pulse``) swelling with the loudness envelope of
+    ``raw`` (frame RMS over its 95th percentile, clipped to [0, 1]): ``r·(1 - d/2 + d·env)``."""
+    if s.pulse == "none":
+        return np.full(n_frames, s.radius_deg)
+    hop = sr / fps
+    env = np.array([np.sqrt(np.mean(raw[int(round(k * hop)):int(round((k + 1) * hop))] ** 2) + 1e-20)
+                    for k in range(n_frames)])
+    env = np.clip(env / (np.percentile(env, 95) + 1e-12), 0.0, 1.0)
+    return s.radius_deg * (1.0 - s.pulse_depth / 2 + s.pulse_depth * env)
+
+
 def truth_dict(spec: SceneSpec, sigs: list[np.ndarray], video_name: str) -> dict:
     n_frames = int(round(spec.duration * spec.fps))
     t = np.arange(n_frames) / spec.fps
@@ -492,6 +535,9 @@ def truth_dict(spec: SceneSpec, sigs: list[np.ndarray], video_name: str) -> dict
                 "radius_deg": s.radius_deg,
                 "gain_db": s.gain_db,
                 "static": s.static,
+                "visible": s.visible,
+                "sounding": s.sounding and not spec.silent,
+                "pulse": s.pulse,
                 "path": path,
                 "frames": frames,
             }
@@ -519,6 +565,9 @@ def truth_dict(spec: SceneSpec, sigs: list[np.ndarray], video_name: str) -> dict
         "frozen": spec.frozen,
         "speech_wav": None if spec.speech_wav is None else Path(spec.speech_wav).name,
         "cuts": cuts,
+        "world": spec.world,
+        "scene_type": spec.scene_type,
+        "texture_drift": spec.texture_drift and not spec.frozen,
         "frame_time": "t = frame_index / fps; audio sample n is at n / sr",
         "sources": sources,
     }
@@ -559,8 +608,9 @@ def render_scene(
     out.mkdir(parents=True, exist_ok=True)
     video = out / f"{spec.scene_id}.mp4"
     truth = out / f"{spec.scene_id}.json"
-    foa, sigs = render_foa(spec)
+    foa, sigs, raws = render_foa_full(spec)
     n_frames = int(round(spec.duration * spec.fps))
+    radii = [_disc_radii(s, x, spec.sr, spec.fps, n_frames) for s, x in zip(spec.sources, raws, strict=True)]
     cuts = [int(round(c * spec.fps)) for c in spec.cuts_s if 0 < c * spec.fps < n_frames]
     canvas = _Canvas(spec)
     t = np.arange(n_frames) / spec.fps
@@ -577,9 +627,10 @@ def render_scene(
                 if spec.frozen and frozen_img is not None:
                     vw.write(frozen_img)
                     continue
-                img = canvas.background(k, _frame_palette(k, cuts), spec.frozen)
-                for s, (az, el) in zip(spec.sources, paths, strict=True):
-                    canvas.disc(img, float(az[k]), float(el[k]), s.radius_deg, s.color)
+                img = canvas.background(k, _frame_palette(k, cuts), spec.frozen or not spec.texture_drift)
+                for s, (az, el), rad in zip(spec.sources, paths, radii, strict=True):
+                    if s.visible:
+                        canvas.disc(img, float(az[k]), float(el[k]), float(rad[k]), s.color)
                 if spec.frozen:
                     frozen_img = img
                 vw.write(img)
@@ -613,8 +664,19 @@ def make_scene(
     spatial_metadata: bool = True,
     cuts_s: list[float] | None = None,
     keep_foa_wav: bool = False,
+    world: str = "demo",
+    index: int = 0,
 ) -> ScenePaths:
-    """Draw a scene from ``seed`` and render it (see :func:`random_scene_spec` for the options)."""
+    """Draw a scene from ``seed`` and render it (see :func:`random_scene_spec` for the options).
+
+    ``world="spatial-bench"``: the hard spatial world of :mod:`biaudio.synth_bench` instead (scene
+    type from ``index``; the source options above other than the format are then ignored)."""
+    if world != "demo":
+        from biaudio.synth_bench import bench_scene_spec
+
+        spec = bench_scene_spec(scene_id, seed, index, world=world, duration=duration, size=size, fps=fps, sr=sr,
+                                spatial_metadata=spatial_metadata)
+        return render_scene(spec, out_dir, keep_foa_wav=keep_foa_wav)
     spec = random_scene_spec(
         scene_id,
         seed,
@@ -648,7 +710,7 @@ def iter_scenes(out_dir: str | os.PathLike, n: int, seed: int, **kwargs) -> Iter
     """Make ``n`` scenes one by one, yielding ``(scene_id, scene seed, paths)`` as each is written."""
     for i in range(int(n)):
         s = scene_seed(seed, i)
-        yield scene_name(i), s, make_scene(out_dir, scene_name(i), s, **kwargs)
+        yield scene_name(i), s, make_scene(out_dir, scene_name(i), s, index=i, **kwargs)
 
 
 def make_scenes(out_dir: str | os.PathLike, n: int, seed: int, **kwargs) -> list[ScenePaths]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fixtures_build import make_standin_media
 from typer.testing import CliRunner
 
 from biaudio.cli import app
@@ -32,20 +33,7 @@ N_SOURCES = 6
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     """Tiny real media: a 1-s mp4 (H.264 + AAC), a 1-s flac, a jpg; plus N source files."""
-    root = tmp_path_factory.mktemp("engine-media")
-    tmpl, src = root / "tmpl", root / "src"
-    tmpl.mkdir()
-    src.mkdir()
-    ff = ["ffmpeg", "-v", "error", "-y"]
-    subprocess.run([*ff, "-f", "lavfi", "-i", "testsrc=size=64x36:rate=10", "-f", "lavfi", "-i",
-                    "sine=frequency=440:sample_rate=16000", "-t", "1", "-ac", "2", "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(tmpl / "t.mp4")], check=True)
-    subprocess.run([*ff, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "1", "-ac", "2",
-                    str(tmpl / "t.flac")], check=True)
-    subprocess.run([*ff, "-f", "lavfi", "-i", "testsrc=size=64x32", "-frames:v", "1", str(tmpl / "t.jpg")], check=True)
-    for i in range(N_SOURCES):
-        (src / f"s{i}.mp4").write_bytes((tmpl / "t.mp4").read_bytes())
-    return {"root": root, "tmpl": tmpl, "src": src}
+    return make_standin_media(tmp_path_factory.mktemp("engine-media"), N_SOURCES)
 
 
 def _recipe_file(media, tmp_path: Path, **execution) -> Path:

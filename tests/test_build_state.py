@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_build import make_standin_template
 from typer.testing import CliRunner
 
 from biaudio.cli import app
@@ -37,15 +38,7 @@ STANDIN = REPO / "tests" / "test_build_engine_standin.py"
 def media(tmp_path_factory) -> dict[str, Path]:
     """Tiny real media (a 1-s mp4, a 1-s flac, a jpg) and two source files with the same stem."""
     root = tmp_path_factory.mktemp("state-media")
-    tmpl = root / "tmpl"
-    tmpl.mkdir()
-    ff = ["ffmpeg", "-v", "error", "-y"]
-    subprocess.run([*ff, "-f", "lavfi", "-i", "testsrc=size=64x36:rate=10", "-f", "lavfi", "-i",
-                    "sine=frequency=440:sample_rate=16000", "-t", "1", "-ac", "2", "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(tmpl / "t.mp4")], check=True)
-    subprocess.run([*ff, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "1", "-ac", "2",
-                    str(tmpl / "t.flac")], check=True)
-    subprocess.run([*ff, "-f", "lavfi", "-i", "testsrc=size=64x32", "-frames:v", "1", str(tmpl / "t.jpg")], check=True)
+    tmpl = make_standin_template(root)
     return {"root": root, "tmpl": tmpl}
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_build import make_standin_media
 from typer.testing import CliRunner
 
 from biaudio.cli import app
@@ -67,20 +68,7 @@ def foa360(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine_media(tmp_path_factory) -> dict[str, Path]:
     """The engine stand-in's template (a 1-s mp4, a flac, a jpg) and N source files."""
-    root = tmp_path_factory.mktemp("faults-media")
-    tmpl, src = root / "tmpl", root / "src"
-    tmpl.mkdir()
-    src.mkdir()
-    ff = ["ffmpeg", "-v", "error", "-y"]
-    subprocess.run([*ff, "-f", "lavfi", "-i", "testsrc=size=64x36:rate=10", "-f", "lavfi", "-i",
-                    "sine=frequency=440:sample_rate=16000", "-t", "1", "-ac", "2", "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(tmpl / "t.mp4")], check=True)
-    subprocess.run([*ff, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "1", "-ac", "2",
-                    str(tmpl / "t.flac")], check=True)
-    subprocess.run([*ff, "-f", "lavfi", "-i", "testsrc=size=64x32", "-frames:v", "1", str(tmpl / "t.jpg")], check=True)
-    for i in range(N_SOURCES):
-        (src / f"s{i}.mp4").write_bytes((tmpl / "t.mp4").read_bytes())
-    return {"root": root, "tmpl": tmpl, "src": src}
+    return make_standin_media(tmp_path_factory.mktemp("faults-media"), N_SOURCES)
 
 
 def _recipe(engine_media, tmp_path: Path, item_fn: Path = STANDIN) -> Path:

@@ -155,6 +155,10 @@ class ModelConfig(_Strict):
     # cancels; a sounding object off-centre gives the two branches opposite features from the
     # first step, instead of after the attention scores have learnt to find it.
     spacetime_lateral: bool = False
+    # camera motion measured from the picture (phase correlation of consecutive frames -> yaw),
+    # fed per branch (mirrored for R) into the spacetime condition: the cue that says how a
+    # world-fixed sound, on- or off-screen, must move between the ears (visaudio/motion.py).
+    camera_motion: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -288,6 +292,8 @@ class Config(_Strict):
         d = self.model_dump()
         data = {k: d["data"][k] for k in ("channels", "sample_rate", "clip_seconds", "fps", "sync_fps", "width", "height", "max_text_tokens")}
         model = dict(d["model"])
+        if not model.get("camera_motion"):  # off: the same hash as before the switch existed
+            model.pop("camera_motion", None)
         if model["text_layer"] == -1:  # added later: absent from older checkpoints' arch
             model.pop("text_layer")
         codec = {k: v for k, v in d["codec"].items() if k not in ("melvae_path", "vocoder_path")} | {"vae_ckpt": None}

@@ -184,6 +184,16 @@ def _size(v) -> int:
 # ------------------------------------------------------------------------------------- parts
 
 
+def _open_part(key: str, path, what: str, types: dict[str, str], device: str, hint: str = ""):
+    """(folder, its AutoConfig, the loaded model) of a part whose folder must hold one of ``types``
+    (model_type -> transformers class); a wrong model is refused naming the key and the folder."""
+    folder = checkpoint_folder(key, path, what)
+    ac = _auto_config(key, folder)
+    if ac.model_type not in types:
+        raise PretrainedError(f"{key}: {folder} holds a {ac.model_type!r} model, not one of {sorted(types)}{hint}")
+    return folder, ac, _load_model(key, folder, types[ac.model_type], device)
+
+
 class ImagePart:
     """CLIP / SigLIP vision tower: per-frame patch tokens on a pooled grid."""
 
@@ -191,12 +201,8 @@ class ImagePart:
 
     def __init__(self, cfg: Config, device: str = "cpu"):
         pc = cfg.pretrained.image
-        self.folder = checkpoint_folder("pretrained.image.path", pc.path, _IMAGE_WHAT)
-        ac = _auto_config("pretrained.image.path", self.folder)
-        if ac.model_type not in _IMAGE_TYPES:
-            raise PretrainedError(f"pretrained.image.path: {self.folder} holds a {ac.model_type!r} model, "
-                                  f"not one of {sorted(_IMAGE_TYPES)} (a CLIP or SigLIP vision tower)")
-        self.model = _load_model("pretrained.image.path", self.folder, _IMAGE_TYPES[ac.model_type], device)
+        self.folder, ac, self.model = _open_part("pretrained.image.path", pc.path, _IMAGE_WHAT, _IMAGE_TYPES,
+                                                 device, " (a CLIP or SigLIP vision tower)")
         vc = self.model.config
         self.size, self.patch, self.dim = _size(vc.image_size), int(vc.patch_size), int(vc.hidden_size)
         self.skip = 1 if ac.model_type.startswith("clip") else 0  # CLIP's class token
@@ -235,13 +241,9 @@ class MotionPart:
 
     def __init__(self, cfg: Config, device: str = "cpu"):
         pc = cfg.pretrained.motion
-        self.folder = checkpoint_folder("pretrained.motion.path", pc.path, _MOTION_WHAT)
-        ac = _auto_config("pretrained.motion.path", self.folder)
-        if ac.model_type not in _MOTION_TYPES:
-            raise PretrainedError(f"pretrained.motion.path: {self.folder} holds a {ac.model_type!r} model, "
-                                  f"not one of {sorted(_MOTION_TYPES)}")
+        self.folder, ac, self.model = _open_part("pretrained.motion.path", pc.path, _MOTION_WHAT, _MOTION_TYPES,
+                                                 device)
         self.kind = ac.model_type
-        self.model = _load_model("pretrained.motion.path", self.folder, _MOTION_TYPES[ac.model_type], device)
         c = self.model.config
         if self.kind == "vjepa2":
             self.size, self.n_frames = int(c.crop_size), int(c.frames_per_clip)

@@ -47,13 +47,22 @@ def synth_command(
     keep_foa_wav: bool = typer.Option(
         False, "--keep-foa-wav", help="Also write the exact float FOA as <scene>_foa.wav."
     ),
+    world: str = typer.Option(
+        "demo", "--world",
+        help="demo: 1-3 coloured sounding discs. spatial-bench: the hard spatial world (silent pulsing "
+             "distractors, sources leaving the view, off-screen ambience, an unseen second source; scene "
+             "type = index mod 4; the source options are then ignored).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per scene on stdout."),
 ) -> None:
     """Write equirect videos with 4-channel ambiX FOA in which 1-3 sources move along known paths,
     drawn as coloured discs at the same directions, plus a ground-truth JSON per scene."""
     from biaudio.errors import BiaudioError
     from biaudio.synth import iter_scenes
+    from biaudio.synth_bench import WORLDS
 
+    if world not in WORLDS:
+        raise typer.BadParameter(f"unknown world {world!r}; known: {', '.join(WORLDS)}", param_hint="--world")
     wh = _parse_size(size)
     sdir = _parse_dir(static_source)
     try:
@@ -74,9 +83,14 @@ def synth_command(
             spatial_metadata=not no_metadata,
             cuts_s=list(cut),
             keep_foa_wav=keep_foa_wav,
+            world=world,
         ):
             if as_json:
                 rec = {"scene_id": sid, "seed": s, "video": str(p.video), "truth": str(p.truth_json)}
+                if world != "demo":
+                    from biaudio.synth_bench import scene_type_of
+
+                    rec["scene_type"] = scene_type_of(int(sid.rsplit("_", 1)[-1]))
                 if p.foa_wav:
                     rec["foa_wav"] = str(p.foa_wav)
                 typer.echo(json.dumps(rec))

@@ -128,6 +128,8 @@ def _synth_items(entry: SynthSource, out_dir: Path) -> list[tuple[Any, dict]]:
 
     p = entry.synth
     params = p.model_dump(mode="json")
+    if params.get("world") == "demo":
+        params.pop("world")  # same folder as before the option existed
     tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     folder = out_dir / "sources" / f"synth-{tag}"
     out = []
@@ -153,7 +155,7 @@ def _prepare(item: WorkItem, log: logging.Logger) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     log.info("making synthetic scene %s (seed %s, index %s)", spec["scene_id"], spec["seed"], spec["index"])
     make_scene(folder, spec["scene_id"], scene_seed(spec["seed"], spec["index"]), duration=spec["duration"],
-               size=tuple(spec["size"]), fps=spec["fps"])
+               size=tuple(spec["size"]), fps=spec["fps"], world=spec.get("world", "demo"), index=spec["index"])
 
 
 def plan_items(items: list[WorkItem], out_dir: Path, rhash: str, retry_failed: list[str] | None) -> list[PlannedItem]:

@@ -53,21 +53,10 @@ def youtube_id(uri: str | None) -> str | None:
     """The video id of a YouTube URL (watch, youtu.be, shorts, embed), else None."""
     if not uri or "://" not in str(uri):
         return None
-    u = urlparse(str(uri))
-    host = (u.hostname or "").lower()
-    if host.endswith("youtu.be"):
-        vid = u.path.strip("/").split("/")[0]
-    elif host.endswith("youtube.com") or host.endswith("youtube-nocookie.com"):
-        if u.path == "/watch":
-            from urllib.parse import parse_qs
+    from biaudio.ingest.sources import video_id_in_url
 
-            vid = (parse_qs(u.query).get("v") or [""])[0]
-        else:
-            parts = [p for p in u.path.split("/") if p]
-            vid = parts[1] if len(parts) >= 2 and parts[0] in ("shorts", "embed", "live", "v") else ""
-    else:
-        return None
-    return vid if _YT_ID.match(vid) else None
+    vid = video_id_in_url(str(uri))
+    return vid if vid is not None and _YT_ID.match(vid) else None
 
 
 def default_group(stem: str) -> str:

@@ -89,20 +89,25 @@ def _short_hash(text: str, n: int = 10) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
 
 
-def _youtube_id_from_url(url: str) -> str | None:
+def video_id_in_url(url: str) -> str | None:
+    """The video-id part of a YouTube URL (watch, youtu.be, shorts, embed, live, v), unchecked; None
+    for other hosts. Callers check the id against their own pattern (a source list takes 11
+    characters, Sphere360's split lists also hold 12)."""
     u = urlparse(url)
     host = (u.hostname or "").lower()
     if host.endswith("youtu.be"):
-        vid = u.path.strip("/").split("/")[0]
-    elif host.endswith("youtube.com") or host.endswith("youtube-nocookie.com"):
+        return u.path.strip("/").split("/")[0]
+    if host.endswith("youtube.com") or host.endswith("youtube-nocookie.com"):
         if u.path == "/watch":
-            vid = (parse_qs(u.query).get("v") or [""])[0]
-        else:
-            parts = [p for p in u.path.split("/") if p]
-            vid = parts[1] if len(parts) >= 2 and parts[0] in ("shorts", "embed", "live", "v") else ""
-    else:
-        return None
-    return vid if _YT_ID.match(vid) else None
+            return (parse_qs(u.query).get("v") or [""])[0]
+        parts = [p for p in u.path.split("/") if p]
+        return parts[1] if len(parts) >= 2 and parts[0] in ("shorts", "embed", "live", "v") else ""
+    return None
+
+
+def _youtube_id_from_url(url: str) -> str | None:
+    vid = video_id_in_url(url)
+    return vid if vid is not None and _YT_ID.match(vid) else None
 
 
 def _section_from(start: object, end: object) -> tuple[float, float] | None:

@@ -16,11 +16,12 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="Manifest split to evaluate."),
         ckpt: Path | None = typer.Option(None, "--ckpt", help="ViSAudio run dir (binaural-trained)."),
         mono_ckpt: Path | None = typer.Option(
-            None, "--mono-ckpt", help="Run dir trained with data.channels=mono (for mono and two-stage)."),
+            None, "--mono-ckpt", help="Run dir trained with data.channels=mono (for mono, two-stage and two-stage-sync)."),
         baselines: str | None = typer.Option(
             None, "--baselines",
-            help="Comma list of mono, two-stage, reference, swapped-reference, mono-duplicated-reference. "
-                 "Default: all that the given checkpoints allow."),
+            help="Comma list of mono, two-stage (saliency -> HRTF), two-stage-sync (audio-visual synchrony "
+                 "with camera-motion compensation -> HRTF), reference, swapped-reference, "
+                 "mono-duplicated-reference. Default: all that the given checkpoints allow."),
         steps: int = typer.Option(25, "--steps", min=1, help="Euler steps for generation."),
         cfg: float = typer.Option(4.5, "--cfg", help="Classifier-free guidance scale."),
         seed: int = typer.Option(0, "--seed", help="Generation and bootstrap seed."),
@@ -32,7 +33,10 @@ def register(app: typer.Typer) -> None:
         """Evaluate ViSAudio against mono / two-stage baselines and reference floors.
 
         Writes REPORT/per_clip.parquet (one row per clip and system), REPORT/summary.json (means
-        with seeded 95 % bootstrap intervals) and REPORT/index.html (plots + audio players).
+        with seeded 95 % bootstrap intervals) and REPORT/index.html (plots + audio players). On a
+        synthetic build (truth JSON beside each source scene) also REPORT/camera_truth.parquet
+        (every source's camera-frame direction per ILD frame) and, per scene type, the same
+        metrics and comparisons (summary.json "by_scene_type", one table line each).
         Generated audio is cached under REPORT/cache, so a rerun only recomputes metrics.
         """
         from rich.console import Console
@@ -98,4 +102,10 @@ def register(app: typer.Typer) -> None:
             con.print(f"visaudio vs {c['baseline']} on {c['metric']}: "
                       f"{'BETTER (non-overlapping 95 % CIs)' if c['non_overlapping_and_better'] else 'not shown better'}"
                       f"; paired diff {c['paired_diff_mean']:.3g} {json.dumps([round(v, 3) for v in c['paired_diff_ci']])}")
+        for t, d in (summary.get("by_scene_type") or {}).items():
+            parts = []
+            for sname, ms in d["systems"].items():
+                v = [ms.get(m, {}).get("mean") for m in ("lat_corr_ref", "motion_consistency", "ild_sign_agreement")]
+                parts.append(f"{sname} " + "/".join("n/a" if x is None or x != x else f"{x:.2f}" for x in v))
+            con.print(f"scene type {t} ({d['n_clips']} clips; corr ref / motion / sign): " + "; ".join(parts))
         con.print(f"report: {report / 'index.html'}")

@@ -9,6 +9,12 @@
   collapsed to the mid and duplicated: what a model without spatial training gives.
 * ``two-stage``: the pipeline the paper argues against: the mono model's output, spatialised with
   an HRTF along a direction estimated from the VIDEO ALONE (``estimate_video_azimuth``).
+* ``two-stage-sync``: the strongest two-stage we build offline: the same mono output, spatialised
+  along a direction found by AUDIO-VISUAL SYNCHRONY with camera-motion compensation
+  (``sync_azimuth_from_frames``): it picks the picture region whose size/brightness follows the
+  generated sound's loudness, keeps that direction fixed in the world while the camera turns (the
+  camera's yaw is estimated from the picture's global motion), so a source that leaves the view
+  is still panned to where it went. Falls back to the saliency estimate where nothing is in sync.
 
 The two-stage direction estimate (documented because it decides the baseline's strength): frames
 are read at 10 fps, 96 px wide, RGB. Per frame, a saliency map = colour-contrast saliency
@@ -37,9 +43,11 @@ from scipy import ndimage, signal
 
 log = logging.getLogger(__name__)
 
-ALL_SYSTEMS = ["visaudio", "mono", "two-stage", "reference", "swapped-reference", "mono-duplicated-reference"]
+ALL_SYSTEMS = ["visaudio", "mono", "two-stage", "two-stage-sync", "reference", "swapped-reference",
+               "mono-duplicated-reference"]
 REFERENCE_SYSTEMS = {"reference", "swapped-reference", "mono-duplicated-reference"}
-MODEL_SYSTEMS = {"visaudio", "mono", "two-stage"}
+MODEL_SYSTEMS = {"visaudio", "mono", "two-stage", "two-stage-sync"}
+TWO_STAGE_SYSTEMS = ["two-stage", "two-stage-sync"]
 
 HEAD_RADIUS_M = 0.0875
 SPEED_OF_SOUND = 343.0
@@ -204,3 +212,143 @@ def two_stage(mono_audio: np.ndarray, sr: int, direction: VideoDirection,
     rms_in = np.sqrt(np.mean(m**2)) + 1e-12
     out = out * (rms_in / (np.sqrt(np.mean(out**2)) + 1e-12))
     return out.astype(np.float32), sp.name
+
+
+# --------------------------------------------------------------------------------------------
+# Direction from audio-visual synchrony (the stronger two-stage baseline)
+# --------------------------------------------------------------------------------------------
+
+
+def global_shift_px(a: np.ndarray, b: np.ndarray, max_frac: float = 0.125) -> float:
+    """Horizontal shift (pixels, + = content moved right) from gray frame ``a`` to ``b`` by phase
+    correlation of the mean-removed, windowed frames (peak searched within ``max_frac`` of the
+    frame size), with a parabolic sub-pixel peak."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    h, w = a.shape
+    win = np.outer(np.hanning(h), np.hanning(w))
+    A = np.fft.fft2((a - a.mean()) * win)
+    Bf = np.fft.fft2((b - b.mean()) * win)
+    R = Bf * np.conj(A)
+    R /= np.abs(R) + 1e-12
+    c = np.real(np.fft.ifft2(R))
+    # search only plausible frame-to-frame shifts (a periodic pattern, e.g. a grid, aliases far ones)
+    dxs = np.minimum(np.arange(w), w - np.arange(w))
+    dys = np.minimum(np.arange(h), h - np.arange(h))
+    cm = np.where((dys[:, None] <= max_frac * h) & (dxs[None, :] <= max_frac * w), c, -np.inf)
+    iy, ix = np.unravel_index(int(np.argmax(cm)), c.shape)
+    x0, xm, xp = c[iy, ix], c[iy, (ix - 1) % w], c[iy, (ix + 1) % w]
+    den = xm - 2 * x0 + xp
+    frac = 0.5 * (xm - xp) / den if abs(den) > 1e-12 else 0.0
+    dx = ix + frac
+    return float(dx - w if dx > w / 2 else dx)
+
+
+def camera_yaw_from_frames(frames: np.ndarray, hfov_deg: float, max_chroma: float = 0.25) -> np.ndarray:
+    """Camera yaw (deg, relative to the first frame, + = turned left) from the picture's global
+    horizontal motion: content moving right by dx pixels near the centre = a left turn of
+    ``atan(dx / f)`` with the pinhole focal length ``f = (W/2) / tan(hfov/2)``.
+
+    ``frames`` (F, H, W, 3) rgb or (F, H, W) gray in [0, 1] / uint8. Strongly coloured pixels
+    (chroma > ``max_chroma``) are replaced by the frame's mean grey first: a large object that
+    moves by itself would otherwise win the phase correlation and pass for the camera."""
+    fr = np.asarray(frames, dtype=np.float64)
+    if fr.max() > 1.5:
+        fr = fr / 255.0
+    if fr.ndim == 4:
+        gray = fr.mean(axis=-1)
+        chroma = fr.max(axis=-1) - fr.min(axis=-1)
+        mask = ndimage.binary_dilation(chroma > max_chroma, structure=np.ones((1, 5, 5), bool))
+        gray = np.where(mask, gray.mean(axis=(1, 2), keepdims=True), gray)
+    else:
+        gray = fr
+    n, _, w = gray.shape
+    f = (w / 2.0) / np.tan(np.deg2rad(hfov_deg) / 2)
+    d = [0.0] + [float(np.rad2deg(np.arctan(global_shift_px(gray[i - 1], gray[i]) / f))) for i in range(1, n)]
+    return np.cumsum(d)
+
+
+def frame_loudness_db(audio: np.ndarray, sr: int, n_frames: int, fps: float) -> np.ndarray:
+    """RMS level (dB) of a mono signal per video frame interval [k/fps, (k+1)/fps)."""
+    x = np.asarray(audio, np.float64)
+    hop = sr / fps
+    out = np.empty(n_frames)
+    for k in range(n_frames):
+        seg = x[int(round(k * hop)): int(round((k + 1) * hop))]
+        out[k] = 10 * np.log10(np.mean(seg**2) + 1e-10) if seg.size else -100.0
+    return out
+
+
+def sync_azimuth_from_frames(frames: np.ndarray, fps: float, hfov_deg: float, audio: np.ndarray, sr: int,
+                             window_s: float = 2.0, min_corr: float = 0.5, bin_deg: float = 3.0) -> VideoDirection:
+    """(F, H, W, 3) frames + the mono sound -> per-frame camera azimuth of the sounding object.
+
+    Per frame, the colour-saliency column profile is resampled onto WORLD azimuth bins (camera
+    azimuth of each column by the pinhole model, plus the camera yaw estimated from the picture's
+    global motion). In sliding windows of ``window_s`` the bin whose saliency mass correlates best
+    with the sound's frame loudness (Pearson, over the frames the bin is in view) is the source;
+    below ``min_corr`` the previous window's world direction is kept (or, before any, the saliency
+    estimate is used). The world direction is then rotated back into the camera per frame, so it
+    leaves the picture when the camera turns away.
+    """
+    fr = np.asarray(frames)
+    n, _, w = fr.shape[:3]
+    yaw = camera_yaw_from_frames(fr, hfov_deg)
+    sal_dir = azimuth_from_frames(fr, fps, hfov_deg)
+    f = (w / 2.0) / np.tan(np.deg2rad(hfov_deg) / 2)
+    az_cols = -np.rad2deg(np.arctan(((np.arange(w) + 0.5) - w / 2.0) / f))
+    nb = int(round(360 / bin_deg))
+    Q = np.full((n, nb), np.nan)
+    for i in range(n):
+        prof = colour_contrast_saliency(fr[i]).sum(axis=0)
+        b = np.floor(((az_cols + yaw[i]) % 360.0) / bin_deg).astype(int) % nb
+        acc = np.bincount(b, weights=prof, minlength=nb)
+        cnt = np.bincount(b, minlength=nb)
+        Q[i, cnt > 0] = acc[cnt > 0] / cnt[cnt > 0]
+    # a little spatial smoothing over bins (a disc spans several)
+    Qs = np.where(np.isfinite(Q), Q, 0.0)
+    Ws = ndimage.uniform_filter1d(np.isfinite(Q).astype(float), 3, axis=1, mode="wrap")
+    Qs = ndimage.uniform_filter1d(Qs, 3, axis=1, mode="wrap") / np.maximum(Ws, 1e-9)
+    Qs[~np.isfinite(Q)] = np.nan
+    loud = frame_loudness_db(audio, sr, n, fps)
+    half = max(2, int(round(window_s * fps / 2)))
+    world = np.full(n, np.nan)
+    last = np.nan
+    for i in range(n):
+        a, b = max(0, i - half), min(n, i + half + 1)
+        e = loud[a:b]
+        best, best_c = np.nan, min_corr
+        if np.std(e) > 1e-6:
+            win = Qs[a:b]
+            seen = np.isfinite(win).sum(axis=0)
+            level = np.where(seen > 0, np.nansum(win, axis=0) / np.maximum(seen, 1), 0.0)
+            for k in range(nb):
+                q = win[:, k]
+                ok = np.isfinite(q)
+                # candidates: salient objects (not background texture) seen for most of the window
+                if ok.sum() < max(4, int(0.8 * (b - a))) or level[k] < 0.3 * level.max() or np.std(q[ok]) < 1e-9:
+                    continue
+                c = np.corrcoef(q[ok], e[ok])[0, 1]
+                if c > best_c:
+                    best, best_c = (k + 0.5) * bin_deg, c
+        if np.isfinite(best):
+            last = best
+        world[i] = last
+    az = np.where(np.isfinite(world), ((world - yaw + 180.0) % 360.0) - 180.0, sal_dir.azimuth_deg)
+    if n >= 5:
+        # median over the unwrapped track (no jump across +-180)
+        az = ((signal.medfilt(np.rad2deg(np.unwrap(np.deg2rad(az))), 5) + 180.0) % 360.0) - 180.0
+    cols = w / 2.0 - f * np.tan(np.deg2rad(np.clip(az, -89.0, 89.0)))
+    return VideoDirection(np.arange(n) / fps, az, cols, w)
+
+
+def estimate_sync_azimuth(video_path: str | Path, hfov_deg: float, audio: np.ndarray, sr: int,
+                          duration_s: float | None = None, fps: float = 10.0, width: int = 96) -> VideoDirection:
+    """Read a perspective clip (small, ``fps``) and locate the sounding object by synchrony."""
+    from biaudio.media.probe import probe
+    from biaudio.media.video import iter_frames
+
+    info = probe(video_path)
+    h = max(2, int(round(width * (info.height or 9) / (info.width or 16) / 2)) * 2)
+    frames = np.stack(list(iter_frames(video_path, size=(width, h), fps=fps, duration_s=duration_s)))
+    return sync_azimuth_from_frames(frames, fps, hfov_deg, audio, sr)

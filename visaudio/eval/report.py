@@ -22,6 +22,7 @@ BAR_METRICS = [
 
 COLORS = {
     "reference": "#222222", "visaudio": "#d62728", "mono": "#1f77b4", "two-stage": "#2ca02c",
+    "two-stage-sync": "#17becf",
     "swapped-reference": "#9467bd", "mono-duplicated-reference": "#8c8c8c",
 }
 
@@ -168,6 +169,21 @@ def write_report(report_dir: Path, summary: dict, series: dict, audio: dict) -> 
     parts.append("</table><p class='small'>")
     parts += [f"<b>{esc(s)}</b>: {esc(summary['systems'][s]['note'])}. " for s in systems]
     parts.append("</p>")
+    by_type = summary.get("by_scene_type") or {}
+    if by_type:
+        key = ["lat_corr_ref", "motion_consistency", "ild_sign_agreement", "lat_corr_az"]
+        parts.append("<h2>Per scene type (mean [95 % interval])</h2><table><tr><th>scene type</th><th>system</th>")
+        parts += [f"<th>{esc(m)}</th>" for m in key]
+        parts.append("</tr>")
+        for t, d in by_type.items():
+            for sname, ms in d["systems"].items():
+                cells = []
+                for m in key:
+                    v = ms.get(m)
+                    cells.append("n/a" if not v else f"{_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
+                parts.append(f"<tr><td>{esc(t)} ({d['n_clips']} clips)</td><td>{esc(sname)}</td>"
+                             + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
     parts.append(f"<h2>Metric bars</h2><img alt='metric bars' src='{metric_bars(summary)}'>")
     parts.append("<h2>Clips</h2>")
     for cid in list(series)[: max(3, len(audio))]:

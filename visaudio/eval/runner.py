@@ -58,7 +58,7 @@ def default_systems(ckpt: Path | None, mono_ckpt: Path | None) -> list[str]:
     if ckpt is not None:
         out.append("visaudio")
     if mono_ckpt is not None:
-        out += ["mono", "two-stage"]
+        out += ["mono", *B.TWO_STAGE_SYSTEMS]
     return out + ["reference", "swapped-reference", "mono-duplicated-reference"]
 
 
@@ -70,8 +70,9 @@ def resolve_systems(baselines: str | None, ckpt: Path | None, mono_ckpt: Path | 
     unknown = [n for n in names if n not in B.ALL_SYSTEMS]
     if unknown:
         raise EvalError(f"unknown baseline(s) {unknown}; known: {', '.join(B.ALL_SYSTEMS[1:])}")
-    if {"mono", "two-stage"} & set(names) and mono_ckpt is None:
-        raise EvalError("baselines 'mono' and 'two-stage' need --mono-ckpt (a run trained with data.channels=mono)")
+    if {"mono", *B.TWO_STAGE_SYSTEMS} & set(names) and mono_ckpt is None:
+        raise EvalError("baselines 'mono', 'two-stage' and 'two-stage-sync' need --mono-ckpt (a run trained with "
+                        "data.channels=mono)")
     out = ["visaudio"] if ckpt is not None else []
     return out + [n for n in B.ALL_SYSTEMS if n in names and n != "visaudio"]
 
@@ -277,6 +278,24 @@ class SystemSource:
             self.notes["two-stage"] = (f"mono generator -> {self._spatialiser.name} along the video-only "
                                        "saliency/motion azimuth")
             return out, sr
+        if system == "two-stage-sync":
+            key = self._key("mono")
+            if self._spatialiser is None:
+                self._spatialiser = B.make_spatialiser(sr)
+            path = self.cache / f"two-stage-sync-{self._spatialiser.name}-{key}" / f"{row['clip_id']}.npy"
+            if path.is_file():
+                out = np.load(path)
+            else:
+                hfov = float(row.get("hfov_deg") or 90.0)
+                d = B.estimate_sync_azimuth(Path(self.cfg.manifest_dir) / row["video_path"], hfov, B.mid(mono), sr,
+                                            mono.shape[1] / sr)
+                out, _ = B.two_stage(mono, sr, d, self._spatialiser)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, out)
+            self.notes["two-stage-sync"] = (f"mono generator -> {self._spatialiser.name} along the azimuth of the "
+                                            "picture region in sync with the generated sound, held in the world "
+                                            "while the camera turns")
+            return out, sr
         raise EvalError(f"unknown system {system!r}")
 
 
@@ -403,6 +422,22 @@ def summarise(per_clip: pd.DataFrame, fd: dict[str, tuple], cfg: EvalConfig, not
     return out
 
 
+def by_scene_type(per_clip: pd.DataFrame, cfg: EvalConfig, notes: dict[str, str]) -> dict:
+    """The summary (metrics with intervals, paired comparisons) of each scene type on its own.
+
+    Why: a benchmark world mixes scene types that favour different systems (a saliency map is
+    right about a lone disc and wrong about an off-screen source); the pooled mean hides which
+    is which. Clips without a type (no truth JSON) are left out here, not in the pooled summary."""
+    out: dict = {}
+    sub_all = per_clip[per_clip["scene_type"].notna()]
+    for t in sorted(sub_all["scene_type"].unique()):
+        sub = sub_all[sub_all["scene_type"] == t]
+        s = summarise(sub, {}, cfg, notes)
+        out[str(t)] = {"n_clips": s["n_clips"], "systems": {k: v["metrics"] for k, v in s["systems"].items()},
+                       "comparisons": s["comparisons"]}
+    return out
+
+
 def _groups(df: pd.DataFrame) -> np.ndarray | None:
     """Bootstrap clusters: the original video (``group_id``). Clips of one video are not independent
     (Sphere360 cuts many sections from one YouTube video), so resampling them one by one would give
@@ -429,7 +464,7 @@ def compare(per_clip: pd.DataFrame, summary: dict, cfg: EvalConfig) -> list[dict
         return res
     wide = per_clip.pivot(index="clip_id", columns="system")
     groups = _groups(per_clip.drop_duplicates("clip_id").set_index("clip_id").loc[wide.index])
-    for base in ["mono", "two-stage"]:
+    for base in ["mono", *B.TWO_STAGE_SYSTEMS]:
         if base not in summary["systems"]:
             continue
         for m in KEY_METRICS:
@@ -464,6 +499,9 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     if cfg.limit:
         df = df.head(cfg.limit)
     src = SystemSource(cfg)
+    from visaudio.eval import truth as T
+
+    cam_truth: list[pd.DataFrame] = []
     rows: list[dict] = []
     series: dict[str, dict] = {}
     feats: dict[str, list[np.ndarray]] = {sys_: [] for sys_ in cfg.systems}
@@ -483,6 +521,12 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
         _, times = M.frames(ref, s)
         geo = clip_geometry(row, times)
         ctx = M.Context(expected_lateral=geo["lateral"], yaw_deg=geo["yaw"], az_cam_deg=geo["az_cam"])
+        tru = T.find_truth(cfg.manifest_dir, row)
+        stype = T.scene_type(tru)
+        if tru is not None:
+            ct = T.camera_truth(row, tru, times)
+            if len(ct):
+                cam_truth.append(ct.assign(scene_type=stype))
         ref_feats = M.logmel_features(ref, s)
         feats.setdefault("__ref__", []).append(ref_feats)
         ser = {"t": times.tolist(), "yaw": geo["yaw"].tolist(), "az_world": geo["az_world"].tolist(),
@@ -492,7 +536,8 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
             est, ref_c = M.align(est, ref)
             met = M.reference_metrics(est, ref_c, s, ctx)
             rows.append({"clip_id": cid, "source_id": str(row.get("source_id", cid)),
-                         "group_id": str(row.get("group_id") or row.get("source_id", cid)), "system": sys_, **met})
+                         "group_id": str(row.get("group_id") or row.get("source_id", cid)), "system": sys_,
+                         **({"scene_type": stype} if stype is not None else {}), **met})
             feats[sys_].append(M.logmel_features(est, s))
             ser["ild"][sys_] = np.round(np.clip(M.frame_ild(est, s), -40, 40), 3).tolist()
         ser["ild"]["reference"] = np.round(np.clip(M.frame_ild(ref, s), -40, 40), 3).tolist()
@@ -507,6 +552,11 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     src_ids = _groups(per_clip.drop_duplicates("clip_id"))
     fd = {sys_: set_metric_ci(feats[sys_], feats["__ref__"], cfg.n_boot_set, cfg.seed, src_ids) for sys_ in cfg.systems}
     summary = summarise(per_clip, fd, cfg, src.notes)
+    if cam_truth:
+        pd.concat(cam_truth, ignore_index=True).to_parquet(report_dir / "camera_truth.parquet", index=False)
+        summary["camera_truth"] = "camera_truth.parquet"
+    if "scene_type" in per_clip.columns:
+        summary["by_scene_type"] = by_scene_type(per_clip, cfg, src.notes)
     _write_json(report_dir / "summary.json", summary)
     _write_json(report_dir / "series.json", series)
     from visaudio.eval.report import write_report

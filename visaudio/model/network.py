@@ -300,6 +300,11 @@ class ViSAudio(nn.Module):
         self.text_proj = nn.Linear(D, D)
         self.spacetime = SpacetimeModule(D, m.spacetime_lateral) if m.use_spacetime else None
         self.traj_enc = TrajectoryEncoder(cfg) if m.use_trajectory else None
+        self.camera_motion = None
+        if m.camera_motion:  # measured camera yaw, one feature per branch (visaudio/motion.py)
+            from visaudio.motion import CameraMotion
+
+            self.camera_motion = CameraMotion(D)
         self.global_proj = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.null_video = nn.Parameter(torch.randn(n_video, D) * 0.02)
         self.null_text = nn.Parameter(torch.randn(cfg.data.max_text_tokens, D) * 0.02)
@@ -404,6 +409,11 @@ class ViSAudio(nn.Module):
             st = _upsample(st.reshape(B * 2, Fn, D), N, self.lpf).reshape(B, 2, N, D)
         else:
             st = torch.zeros(B, 2, N, D, device=patch.device)
+        if self.camera_motion is not None:  # part of the video condition: nulled with it for CFG
+            if frames is None:
+                raise ValueError("model.camera_motion measures the camera from the frames: the store must keep them")
+            cm = self.camera_motion(frames)  # (B, 2, Fs, D) at sync_fps
+            st = st + _upsample(cm.reshape(B * 2, cm.shape[2], D), N, self.lps).reshape(B, 2, N, D)
         tr = self.traj_enc(traj) if (self.traj_enc is not None and traj is not None) else None
         return Conditions(video, text, sync, st, tr)
 

@@ -1,0 +1,99 @@
+"""ViSAudio vs the two-stage baselines on the spatial-bench world (and the demo), CPU budget.
+
+Builds the ``spatial-bench`` recipe (unless ``--bench`` names a finished build), trains the
+tiny binaural model with each variant (``--variant NAME=override,override``; ``base`` = tiny as
+shipped) and one mono model, runs ``visaudio eval`` (all two-stage baselines, 95 % cluster
+bootstrap) on the test split, and prints one JSON line per variant with the pooled and per-scene-type
+means of the key metrics and the paired differences against each two-stage baseline.
+
+Usage (the README's table):
+  python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 100 \\
+      --variant base= --variant motion=model.camera_motion=true
+Runs resume (training and the eval cache), so a second call only redoes what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+TRAIN_OVERRIDES = ["train.batch_size=8", "train.val_every=100000", "train.ckpt_every=100", "train.warmup_steps=20",
+                   "train.lr=1e-3", "train.ema_decay=0.99", "train.tensorboard=false"]
+KEYS = ["lat_corr_ref", "motion_consistency", "ild_sign_agreement", "lat_corr_az"]
+
+
+def _build(out: Path, recipe: str) -> Path:
+    from biaudio.engine.run import build
+    from biaudio.recipe import load_recipe
+
+    if not (out / "manifest.parquet").is_file():
+        s = build(load_recipe(recipe), out)
+        if s.exit_code != 0:
+            raise SystemExit(f"build failed: {s.to_dict()}")
+    return out
+
+
+def _train(manifest: Path, run: Path, steps: int, overrides: list[str], threads: int) -> float:
+    from visaudio.train import train
+
+    t0 = time.time()
+    train(manifest, "tiny", run, max_steps=steps, overrides=TRAIN_OVERRIDES + [f"train.num_threads={threads}"] + overrides,
+          progress=False)
+    return time.time() - t0
+
+
+def _compact(summary: dict) -> dict:
+    def ms(systems: dict) -> dict:
+        return {s: {k: round(v[k]["mean"], 3) if k in v and v[k]["mean"] == v[k]["mean"] else None for k in KEYS}
+                for s, v in systems.items()}
+
+    out = {"n_clips": summary["n_clips"],
+           "pooled": ms({s: v["metrics"] for s, v in summary["systems"].items()}),
+           "paired": [{k: c[k] for k in ("metric", "baseline", "paired_diff_mean", "paired_diff_ci", "paired_better")}
+                      for c in summary["comparisons"] if c["baseline"] != "mono"]}
+    for t, d in (summary.get("by_scene_type") or {}).items():
+        out[t] = {"n_clips": d["n_clips"], **ms(d["systems"]),
+                  "paired": [{k: c[k] for k in ("metric", "baseline", "paired_diff_mean", "paired_diff_ci")}
+                             for c in d["comparisons"] if c["baseline"] != "mono"]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--bench", type=Path, default=None, help="a finished spatial-bench build")
+    ap.add_argument("--demo", type=Path, default=None, help="a finished demo build (also evaluated)")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--mono-steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variant", action="append", default=[], help="NAME=override,override (repeatable)")
+    ap.add_argument("--cfg", type=float, default=4.5)
+    ap.add_argument("--gen-steps", type=int, default=25)
+    a = ap.parse_args()
+    from visaudio.eval import runner as R
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    datasets = {"bench": a.bench or _build(a.work / "bench", "spatial-bench")}
+    if a.demo:
+        datasets["demo"] = a.demo
+    variants = [v.split("=", 1) for v in (a.variant or ["base="])]
+    for dname, manifest in datasets.items():
+        mono = a.work / f"{dname}-mono"
+        t_mono = _train(manifest, mono, a.mono_steps, ["data.channels=mono"], a.threads)
+        for name, ov in variants:
+            run = a.work / f"{dname}-{name}"
+            t_train = _train(manifest, run, a.steps, [o for o in ov.split(",") if o], a.threads)
+            t0 = time.time()
+            cfg = R.EvalConfig(manifest_dir=manifest, report_dir=a.work / f"report-{dname}-{name}-cfg{a.cfg:g}",
+                               ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono), steps=a.gen_steps,
+                               cfg=a.cfg, n_audio_clips=0)
+            summary = R.run(cfg)
+            print(json.dumps({"dataset": dname, "variant": name, "overrides": ov, "steps": a.steps,
+                              "mono_steps": a.mono_steps, "train_s": round(t_train), "mono_train_s": round(t_mono),
+                              "eval_s": round(time.time() - t0), "cfg": a.cfg, **_compact(summary)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
