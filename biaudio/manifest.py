@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable
 from functools import lru_cache
@@ -43,6 +44,7 @@ READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.parquet"
 REJECTS_NAME = "rejects.parquet"
 STATS_NAME = "stats.json"
+VERSIONS_DIR = "manifest_versions"
 SPLITS = ("train", "val", "test")
 QA_STATUSES = ("pending", "accepted", "rejected", "flagged")
 
@@ -178,13 +180,81 @@ def tool_versions() -> str:
 # ------------------------------------------------------------------ writing
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
+def _canonical_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_canonical_type(t.value_type)).with_name("item"))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_canonical_type(f.type)) for f in t])
+    return t
+
+
+def _canonical_table(table: pa.Table) -> pa.Table:
+    """Name every list's value field ``item``, as a table built from rows has it.
+
+    A table read back from parquet names them ``element``; the name goes into the footer's stored
+    arrow schema, so without this a read -> change -> write (``qa apply``, ``annotate``) would
+    write other bytes than the build for the same rows. The data pages do not change.
+    """
+    schema = pa.schema([f.with_type(_canonical_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
+    return table.cast(schema)
+
+
+def write_table(table: pa.Table, path: Path | str) -> Path:
+    """Write a manifest/rejects table (or a version of one) the one way every writer uses.
+
+    One set of parquet options (``_WRITE_OPTS``) and one temp + fsync + rename, so equal tables give
+    byte-identical files whichever command wrote them (build, ``qa apply``, ``annotate``, ``upgrade``),
+    and a crash leaves the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    table = _canonical_table(table)
     tmp = temp_path(path)
     try:
         pq.write_table(table, tmp, **_WRITE_OPTS)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def next_version_path(out_dir: Path | str) -> Path:
+    """``OUT/manifest_versions/manifest.v<N>.parquet`` with N one above the highest kept (1 at first)."""
+    vdir = Path(out_dir) / VERSIONS_DIR
+    vdir.mkdir(exist_ok=True)
+    n = 1
+    for p in vdir.glob("manifest.v*.parquet"):
+        stem = p.name[len("manifest.v") : -len(".parquet")]
+        if stem.isdigit():
+            n = max(n, int(stem) + 1)
+    return vdir / f"manifest.v{n}.parquet"
+
+
+def keep_version(out_dir: Path | str) -> Path:
+    """Copy the current ``OUT/manifest.parquet`` byte for byte to the next version path (temp +
+    rename) before a command replaces it; returns that path. ``qa apply``, ``annotate`` and
+    ``upgrade`` share this one history, so every earlier manifest stays available for rollback."""
+    src = Path(out_dir) / MANIFEST_NAME
+    dst = next_version_path(out_dir)
+    tmp = temp_path(dst)
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def read_schema(path: Path | str) -> pa.Schema:
+    """The parquet schema (with its ``biaudio.*`` metadata) of a manifest or rejects file, no rows."""
+    return pq.read_schema(path)
+
+
+def read_table(path: Path | str) -> pa.Table:
+    """A manifest or rejects file as written, without version checks or v1 -> v2 conversion
+    (for callers that check the version themselves, e.g. the QA tool, which names old versions)."""
+    return pq.read_table(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -275,7 +345,7 @@ def _jsonable(v: Any) -> Any:
 def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
     """Write ``OUT/manifest.parquet`` atomically (rows must already have the engine columns)."""
     path = Path(out_dir) / MANIFEST_NAME
-    _atomic_write_table(manifest_table(rows), path)
+    write_table(manifest_table(rows), path)
     return path
 
 
@@ -295,7 +365,7 @@ def write_rejects(out_dir: Path, rejects: list[dict]) -> Path:
     ]
     norm.sort(key=lambda r: (r["item_id"], r["clip_id"] or "", r["stage"], r["reason"], r["detail"] or ""))
     path = Path(out_dir) / REJECTS_NAME
-    _atomic_write_table(pa.Table.from_pylist(norm, schema=REJECTS_SCHEMA), path)
+    write_table(pa.Table.from_pylist(norm, schema=REJECTS_SCHEMA), path)
     return path
 
 
