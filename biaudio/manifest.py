@@ -17,9 +17,7 @@ v1 file on read (:func:`v1_to_v2`); ``biaudio upgrade OUT`` rewrites a v1 folder
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biaudio import atomic
+from biaudio.atomic import atomic_path
 from biaudio.engine.splits import (
     SplitList,
     assign_splits,
@@ -35,7 +35,6 @@ from biaudio.engine.splits import (
     hash_split,
     section_start_from_row,
 )
-from biaudio.engine.types import temp_path
 from biaudio.errors import BiaudioError
 
 SCHEMA_VERSION = 2
@@ -167,13 +166,9 @@ def tool_versions() -> str:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    try:
-        first = subprocess.run(
-            ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True, timeout=20, check=False
-        ).stdout.splitlines()
-        out["ffmpeg"] = first[0].split()[2] if first and len(first[0].split()) > 2 else None
-    except (OSError, subprocess.SubprocessError):
-        out["ffmpeg"] = None
+    from biaudio.media.ffprobe import ffmpeg_version
+
+    out["ffmpeg"] = ffmpeg_version()
     return json.dumps(out, sort_keys=True)
 
 
@@ -208,14 +203,8 @@ def write_table(table: pa.Table, path: Path | str) -> Path:
     """
     path = Path(path)
     table = _canonical_table(table)
-    tmp = temp_path(path)
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, **_WRITE_OPTS)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -237,12 +226,8 @@ def keep_version(out_dir: Path | str) -> Path:
     ``upgrade`` share this one history, so every earlier manifest stays available for rollback."""
     src = Path(out_dir) / MANIFEST_NAME
     dst = next_version_path(out_dir)
-    tmp = temp_path(dst)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst
 
 
@@ -259,16 +244,7 @@ def read_table(path: Path | str) -> pa.Table:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary sibling, fsync, rename: a crash leaves the old file or the new one."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, text, fsync=True)
 
 
 def complete_rows(

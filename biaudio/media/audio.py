@@ -23,12 +23,12 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
 from biaudio.media.ffpath import input_args
 from biaudio.media.probe import probe
@@ -177,23 +177,12 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: st
     else:
         raise ValueError(f"write_audio supports .wav and .flac, not {suffix!r}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}-", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        # encoded in memory, written by Python: a full disk is then an OSError with its errno
-        # (libsndfile itself reports only "System error."), which the build treats as a write failure
-        buf = io.BytesIO()
-        sf.write(
-            buf, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub
-        )
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # encoded in memory, written by Python: a full disk is then an OSError with its errno
+    # (libsndfile itself reports only "System error."), which the build treats as a write failure
+    buf = io.BytesIO()
+    sf.write(buf, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub)
+    with atomic_path(p, mode=0o666 & ~_umask()) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
     return p
 
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from biaudio import atomic
 from biaudio.errors import BiaudioError, MediaError
 from biaudio.spatial.angles import rotation_matrix, vec_to_dir
 from biaudio.stages.trajectory import Trajectory, frame_times
@@ -534,11 +535,5 @@ def write_preview(
         raise MediaError(str(path), "encode_failed", "JPEG encoding failed", STAGE)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic.write_bytes(path, buf.tobytes())
     return path
