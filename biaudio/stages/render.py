@@ -128,12 +128,9 @@ def render_binaural_along(foa_ambix: np.ndarray, sr: int, traj: Trajectory, cfg:
 
     x = np.asarray(foa_ambix, dtype=np.float32)
     if sr != cfg.sample_rate:
-        from math import gcd
+        from biaudio.media.audio import resample_audio
 
-        from scipy.signal import resample_poly
-
-        g = gcd(int(sr), int(cfg.sample_rate))
-        x = resample_poly(x, cfg.sample_rate // g, int(sr) // g, axis=1).astype(np.float32)
+        x = resample_audio(x, int(sr), cfg.sample_rate)
         sr = cfg.sample_rate
     dec = get_decoder(cfg.hrtf, cfg.decoder, int(sr))
     return np.asarray(render_binaural(x, int(sr), traj.t, traj.yaw, traj.pitch, traj.roll, dec), dtype=np.float32)
