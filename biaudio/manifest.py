@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -325,23 +326,44 @@ def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Reject:
+    """One row of ``rejects.parquet`` (``REJECTS_SCHEMA``), typed.
+
+    ``from_dict`` takes the loose dicts the stages and the engine make (``reject_row``, records read
+    back from JSON) and normalises them (strings, ``attempt`` >= 1, ``unknown`` for a missing stage
+    or reason); ``to_dict`` gives the row the writer stores.
+    """
+
+    item_id: str
+    clip_id: str | None
+    stage: str
+    reason: str
+    detail: str | None
+    attempt: int
+    source_uri: str | None
+
+    @classmethod
+    def from_dict(cls, r: dict) -> Reject:
+        def opt(v: Any) -> str | None:
+            return None if v is None else str(v)
+
+        return cls(item_id=str(r.get("item_id")), clip_id=opt(r.get("clip_id")),
+                   stage=str(r.get("stage") or "unknown"), reason=str(r.get("reason") or "unknown"),
+                   detail=opt(r.get("detail")), attempt=int(r.get("attempt") or 1), source_uri=opt(r.get("source_uri")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sort_key(self) -> tuple[str, str, str, str, str]:
+        return (self.item_id, self.clip_id or "", self.stage, self.reason, self.detail or "")
+
+
 def write_rejects(out_dir: Path, rejects: list[dict]) -> Path:
     """Write ``OUT/rejects.parquet`` atomically, sorted (item, clip, stage, reason) for stable bytes."""
-    norm = [
-        {
-            "item_id": str(r.get("item_id")),
-            "clip_id": None if r.get("clip_id") is None else str(r.get("clip_id")),
-            "stage": str(r.get("stage") or "unknown"),
-            "reason": str(r.get("reason") or "unknown"),
-            "detail": None if r.get("detail") is None else str(r.get("detail")),
-            "attempt": int(r.get("attempt") or 1),
-            "source_uri": None if r.get("source_uri") is None else str(r.get("source_uri")),
-        }
-        for r in rejects
-    ]
-    norm.sort(key=lambda r: (r["item_id"], r["clip_id"] or "", r["stage"], r["reason"], r["detail"] or ""))
+    norm = sorted((Reject.from_dict(r) for r in rejects), key=Reject.sort_key)
     path = Path(out_dir) / REJECTS_NAME
-    write_table(pa.Table.from_pylist(norm, schema=REJECTS_SCHEMA), path)
+    write_table(pa.Table.from_pylist([r.to_dict() for r in norm], schema=REJECTS_SCHEMA), path)
     return path
 
 
