@@ -33,26 +33,31 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{TEMP_MARKER}{os.getpid()}")
 
 
-def _unique_temp(final: Path) -> Path:
+def _unique_temp(final: Path, keep_suffix: bool) -> Path:
     # pid first (a worker finds its own temporaries by ``TEMP_MARKER + pid``), then host and a
     # per-process counter: processes on other machines writing into one shared folder (Ray
     # workers, the fetch archive), and threads of one process, never share a name; the final
-    # suffix is kept because ffmpeg and soundfile choose the format by it
+    # suffix stays last only when asked (``keep_suffix``: ffmpeg and numpy choose the format by
+    # it); otherwise the name does not end like the final one, so a ``*.json`` glob over a folder
+    # of records never picks up a killed writer's temporary
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())
-    return final.with_name(f".{final.stem}{TEMP_MARKER}{os.getpid()}-{host}-{next(_counter)}{final.suffix}")
+    tag = f"{TEMP_MARKER}{os.getpid()}-{host}-{next(_counter)}"
+    return final.with_name(f".{final.stem}{tag}{final.suffix}" if keep_suffix else f".{final.name}{tag}")
 
 
 @contextmanager
-def atomic_path(final: Path | str, *, mode: int | None = None, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(final: Path | str, *, mode: int | None = None, fsync: bool = False,
+                keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on success rename it to ``final``.
 
     ``mode``: permissions set before the rename (tools that write the temporary, e.g. ``mkstemp``
     users, may create it 0600). ``fsync``: flush the file to disk first (small records whose loss
-    after a power cut would lose work). On any exception the temporary is removed and ``final`` is
+    after a power cut would lose work). ``keep_suffix``: the temporary ends with ``final``'s suffix
+    (for writers that pick the format by it). On any exception the temporary is removed and ``final`` is
     left as it was.
     """
     final = Path(final)
-    tmp = _unique_temp(final)
+    tmp = _unique_temp(final, keep_suffix)
     try:
         yield tmp
         if fsync:

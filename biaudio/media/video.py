@@ -391,7 +391,7 @@ def _atomic_ffmpeg(
     stdin_file: str | None = None,
 ) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path, mode=file_mode()) as tmp:
+    with atomic_path(out_path, mode=file_mode(), keep_suffix=True) as tmp:
         cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args_before_out, local(tmp)]
         r = subprocess.run(cmd, input=stdin_bytes, capture_output=True)
         if r.returncode != 0:

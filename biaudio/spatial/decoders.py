@@ -236,7 +236,7 @@ def _cached_build(hrtf: str, kind: str, sr: int) -> BinauralDecoder:
     dec = build()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:  # keeps the .npz suffix: np.savez would add one
+        with atomic_path(path, keep_suffix=True) as tmp:  # np.savez adds .npz to any other name
             np.savez(tmp, filters=dec.filters, sr=np.int64(dec.sr), name=np.str_(dec.name))
     except OSError:  # read-only home, full disk: the cache is only an optimisation
         pass
