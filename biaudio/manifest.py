@@ -17,9 +17,9 @@ v1 file on read (:func:`v1_to_v2`); ``biaudio upgrade OUT`` rewrites a v1 folder
 from __future__ import annotations
 
 import json
-import os
-import subprocess
+import shutil
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biaudio import atomic
+from biaudio.atomic import atomic_path
 from biaudio.engine.splits import (
     SplitList,
     assign_splits,
@@ -34,7 +36,6 @@ from biaudio.engine.splits import (
     hash_split,
     section_start_from_row,
 )
-from biaudio.engine.types import temp_path
 from biaudio.errors import BiaudioError
 
 SCHEMA_VERSION = 2
@@ -43,6 +44,7 @@ READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.parquet"
 REJECTS_NAME = "rejects.parquet"
 STATS_NAME = "stats.json"
+VERSIONS_DIR = "manifest_versions"
 SPLITS = ("train", "val", "test")
 QA_STATUSES = ("pending", "accepted", "rejected", "flagged")
 
@@ -165,40 +167,85 @@ def tool_versions() -> str:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    try:
-        first = subprocess.run(
-            ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True, timeout=20, check=False
-        ).stdout.splitlines()
-        out["ffmpeg"] = first[0].split()[2] if first and len(first[0].split()) > 2 else None
-    except (OSError, subprocess.SubprocessError):
-        out["ffmpeg"] = None
+    from biaudio.media.ffprobe import ffmpeg_version
+
+    out["ffmpeg"] = ffmpeg_version()
     return json.dumps(out, sort_keys=True)
 
 
 # ------------------------------------------------------------------ writing
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = temp_path(path)
-    try:
+def _canonical_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_canonical_type(t.value_type)).with_name("item"))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_canonical_type(f.type)) for f in t])
+    return t
+
+
+def _canonical_table(table: pa.Table) -> pa.Table:
+    """Name every list's value field ``item``, as a table built from rows has it.
+
+    A table read back from parquet names them ``element``; the name goes into the footer's stored
+    arrow schema, so without this a read -> change -> write (``qa apply``, ``annotate``) would
+    write other bytes than the build for the same rows. The data pages do not change.
+    """
+    schema = pa.schema([f.with_type(_canonical_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
+    return table.cast(schema)
+
+
+def write_table(table: pa.Table, path: Path | str) -> Path:
+    """Write a manifest/rejects table (or a version of one) the one way every writer uses.
+
+    One set of parquet options (``_WRITE_OPTS``) and one temp + fsync + rename, so equal tables give
+    byte-identical files whichever command wrote them (build, ``qa apply``, ``annotate``, ``upgrade``),
+    and a crash leaves the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    table = _canonical_table(table)
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, **_WRITE_OPTS)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return path
+
+
+def next_version_path(out_dir: Path | str) -> Path:
+    """``OUT/manifest_versions/manifest.v<N>.parquet`` with N one above the highest kept (1 at first)."""
+    vdir = Path(out_dir) / VERSIONS_DIR
+    vdir.mkdir(exist_ok=True)
+    n = 1
+    for p in vdir.glob("manifest.v*.parquet"):
+        stem = p.name[len("manifest.v") : -len(".parquet")]
+        if stem.isdigit():
+            n = max(n, int(stem) + 1)
+    return vdir / f"manifest.v{n}.parquet"
+
+
+def keep_version(out_dir: Path | str) -> Path:
+    """Copy the current ``OUT/manifest.parquet`` byte for byte to the next version path (temp +
+    rename) before a command replaces it; returns that path. ``qa apply``, ``annotate`` and
+    ``upgrade`` share this one history, so every earlier manifest stays available for rollback."""
+    src = Path(out_dir) / MANIFEST_NAME
+    dst = next_version_path(out_dir)
+    with atomic_path(dst) as tmp:
+        shutil.copy2(src, tmp)
+    return dst
+
+
+def read_schema(path: Path | str) -> pa.Schema:
+    """The parquet schema (with its ``biaudio.*`` metadata) of a manifest or rejects file, no rows."""
+    return pq.read_schema(path)
+
+
+def read_table(path: Path | str) -> pa.Table:
+    """A manifest or rejects file as written, without version checks or v1 -> v2 conversion
+    (for callers that check the version themselves, e.g. the QA tool, which names old versions)."""
+    return pq.read_table(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary sibling, fsync, rename: a crash leaves the old file or the new one."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, text, fsync=True)
 
 
 def complete_rows(
@@ -275,27 +322,48 @@ def _jsonable(v: Any) -> Any:
 def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
     """Write ``OUT/manifest.parquet`` atomically (rows must already have the engine columns)."""
     path = Path(out_dir) / MANIFEST_NAME
-    _atomic_write_table(manifest_table(rows), path)
+    write_table(manifest_table(rows), path)
     return path
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One row of ``rejects.parquet`` (``REJECTS_SCHEMA``), typed.
+
+    ``from_dict`` takes the loose dicts the stages and the engine make (``reject_row``, records read
+    back from JSON) and normalises them (strings, ``attempt`` >= 1, ``unknown`` for a missing stage
+    or reason); ``to_dict`` gives the row the writer stores.
+    """
+
+    item_id: str
+    clip_id: str | None
+    stage: str
+    reason: str
+    detail: str | None
+    attempt: int
+    source_uri: str | None
+
+    @classmethod
+    def from_dict(cls, r: dict) -> Reject:
+        def opt(v: Any) -> str | None:
+            return None if v is None else str(v)
+
+        return cls(item_id=str(r.get("item_id")), clip_id=opt(r.get("clip_id")),
+                   stage=str(r.get("stage") or "unknown"), reason=str(r.get("reason") or "unknown"),
+                   detail=opt(r.get("detail")), attempt=int(r.get("attempt") or 1), source_uri=opt(r.get("source_uri")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sort_key(self) -> tuple[str, str, str, str, str]:
+        return (self.item_id, self.clip_id or "", self.stage, self.reason, self.detail or "")
 
 
 def write_rejects(out_dir: Path, rejects: list[dict]) -> Path:
     """Write ``OUT/rejects.parquet`` atomically, sorted (item, clip, stage, reason) for stable bytes."""
-    norm = [
-        {
-            "item_id": str(r.get("item_id")),
-            "clip_id": None if r.get("clip_id") is None else str(r.get("clip_id")),
-            "stage": str(r.get("stage") or "unknown"),
-            "reason": str(r.get("reason") or "unknown"),
-            "detail": None if r.get("detail") is None else str(r.get("detail")),
-            "attempt": int(r.get("attempt") or 1),
-            "source_uri": None if r.get("source_uri") is None else str(r.get("source_uri")),
-        }
-        for r in rejects
-    ]
-    norm.sort(key=lambda r: (r["item_id"], r["clip_id"] or "", r["stage"], r["reason"], r["detail"] or ""))
+    norm = sorted((Reject.from_dict(r) for r in rejects), key=Reject.sort_key)
     path = Path(out_dir) / REJECTS_NAME
-    _atomic_write_table(pa.Table.from_pylist(norm, schema=REJECTS_SCHEMA), path)
+    write_table(pa.Table.from_pylist([r.to_dict() for r in norm], schema=REJECTS_SCHEMA), path)
     return path
 
 

@@ -255,9 +255,11 @@ def test_annotate_versions_qa_and_recipe_hash(dataset: Path, av_towers: Path):
     assert json.loads(pq.read_schema(out / "manifest.parquet").metadata[b"biaudio.annotate"])["previous_version"] \
         == "manifest.v3.parquet"
 
-    # the same run again changes nothing: no new version
+    # the same run again changes nothing: no new version, the very same bytes
+    unchanged = (out / "manifest.parquet").read_bytes()
     s3 = annotate(out, cfg.model_copy(update={"av_consistency": cfg.av_consistency.model_copy(update={"threshold": thr})}))
     assert s3.previous_version is None and not (out / "manifest_versions" / "manifest.v4.parquet").exists()
+    assert (out / "manifest.parquet").read_bytes() == unchanged
     # dropping the threshold lifts the automatic rejections (and only those)
     annotate(out, cfg)
     m4 = {r["clip_id"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}

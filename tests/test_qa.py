@@ -191,3 +191,36 @@ def test_summary_without_db_fails_and_reviewers_share_a_pass(tmp_path):
     assert s["passes"][0]["decisions"] == {"reject": 1} and s["passes"][0]["reviewers"] == ["ann", "ben"]
     (k,) = s["agreement"]
     assert k["n"] == 1 and k["observed"] == 1.0 and k["kappa"] is None  # p_e = 1
+
+
+def _pages(data: bytes) -> bytes:
+    """A parquet file's column chunks: everything before the footer (the footer holds the schema
+    metadata, where ``qa apply`` records itself)."""
+    footer = int.from_bytes(data[-8:-4], "little")
+    return data[: len(data) - 8 - footer]
+
+
+def test_apply_without_decisions_writes_the_build_bytes(tmp_path):
+    """One writer for every manifest write: with nothing to apply, ``qa apply`` writes the same
+    column chunks as the build's writer, and with its own record dropped from the metadata the
+    table writes back to the build's file byte for byte."""
+    from biaudio import manifest as mf
+
+    rows = mf.complete_rows(manifest_rows(4), recipe_hash="abc123", split_fractions=(0.5, 0.25), salt="s",
+                            versions="{}")
+    mf.write_manifest(tmp_path, rows)
+    original = (tmp_path / "manifest.parquet").read_bytes()
+    (tmp_path / "rebuild").mkdir()
+    assert mf.write_manifest(tmp_path / "rebuild", rows).read_bytes() == original  # a rebuild: same bytes
+    QADatabase(tmp_path / "qa.sqlite")  # a QA database without decisions
+    res = _cli("qa", "apply", str(tmp_path), "--json")
+    assert res.exit_code == 0, res.output
+    applied = (tmp_path / "manifest.parquet").read_bytes()
+    assert (tmp_path / "manifest_versions" / "manifest.v1.parquet").read_bytes() == original
+    assert _pages(applied) == _pages(original)
+    meta = dict(pq.read_schema(tmp_path / "manifest.parquet").metadata)
+    assert json.loads(meta.pop(b"biaudio.qa_apply"))["counts"] == {"pending": 4}
+    assert meta == dict(pq.read_schema(tmp_path / "manifest_versions" / "manifest.v1.parquet").metadata)
+    table = pq.read_table(tmp_path / "manifest.parquet").replace_schema_metadata(meta)
+    assert mf.write_table(table, tmp_path / "again.parquet").read_bytes() == original
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left"

@@ -364,9 +364,9 @@ def carry_annotations(out_dir: Path, rows: list[dict]) -> None:
     if not (out / MANIFEST_NAME).is_file() or not (out / STATE_DIR).is_dir():
         return
     try:
-        import pyarrow.parquet as pq
+        from biaudio.manifest import read_schema
 
-        meta = pq.read_schema(out / MANIFEST_NAME).metadata or {}
+        meta = read_schema(out / MANIFEST_NAME).metadata or {}
         annotations = json.loads(meta.get(b"biaudio.annotations", b"{}").decode())
     except (OSError, ValueError, pa.ArrowInvalid):
         return
@@ -395,10 +395,7 @@ def _set_column(table: pa.Table, name: str, values: list, typ: pa.DataType) -> p
 def _write_version(out: Path, stages: list[Stage], keys: dict[str, str], media: list[str], cfg: AnnotateConfig,
                    summary: AnnotateSummary) -> None:
     """Annotation columns from the records -> a new manifest version (only when something changed)."""
-    import pyarrow.parquet as pq
-
     from biaudio import manifest as mf
-    from biaudio.review.qa import _atomic_copy, _next_version_path
 
     old = read_manifest(out)
     table = old
@@ -442,14 +439,13 @@ def _write_version(out: Path, stages: list[Stage], keys: dict[str, str], media: 
         summary.notes.append("every clip already had these annotations: the manifest is unchanged")
         summary.manifest = str(out / MANIFEST_NAME)
         return
-    previous = _next_version_path(out)
-    _atomic_copy(out / MANIFEST_NAME, previous)
+    previous = mf.keep_version(out)
     meta[b"biaudio.annotations"] = json.dumps(annotations, sort_keys=True).encode()
     meta[b"biaudio.annotate"] = json.dumps({"previous_version": previous.name,
                                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
     table = table.replace_schema_metadata(meta)
-    mf._atomic_write_table(table, out / MANIFEST_NAME)
-    pq.read_schema(out / MANIFEST_NAME)  # fail loudly here, not in a reader, if the write went wrong
+    mf.write_table(table, out / MANIFEST_NAME)
+    mf.read_schema(out / MANIFEST_NAME)  # fail loudly here, not in a reader, if the write went wrong
     summary.manifest = str(out / MANIFEST_NAME)
     summary.previous_version = str(previous)
 

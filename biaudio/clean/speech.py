@@ -62,10 +62,9 @@ class SpeechConfig(BaseModel):
 def _resample(x: np.ndarray, sr: int) -> np.ndarray:
     if sr == VAD_SR:
         return x.astype(np.float32, copy=False)
-    from scipy.signal import resample_poly
+    from biaudio.media.audio import resample
 
-    g = math.gcd(int(sr), VAD_SR)
-    return resample_poly(x.astype(np.float64), VAD_SR // g, int(sr) // g).astype(np.float32)
+    return resample(x.astype(np.float64), int(sr), VAD_SR).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)

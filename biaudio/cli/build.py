@@ -7,7 +7,6 @@ stays instant.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -119,7 +118,9 @@ def build_cmd(
         elif kind == "assemble":
             console.print("[dim]assembling manifest ...[/dim]")
 
-    missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
+    from biaudio.media.ffprobe import missing_tools
+
+    missing = missing_tools()
     if missing and not dry_run:
         _fail(console, json_out, f"build not started: {', '.join(missing)} not found on PATH "
                                  "(install ffmpeg, e.g. apt-get install ffmpeg)", 2)

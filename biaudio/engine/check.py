@@ -12,7 +12,6 @@ No source video may appear under two source ids (built twice, e.g. after ids mov
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from biaudio.engine.splits import leaking_groups
 from biaudio.errors import BiaudioError
 from biaudio.manifest import QA_STATUSES, SCHEMA_VERSION, SPLITS, manifest_version, read_manifest
-from biaudio.media.ffpath import probe_args
+from biaudio.media.ffprobe import duration as media_duration
 
 
 @dataclass
@@ -55,14 +54,7 @@ class ValidationReport:
 
 def ffprobe_duration(path: Path) -> float | None:
     """Container duration in seconds (None when ffprobe cannot read the file)."""
-    try:
-        r = subprocess.run(
-            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", *probe_args(path)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        return float(json.loads(r.stdout)["format"]["duration"])
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
-        return None
+    return media_duration(path)
 
 
 def _inside(out: Path, rel: str) -> tuple[bool, str]:

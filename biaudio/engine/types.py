@@ -19,25 +19,11 @@ Contract with ``biaudio.stages.item.process_item(item, recipe, out_dir, log) -> 
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-# A file name is a temporary (not yet renamed) output if it matches this; the engine deletes such
-# leftovers of a killed run before it starts. Stage code names temporaries with ``temp_path``.
-TEMP_MARKER = ".tmp-"
-
-
-def temp_path(final: Path) -> Path:
-    """Temporary sibling of ``final`` (same folder, so ``os.replace`` is an atomic rename).
-
-    Hidden (leading dot) and tagged with ``TEMP_MARKER`` + pid, so a crashed run's leftovers are
-    recognisable and two processes never share one temporary name.
-    """
-    final = Path(final)
-    return final.with_name(f".{final.name}{TEMP_MARKER}{os.getpid()}")
+from biaudio.atomic import TEMP_MARKER, temp_path  # noqa: F401  (the one naming of temporaries, re-exported)
 
 
 def is_temp_name(name: str) -> bool:

@@ -21,20 +21,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from biaudio.engine.splits import SPLITS, assign_splits, leaking_groups
 from biaudio.errors import BiaudioError
 from biaudio.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
+    VERSIONS_DIR,
     SchemaVersionError,
     atomic_write_text,
+    keep_version,
     manifest_table,
     manifest_version,
     read_manifest,
     read_rejects,
+    read_schema,
     write_rejects,
+    write_table,
 )
 
 STATE = ".state"
@@ -125,26 +127,22 @@ def _state_files_to_stamp(out: Path) -> list[Path]:
 
 
 def _write_manifest_v2(out: Path, rows: list[dict]) -> Path:
-    from biaudio.manifest import _atomic_write_table
-    from biaudio.review.qa import VERSIONS_DIR, _atomic_copy, _next_version_path
-
     path = out / MANIFEST_NAME
-    old_meta = dict(pq.read_schema(path).metadata or {})
-    previous = _next_version_path(out)
-    _atomic_copy(path, previous)
+    old_meta = dict(read_schema(path).metadata or {})
+    previous = keep_version(out)
     table = manifest_table(rows)
     meta = dict(table.schema.metadata or {})
     for k, v in old_meta.items():  # keep e.g. biaudio.qa_apply; the version key is the new one
         if k.startswith(b"biaudio.") and k not in meta:
             meta[k] = v
     meta[b"biaudio.upgraded_from"] = json.dumps({"schema_version": 1, "previous": f"{VERSIONS_DIR}/{previous.name}"}).encode()
-    _atomic_write_table(table.replace_schema_metadata(meta), path)
+    write_table(table.replace_schema_metadata(meta), path)
     return previous
 
 
 def _rewrite_rejects(out: Path) -> None:
     if (out / "rejects.parquet").is_file():
-        meta = pq.read_schema(out / "rejects.parquet").metadata or {}
+        meta = read_schema(out / "rejects.parquet").metadata or {}
         if meta.get(b"biaudio.schema_version") != str(SCHEMA_VERSION).encode():
             write_rejects(out, read_rejects(out).to_pylist())
 

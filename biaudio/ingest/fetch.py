@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from biaudio import atomic
 from biaudio.errors import BiaudioError
 from biaudio.ingest.sources import SourceItem
 
@@ -238,17 +238,11 @@ def _append_archive(path: Path, rec: dict) -> None:
     """Add one finished download: a whole file renamed into place (no ``O_APPEND``, no lock: on a
     network filesystem appends from several clients can interleave or vanish, renames cannot)."""
     import re
-    import socket
 
     folder = archive_entries(path)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["source_id"])).lstrip(".") + ".json")
-    tmp = folder / f".{final.name}.tmp-{os.getpid()}-{socket.gethostname()}-{threading.get_ident()}"
-    try:
-        tmp.write_text(json.dumps(rec, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(final, json.dumps(rec, sort_keys=True) + "\n")
 
 
 def _archived_for(rec: dict | None, item: SourceItem) -> bool:
@@ -383,9 +377,7 @@ def _verify_foa(media: Path, item: SourceItem, cfg: FetchConfig) -> None:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def fetch(item: SourceItem, out_dir: str | Path, cfg: FetchConfig | None = None) -> Path:

@@ -23,12 +23,12 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
 from biaudio.media.ffpath import input_args
 from biaudio.media.probe import probe
@@ -177,29 +177,20 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: st
     else:
         raise ValueError(f"write_audio supports .wav and .flac, not {suffix!r}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}-", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        # encoded in memory, written by Python: a full disk is then an OSError with its errno
-        # (libsndfile itself reports only "System error."), which the build treats as a write failure
-        buf = io.BytesIO()
-        sf.write(
-            buf, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub
-        )
-        with open(tmp, "wb") as f:
-            f.write(buf.getbuffer())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # encoded in memory, written by Python: a full disk is then an OSError with its errno
+    # (libsndfile itself reports only "System error."), which the build treats as a write failure
+    buf = io.BytesIO()
+    sf.write(buf, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub)
+    with atomic_path(p, mode=0o666 & ~_umask()) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
     return p
 
 
-def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling of ``(C, T)`` float32 audio, one channel at a time into a float32
-    output (peak memory: input + output + one float64 channel), channel order untouched."""
+def resample(x: np.ndarray, sr_in: int, sr_out: int, axis: int = -1) -> np.ndarray:
+    """The one resampler: polyphase with the exact rational ratio ``sr_out/sr_in`` along ``axis``
+    (scipy's default Kaiser window; computed in float64 whatever the input), ``x`` itself when
+    the rates are equal. Audio, HRIRs and the VAD input all go through it, so one clip's numbers do
+    not depend on which stage resampled it."""
     if int(sr_in) == int(sr_out):
         return x
     import math
@@ -207,11 +198,21 @@ def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     g = math.gcd(int(sr_in), int(sr_out))
-    up, down = int(sr_out) // g, int(sr_in) // g
-    n_out = -(-x.shape[1] * up // down)
+    return resample_poly(x, int(sr_out) // g, int(sr_in) // g, axis=axis)
+
+
+def resample_audio(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """:func:`resample` of ``(C, T)`` audio one channel at a time into a float32 output (peak
+    memory: input + output + one float64 channel), channel order untouched."""
+    if int(sr_in) == int(sr_out):
+        return x
+    import math
+
+    g = math.gcd(int(sr_in), int(sr_out))
+    n_out = -(-x.shape[1] * (int(sr_out) // g) // (int(sr_in) // g))
     out = np.empty((x.shape[0], n_out), dtype=np.float32)
     for c in range(x.shape[0]):
-        out[c] = resample_poly(x[c], up, down)[:n_out]
+        out[c] = resample(x[c], sr_in, sr_out)[:n_out]
     return out
 
 

@@ -51,3 +51,36 @@ def run_ffprobe(path: str | os.PathLike) -> dict:
         return json.loads(r.stdout.decode("utf-8", "replace"))
     except json.JSONDecodeError as e:
         raise MediaError(str(p), "unreadable", f"ffprobe JSON: {e}") from e
+
+
+def duration(path: str | os.PathLike) -> float | None:
+    """Container duration in seconds, None when ffprobe cannot read the file (``biaudio validate``
+    reports that as unreadable media instead of stopping the check)."""
+    try:
+        r = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", *probe_args(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        return float(json.loads(r.stdout)["format"]["duration"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
+def missing_tools() -> list[str]:
+    """``ffmpeg``/``ffprobe`` not found on PATH (empty when both are there): the build checks this
+    before it starts, so a missing tool is one clear message, not a reject per item."""
+    import shutil
+
+    return [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
+
+
+def ffmpeg_version() -> str | None:
+    """ffmpeg's version string (``6.1.1-3ubuntu5``...), None when it does not run; recorded in the
+    manifest's ``tool_versions`` because another ffmpeg can change the output bytes."""
+    try:
+        first = subprocess.run(
+            ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return first[0].split()[2] if first and len(first[0].split()) > 2 else None

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
 from biaudio.media.ffprobe import run_ffprobe
 
@@ -374,24 +374,16 @@ def inject_spatial_metadata(
         for tr in tracks:
             _shift_chunk_offsets(tr.stbl, mv.offset, delta, str(p))
         new_moov = moov.serialize()
-    fd, tmp = tempfile.mkstemp(prefix=".inject-", suffix=p.suffix, dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(p, "rb") as src:
-            for b in tops:
-                if b is mv:
-                    out.write(new_moov)
-                    continue
-                src.seek(b.offset)
-                remaining = b.size
-                while remaining:
-                    chunk = src.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise MediaError(str(p), "truncated", "file shrank while injecting")
-                    out.write(chunk)
-                    remaining -= len(chunk)
-        os.chmod(tmp, p.stat().st_mode & 0o777)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p, mode=p.stat().st_mode & 0o777) as tmp, open(tmp, "wb") as out, open(p, "rb") as src:
+        for b in tops:
+            if b is mv:
+                out.write(new_moov)
+                continue
+            src.seek(b.offset)
+            remaining = b.size
+            while remaining:
+                chunk = src.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise MediaError(str(p), "truncated", "file shrank while injecting")
+                out.write(chunk)
+                remaining -= len(chunk)

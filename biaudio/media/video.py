@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
 from biaudio.media.ffpath import input_args, local, write_failure
 from biaudio.media.probe import probe
@@ -390,12 +391,8 @@ def _atomic_ffmpeg(
     stdin_file: str | None = None,
 ) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{out_path.stem}-", suffix=out_path.suffix or ".mp4", dir=out_path.parent
-    )
-    os.close(fd)
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args_before_out, local(tmp)]
-    try:
+    with atomic_path(out_path, mode=file_mode(), keep_suffix=True) as tmp:
+        cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args_before_out, local(tmp)]
         r = subprocess.run(cmd, input=stdin_bytes, capture_output=True)
         if r.returncode != 0:
             err = r.stderr.decode("utf-8", "replace").strip()
@@ -403,11 +400,6 @@ def _atomic_ffmpeg(
             if wf is not None:
                 raise wf
             raise MediaError(str(out_path), "encode_failed", err[-500:])
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out_path
 
 

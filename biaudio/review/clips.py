@@ -1,7 +1,7 @@
 """Read a built manifest for review: schema check, clip selection (``--where``, ``--sample``) and
 per-clip payloads for the page.
 
-The manifest is read with pyarrow (not through ``biaudio.manifest.read_manifest``, which
+The manifest is read as written (``biaudio.manifest.read_table``, not ``read_manifest``, which
 checks every column) so review works on any v1 or v2 manifest, including hand-made or partial
 ones: only ``schema_version``, ``clip_id`` and ``video_path`` are required, every other column is
 optional and shows up as "n/a" on the page. The versions accepted and the v1 -> v2 conversion for
@@ -73,7 +73,7 @@ def read_manifest_table(out_dir: Path):
     Refusing (instead of guessing) matters because an old manifest may lack the columns that
     ``qa apply`` rewrites, and a newer one may have changed their meaning.
     """
-    import pyarrow.parquet as pq
+    from biaudio.manifest import read_table
 
     path = manifest_path(out_dir)
     if not path.is_file():
@@ -81,7 +81,7 @@ def read_manifest_table(out_dir: Path):
             str(path), "no_manifest", "no manifest.parquet in this folder; run `biaudio build` first"
         )
     try:
-        table = pq.read_table(path)
+        table = read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise ManifestError(str(path), "unreadable_manifest", str(exc)) from exc
     if "schema_version" not in table.column_names:

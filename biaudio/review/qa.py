@@ -16,9 +16,6 @@ Definitions used everywhere here:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -31,7 +28,6 @@ from biaudio.review.db import QADatabase, db_path, now_iso
 KAPPA_CATEGORIES = ("accept", "reject", "flag")
 POLICIES = ("last-pass-wins", "any-reject-rejects", "majority")
 STATUS = {"accept": "accepted", "reject": "rejected", "flag": "flagged"}
-VERSIONS_DIR = "manifest_versions"
 
 POLICY_HELP = (
     "How passes combine into qa_status per clip (skips and undone decisions never count; clips no "
@@ -153,28 +149,6 @@ def resolve(policy: str, per_pass: dict[int, Any]) -> tuple[str, str | None] | N
     raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
 
 
-def _next_version_path(out_dir: Path) -> Path:
-    vdir = Path(out_dir) / VERSIONS_DIR
-    vdir.mkdir(exist_ok=True)
-    n = 1
-    for p in vdir.glob("manifest.v*.parquet"):
-        stem = p.name[len("manifest.v") : -len(".parquet")]
-        if stem.isdigit():
-            n = max(n, int(stem) + 1)
-    return vdir / f"manifest.v{n}.parquet"
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def apply(out_dir: Path, policy: str = "last-pass-wins") -> dict[str, Any]:
     """Write a new ``manifest.parquet`` with ``qa_status``/``qa_reason`` set by ``policy``.
 
@@ -184,7 +158,8 @@ def apply(out_dir: Path, policy: str = "last-pass-wins") -> dict[str, Any]:
     version stays available for rollback.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from biaudio import manifest as mf
 
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
@@ -221,23 +196,13 @@ def apply(out_dir: Path, policy: str = "last-pass-wins") -> dict[str, Any]:
             table = table.append_column(pa.field(name, pa.string(), nullable=True), arr)
     counts = dict(Counter(status))
     unknown = sorted(set(decided) - set(ids))
-    previous = _next_version_path(out_dir)
-    _atomic_copy(manifest_path(out_dir), previous)
+    previous = mf.keep_version(out_dir)
     meta = dict(table.schema.metadata or {})
     meta[b"biaudio.qa_apply"] = json.dumps(
         {"policy": policy, "applied_at": now_iso(), "previous_version": previous.name, "counts": counts}
     ).encode()
     table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".parquet", dir=out_dir)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, manifest_path(out_dir))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    mf.write_table(table, manifest_path(out_dir))
     result = {
         "manifest": str(manifest_path(out_dir)),
         "previous_version": str(previous),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biaudio.atomic import atomic_path
 from biaudio.errors import BiaudioError
 from biaudio.spatial.angles import dir_to_vec
 from biaudio.spatial.foa import check_foa
@@ -217,7 +218,6 @@ def _decoder_cache_key(hrtf: str, kind: str, sr: int) -> str | None:
 def _cached_build(hrtf: str, kind: str, sr: int) -> BinauralDecoder:
     """Build a decoder, or load the filters an earlier process built (MagLS from KEMAR is expensive:
     slab import, resampling, the per-bin fit; every fresh worker would otherwise pay it)."""
-    import os
 
     def build() -> BinauralDecoder:
         if kind == "omnitone":
@@ -236,9 +236,8 @@ def _cached_build(hrtf: str, kind: str, sr: int) -> BinauralDecoder:
     dec = build()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, filters=dec.filters, sr=np.int64(dec.sr), name=np.str_(dec.name))
-        os.replace(tmp, path)
+        with atomic_path(path, keep_suffix=True) as tmp:  # np.savez adds .npz to any other name
+            np.savez(tmp, filters=dec.filters, sr=np.int64(dec.sr), name=np.str_(dec.name))
     except OSError:  # read-only home, full disk: the cache is only an optimisation
         pass
     return dec

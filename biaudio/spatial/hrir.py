@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 
 import numpy as np
@@ -98,12 +97,9 @@ def _load_sofa(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
 
 def resample_ir(ir: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Polyphase resampling of ``ir (..., N)`` along the last axis (exact rational ratio)."""
-    if sr_in == sr_out:
-        return ir
-    from scipy.signal import resample_poly
+    from biaudio.media.audio import resample
 
-    g = gcd(int(sr_in), int(sr_out))
-    return resample_poly(ir, sr_out // g, sr_in // g, axis=-1)
+    return resample(ir, sr_in, sr_out, axis=-1)
 
 
 def load_hrir(spec: str | Path, sr: int = 48000) -> HRIRSet:

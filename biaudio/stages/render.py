@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from biaudio import atomic
 from biaudio.errors import BiaudioError, MediaError
 from biaudio.spatial.angles import rotation_matrix, vec_to_dir
 from biaudio.stages.trajectory import Trajectory, frame_times
@@ -127,12 +128,9 @@ def render_binaural_along(foa_ambix: np.ndarray, sr: int, traj: Trajectory, cfg:
 
     x = np.asarray(foa_ambix, dtype=np.float32)
     if sr != cfg.sample_rate:
-        from math import gcd
+        from biaudio.media.audio import resample_audio
 
-        from scipy.signal import resample_poly
-
-        g = gcd(int(sr), int(cfg.sample_rate))
-        x = resample_poly(x, cfg.sample_rate // g, int(sr) // g, axis=1).astype(np.float32)
+        x = resample_audio(x, int(sr), cfg.sample_rate)
         sr = cfg.sample_rate
     dec = get_decoder(cfg.hrtf, cfg.decoder, int(sr))
     return np.asarray(render_binaural(x, int(sr), traj.t, traj.yaw, traj.pitch, traj.roll, dec), dtype=np.float32)
@@ -534,11 +532,5 @@ def write_preview(
         raise MediaError(str(path), "encode_failed", "JPEG encoding failed", STAGE)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic.write_bytes(path, buf.tobytes())
     return path
