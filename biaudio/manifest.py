@@ -414,17 +414,22 @@ def _manifest_file(out_dir: Path | str) -> Path:
     return p if p.suffix == ".parquet" else p / MANIFEST_NAME
 
 
-def manifest_version(out_dir: Path | str) -> int | None:
-    """Schema version of ``OUT/manifest.parquet`` (metadata, else the rows; None if it has neither).
-
-    Raises BiaudioError when there is no readable manifest."""
+def _manifest_schema(out_dir: Path | str) -> tuple[Path, pa.Schema]:
+    """The manifest's path and parquet schema; BiaudioError when it is missing or unreadable."""
     path = _manifest_file(out_dir)
     if not path.is_file():
         raise BiaudioError(str(path), "no_manifest", "no manifest.parquet here (has the build run?)")
     try:
-        schema = pq.read_schema(path)
+        return path, pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise BiaudioError(str(path), "unreadable_manifest", str(e)) from e
+
+
+def manifest_version(out_dir: Path | str) -> int | None:
+    """Schema version of ``OUT/manifest.parquet`` (metadata, else the rows; None if it has neither).
+
+    Raises BiaudioError when there is no readable manifest."""
+    path, schema = _manifest_schema(out_dir)
     v = schema_version_of(schema)
     if v is None and "schema_version" in schema.names:
         vals = {x for x in pq.read_table(path, columns=["schema_version"]).column(0).to_pylist() if x is not None}
@@ -474,13 +479,7 @@ def read_manifest(out_dir: Path | str, columns: list[str] | None = None) -> pa.T
     Raises :class:`SchemaVersionError` for another version, :class:`BiaudioError` for a missing or
     malformed manifest.
     """
-    path = _manifest_file(out_dir)
-    if not path.is_file():
-        raise BiaudioError(str(path), "no_manifest", "no manifest.parquet here (has the build run?)")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise BiaudioError(str(path), "unreadable_manifest", str(e)) from e
+    path, schema = _manifest_schema(out_dir)
     problems = check_schema(schema, str(path))
     if problems:
         raise BiaudioError(str(path), "bad_schema", "; ".join(problems))
