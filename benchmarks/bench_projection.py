@@ -2,7 +2,7 @@
 
 Compares, in the same run and on the same frames and poses:
   ours        biaudio.spatial.projection.Projector (cached rays, per-frame maps, fixed-point remap)
-  py360       py360convert.e2p(u_deg=-yaw, v_deg=pitch, in_rot_deg=roll)   (CONVENTIONS §3 signs)
+  py360       py360convert.e2p(u_deg=-yaw, v_deg=pitch, in_rot_deg=roll)   (conventions §3 signs, docs/ARCHITECTURE.md)
   ffmpeg      v360=e:flat driven per frame by sendcmd (yaw=-yaw, pitch, roll; reset_rot=1)
 and checks that the outputs agree (PSNR against ours). Run: ``python benchmarks/bench_projection.py``.
 """

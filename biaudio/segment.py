@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class SegmentConfig(BaseModel):
-    """Recipe section ``segment``. Defaults follow PIPELINE.md stage 4."""
+    """Recipe section ``segment``. Defaults are the paper recipe's: 8-s windows without overlap inside
+    PySceneDetect content-detector shots, with the flash and dissolve checks on."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -5,7 +5,7 @@ accuracy, projection seams) needs a scene whose true directions are known exactl
 1-3 sources with distinct sounds (tone, noise bursts, clicks, speech-like formant bursts, or a
 given speech wav) moving along smooth analytic paths; the same path places a coloured disc on the
 equirect frame and pans the sound with a plane-wave ambiX encoder (``W = s, Y = s·d_y, Z = s·d_z,
-X = s·d_x``, CONVENTIONS.md §4). A ground-truth JSON records every source's direction per frame.
+X = s·d_x``, conventions §4 in docs/ARCHITECTURE.md). A ground-truth JSON records every source's direction per frame.
 
 Container: MP4 with H.264 video and **AAC 4.0** audio (512 kb/s, intensity stereo and PNS off)
 plus injected ``SA3D`` (ambiX ACN/SN3D) and ``st3d``/``sv3d`` (equirectangular) boxes, the layout

@@ -1,5 +1,5 @@
 """Media I/O: channel order through every decode path, probe on real 360° clips, bad input,
-SA3D/sv3d injection, streaming frames, writers. CONVENTIONS.md §6-§7.4."""
+SA3D/sv3d injection, streaming frames, writers. Conventions §6-§7.4 in docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 

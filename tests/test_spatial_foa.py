@@ -1,4 +1,4 @@
-"""FOA conventions, encoding, rotation along a trajectory (CONVENTIONS §4, §7.3) and bad input."""
+"""FOA conventions, encoding, rotation along a trajectory (docs/ARCHITECTURE.md conventions §4, §7.3) and bad input."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_convention_round_trip_and_levels(conv):
 
 
 def test_fuma_and_ambix_give_same_directions():
-    """CONVENTIONS §7.3: the same field stored as FuMa and as ambiX estimates the same directions."""
+    """Conventions §7.3: the same field stored as FuMa and as ambiX estimates the same directions."""
     rng = np.random.default_rng(2)
     for az, el in [(30, 10), (-135, -35), (180, 35), (90, 0), (0, -60)]:
         field = foa.encode(rng.standard_normal(SR // 2), az, el) + 0.05 * rng.standard_normal((4, SR // 2))

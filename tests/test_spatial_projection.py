@@ -1,4 +1,4 @@
-"""Equirect -> perspective projection, and the end-to-end sign checks of CONVENTIONS §7.1-7.2:
+"""Equirect -> perspective projection, and the end-to-end sign checks of conventions §7.1-7.2 (docs/ARCHITECTURE.md):
 a marker and a sound at the same world direction land on the same image side, the same FOA
 azimuth and the same louder ear, for several camera poses."""
 
@@ -69,7 +69,7 @@ def _audio_checks(world, decoder, yaw, pitch, roll):
     ],
 )
 def test_marker_side_foa_azimuth_and_louder_ear_agree(pose, side, foa_dir, decoder, world_foa):
-    """CONVENTIONS §7.1 with the source at world (az 30, el 10)."""
+    """Conventions §7.1 with the source at world (az 30, el 10)."""
     yaw, pitch, roll = pose
     x, y, vis = camera_pixel(30, 10, yaw, pitch, roll, OW, OH, FOV)
     img = Projector(OW, OH, FOV, W, H).render(_dot_frame(30, 10), yaw, pitch, roll)
@@ -107,7 +107,7 @@ def test_random_poses_marker_side_matches_ear(decoder, world_foa):
 
 @pytest.mark.parametrize("pose", [(180, 0, 0), (-180, 0, 0), (179.9, 30, 0), (0, 90, 0), (0, -90, 0), (135, 89, 40), (-45, -80, 10)])
 def test_seam_and_poles_without_black_lines(pose):
-    """CONVENTIONS §7.2: constant colour and a texture must come out without near-black pixels."""
+    """Conventions §7.2: constant colour and a texture must come out without near-black pixels."""
     proj = Projector(OW, OH, FOV, W, H)
     flat = np.full((H, W, 3), 180, np.uint8)
     yy, xx = np.mgrid[0:H, 0:W]

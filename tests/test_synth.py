@@ -17,7 +17,7 @@ SIZE = (480, 240)
 
 
 def _equirect_px(az: float, el: float, W: int, H: int) -> tuple[int, int]:
-    """CONVENTIONS §2 (pixel centres at integers)."""
+    """conventions §2 (docs/ARCHITECTURE.md) (pixel centres at integers)."""
     x = (0.5 - az / 360.0) * W - 0.5
     y = (0.5 - el / 180.0) * H - 0.5
     return int(round(x)) % W, int(np.clip(round(y), 0, H - 1))

@@ -1,7 +1,7 @@
 """Offline spatial-audio metrics, written from their formulas (numpy/scipy only).
 
 The paper's metrics (FD_VGG, KL_PANN, DeSync, IB) need pretrained networks that cannot be loaded
-offline, so this module implements the honest replacements listed in ``MODEL.md`` §4. Why so many:
+offline, so this module implements honest replacements from their formulas. Why so many:
 FAIR-Play showed that mono duplicated to both ears is only 8-17 % worse than the best method on
 STFT/envelope distances, so those alone cannot show spatial skill; the interaural metrics (ILD,
 IPD, ITD, lateralisation trajectory, sign agreement, camera-motion consistency) can.
@@ -18,7 +18,7 @@ Declared settings (``EvalSettings``; every number in a report was computed with 
 * frame metrics (ILD, ITD, coherence, lateralisation): ``frame_s=0.08`` windows, ``frame_hop_s=0.04``;
   a frame is "loud" when the reference frame energy is within ``gate_db`` (30 dB) of its loudest frame.
 
-Sign conventions follow ``CONVENTIONS.md`` (+azimuth = left): ILD > 0 means left louder, ITD > 0
+Sign conventions are the project's (docs/ARCHITECTURE.md, conventions §1: +azimuth = left): ILD > 0 means left louder, ITD > 0
 means the LEFT ear leads (the right channel is a delayed copy), so both are positive for a source on
 the left and have the sign of ``sin(azimuth_camera)``.
 """

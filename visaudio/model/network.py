@@ -1,6 +1,6 @@
 """ViSAudio flow predictor: dual-branch DiT with joint blocks and a conditional spacetime module.
 
-Layout (MODEL.md §3, MMAudio style):
+Layout (MMAudio style):
 
 * inputs: noisy latents ``x_t`` (B, 2, N, Dz) for the L and R channels, time ``t`` (B,);
 * N1 **joint blocks**: one attention over [L tokens, R tokens, video tokens, text tokens] with
