@@ -298,7 +298,7 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
         else:
             _atomic_write_bytes(plan_path, json.dumps(plan).encode())
         n_shards = math.ceil(len(ids) / shard_size)
-        records = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in df.to_dict("records")]
+        records = df.to_dict("records")
         todo, done = [], 0
         for k in range(n_shards):
             if k % world != rank:
