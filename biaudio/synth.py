@@ -647,52 +647,33 @@ def render_scene(
     return ScenePaths(video=video, truth_json=truth, foa_wav=foa_path)
 
 
+# make_scene's format options, as random_scene_spec's defaults: the spatial-bench world takes only these
+_FORMAT_DEFAULTS: dict = {"duration": 10.0, "size": (1920, 960), "fps": 30.0, "sr": 48000, "spatial_metadata": True}
+
+
 def make_scene(
     out_dir: str | os.PathLike,
     scene_id: str,
     seed: int,
-    duration: float = 10.0,
-    size: tuple[int, int] = (1920, 960),
-    fps: float = 30.0,
-    sr: int = 48000,
-    n_sources: int | None = None,
-    ambience: bool = True,
-    static_source: tuple[float, float] | None = None,
-    silent: bool = False,
-    frozen: bool = False,
-    speech_wav: str | os.PathLike | None = None,
-    spatial_metadata: bool = True,
-    cuts_s: list[float] | None = None,
+    *,
     keep_foa_wav: bool = False,
     world: str = "demo",
     index: int = 0,
+    **options,
 ) -> ScenePaths:
-    """Draw a scene from ``seed`` and render it (see :func:`random_scene_spec` for the options).
+    """Draw a scene from ``seed`` and render it; ``options`` are :func:`random_scene_spec`'s
+    (duration, size, fps, sr, n_sources, ambience, static_source, silent, frozen, speech_wav,
+    spatial_metadata, cuts_s).
 
     ``world="spatial-bench"``: the hard spatial world of :mod:`biaudio.synth_bench` instead (scene
-    type from ``index``; the source options above other than the format are then ignored)."""
+    type from ``index``; of the options only the format ones, ``_FORMAT_DEFAULTS``, apply)."""
     if world != "demo":
         from biaudio.synth_bench import bench_scene_spec
 
-        spec = bench_scene_spec(scene_id, seed, index, world=world, duration=duration, size=size, fps=fps, sr=sr,
-                                spatial_metadata=spatial_metadata)
-        return render_scene(spec, out_dir, keep_foa_wav=keep_foa_wav)
-    spec = random_scene_spec(
-        scene_id,
-        seed,
-        duration=duration,
-        size=size,
-        fps=fps,
-        sr=sr,
-        n_sources=n_sources,
-        ambience=ambience,
-        static_source=static_source,
-        silent=silent,
-        frozen=frozen,
-        speech_wav=speech_wav,
-        spatial_metadata=spatial_metadata,
-        cuts_s=cuts_s,
-    )
+        fmt = {k: options.get(k, v) for k, v in _FORMAT_DEFAULTS.items()}
+        spec = bench_scene_spec(scene_id, seed, index, world=world, **fmt)
+    else:
+        spec = random_scene_spec(scene_id, seed, **options)
     return render_scene(spec, out_dir, keep_foa_wav=keep_foa_wav)
 
 

@@ -289,9 +289,12 @@ class Handler(BaseHTTPRequestHandler):
     def _guarded(self, fn) -> None:
         """Run a request so that every failure still gets a JSON answer: a locked database is
         503 (retry; nothing was recorded), any other bug 500. A client that went away or went
-        silent only closes its own connection."""
+        silent only closes its own connection. ``fn(path, query)`` runs only for a request whose
+        Host and target are safe (the others are answered here)."""
         try:
-            fn()
+            target = self._split() if self._host_ok() else None
+            if target is not None:
+                fn(*target)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the browser cancelled (seek, next clip): normal
         except TimeoutError:
@@ -385,13 +388,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self._guarded(self._get)
 
-    def _get(self) -> None:
-        if not self._host_ok():
-            return
-        split = self._split()
-        if split is None:
-            return
-        path, query = split
+    def _get(self, path: str, query: dict[str, list[str]]) -> None:
         app = self.server.app
         if path in STATIC_FILES:
             name, ctype = STATIC_FILES[path]
@@ -478,13 +475,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._guarded(self._post)
 
-    def _post(self) -> None:
-        if not self._host_ok():
-            return
-        split = self._split()
-        if split is None:
-            return
-        path, query = split
+    def _post(self, path: str, query: dict[str, list[str]]) -> None:
         if not self._token_ok(query):
             return
         try:
