@@ -38,6 +38,7 @@ import numpy as np
 
 from biaudio.engine.types import ItemResult, WorkItem, reject_from_error, reject_row, source_field
 from biaudio.errors import BiaudioError
+from biaudio.manifest import ClipRow
 from biaudio.stages.render import (
     clip_paths,
     output_fps,
@@ -306,9 +307,10 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
             row["start_s"], row["end_s"] = row["start_s"] + offset, row["end_s"] + offset
         scores = a.window_scores.get(clip_id, {})
         row.update(silence_ratio=scores.get("silence"), static_ratio=scores.get("static"), speech_ratio=scores.get("speech"))
-        res.rows.append(row)
+        clip = ClipRow.from_dict(row, stage=True)  # a stage bug (a column missing or mistyped) shows here, named
+        res.rows.append(clip.to_dict(stage=True))
         res.bytes_written += nbytes
-        log.info("clip %s kept (lr_difference %.4f)", clip_id, row["lr_difference"])
+        log.info("clip %s kept (lr_difference %.4f)", clip_id, clip.lr_difference)
     return res
 
 
