@@ -254,10 +254,10 @@ class ClipRender:
         self.pose = tuple(float(a) for a in (_probe_field(probe, "projection_pose") or (0.0, 0.0, 0.0)))
         if binaural is None:
             binaural = render_binaural_along(foa_ambix, sr, traj, cfg)
-        peak = float(np.max(np.abs(binaural))) if binaural.size else 0.0
-        self.gain = 1.0
-        if peak > cfg.peak_limit:
-            self.gain = cfg.peak_limit / peak
+        from biaudio.media.audio import peak_gain
+
+        self.gain = peak_gain(binaural, cfg.peak_limit)
+        if self.gain != 1.0:
             binaural = (binaural * self.gain).astype(np.float32)
         self.binaural = binaural
         self.mp4, self.flac, self.jpg = clip_paths(self.out_dir, clip_id)
