@@ -17,9 +17,10 @@ v1 file on read (:func:`v1_to_v2`); ``biaudio upgrade OUT`` rewrites a v1 folder
 from __future__ import annotations
 
 import json
+import numbers
 import shutil
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -296,10 +297,7 @@ def manifest_table(rows: list[dict]) -> pa.Table:
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise BiaudioError(None, "duplicate_clip_id", f"clip ids appear twice: {dup[:5]}")
-    for r in rows:
-        missing = [n for n, _, nullable in _COLUMNS if not nullable and r.get(n) is None]
-        if missing:
-            raise BiaudioError(None, "incomplete_row", f"clip {r.get('clip_id')}: missing {missing}")
+    rows = [ClipRow.from_dict(r).to_dict() for r in rows]  # a bad row: BiaudioError naming clip and column
     try:
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -326,13 +324,160 @@ def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ typed rows
+
+_STAGE_OMITS = ("schema_version", "group_id", "split", "recipe_hash", "tool_versions")
+"""Engine columns a stage row (``ItemResult.rows``, completion records) does not carry yet."""
+
+
+def _type_problem(typ: pa.DataType, v: Any) -> str | None:
+    """Why ``v`` cannot be stored in a column of arrow type ``typ`` (None when it can).
+
+    Checked, never converted: the writer hands the values to arrow unchanged, so a row that passes
+    writes the same bytes as before. numpy scalars pass (numpy registers them with ``numbers``).
+    """
+    if pa.types.is_string(typ):
+        return None if isinstance(v, str) else f"is {type(v).__name__}, expected str"
+    if pa.types.is_integer(typ):
+        return None if isinstance(v, numbers.Integral) and not isinstance(v, bool) else \
+            f"is {type(v).__name__}, expected int"
+    if pa.types.is_floating(typ):
+        return None if isinstance(v, numbers.Real) and not isinstance(v, bool) else \
+            f"is {type(v).__name__}, expected float"
+    if pa.types.is_list(typ):
+        if isinstance(v, (str, bytes, Mapping)) or not hasattr(v, "__len__") or not hasattr(v, "__iter__"):
+            return f"is {type(v).__name__}, expected a list"
+        keys = [f.name for f in typ.value_type] if pa.types.is_struct(typ.value_type) else []
+        for i, e in enumerate(v):
+            if not isinstance(e, Mapping):
+                return f"element {i} is {type(e).__name__}, expected a record"
+            lack = [k for k in keys if k not in e]
+            if lack:
+                return f"element {i} lacks {lack}"
+        return None
+    return None
+
+
+@dataclass(kw_only=True)
+class ClipRow:
+    """One row of ``manifest.parquet`` (``MANIFEST_SCHEMA``), typed; fields in the file's column order.
+
+    Rows cross processes and records as plain dicts (JSON completion records, Ray), so the dict
+    stays the wire format and this class is the one place that says what a valid row is:
+    :meth:`from_dict` checks it (a missing required column or a value of the wrong type is a
+    :class:`BiaudioError` naming the clip and the column), :meth:`to_dict` gives the dict back.
+    Values are checked, never converted, so a dict that round-trips writes the same bytes.
+
+    Columns the schema does not know (a stage's ``lr_difference_formula``, the ``annotate``
+    columns) travel in ``extra`` and are written after the schema's columns. The engine columns
+    (``group_id``, ``split``, ``recipe_hash``, ``tool_versions``) are None in a *stage* row, which
+    the per-item stages make and the engine completes (``stage=True``); :func:`complete_rows` fills
+    them in. Readers of hand-made or partial manifests (review, training, eval) use
+    ``strict=False``: absent columns read as None, present ones are still type-checked.
+    """
+
+    schema_version: int | None = SCHEMA_VERSION
+    clip_id: str
+    source_id: str | None = None
+    group_id: str | None = None
+    source_uri: str | None = None
+    split: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    duration_s: float | None = None
+    section_start_s: float | None = None
+    video_path: str | None = None
+    audio_path: str | None = None
+    preview_path: str | None = None
+    fps: float | None = None
+    hfov_deg: float | None = None
+    width: int | None = None
+    height: int | None = None
+    sample_rate: int | None = None
+    num_frames: int | None = None
+    trajectory: Any = None  # list of {t, yaw, pitch, roll}
+    trajectory_mode: str | None = None
+    clip_azimuth_deg: float | None = None
+    clip_elevation_deg: float | None = None
+    window_directions: Any = None  # list of {t, azimuth_deg, elevation_deg, diffuseness, energy_db}
+    silence_ratio: float | None = None
+    static_ratio: float | None = None
+    speech_ratio: float | None = None
+    speech_backend: str | None = None
+    speech_checkpoint: str | None = None
+    lr_difference: float | None = None
+    caption: str | None = None
+    caption_visible: str | None = None
+    caption_invisible: str | None = None
+    caption_backend: str | None = None
+    foa_convention: str | None = None
+    hrir_set: str | None = None
+    decoder: str | None = None
+    recipe_hash: str | None = None
+    tool_versions: str | None = None
+    qa_status: str | None = "pending"
+    qa_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def columns() -> tuple[str, ...]:
+        """The schema's column names, in file order (every one is a field of this class)."""
+        return tuple(n for n, _, _ in _COLUMNS)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, stage: bool = False, strict: bool = True) -> ClipRow:
+        """A typed row from a dict (a stage's row, a record's, a parquet row); raises BiaudioError
+        naming the clip and the column when a required column is missing or a value has the wrong type.
+
+        ``stage``: the engine columns may be missing (a row before :func:`complete_rows`).
+        ``strict=False``: any column may be missing (review/eval of hand-made manifests); a float
+        NaN (pandas' missing value) in a non-float column reads as None.
+        """
+        clip = d.get("clip_id")
+        missing, wrong, vals = [], [], {}
+        for name, typ, nullable in _COLUMNS:
+            v = d.get(name)
+            if v is not None and not strict and isinstance(v, float) and v != v and not pa.types.is_floating(typ):
+                v = None
+            if v is None:
+                if not (nullable or not strict or (stage and name in ENGINE_COLUMNS)):
+                    missing.append(name)
+            else:
+                problem = _type_problem(typ, v)
+                if problem:
+                    wrong.append(f"column {name} {problem}")
+            if name in d or not strict:  # absent: the default (stage) or None (a partial manifest)
+                vals[name] = v
+        if missing or wrong or (clip is None and not strict):
+            what = "; ".join(([f"missing column(s) {missing}"] if missing else []) + wrong) or "no clip_id"
+            raise BiaudioError(None if clip is None else str(clip), "incomplete_row" if missing else "bad_row",
+                               f"clip {clip}: {what}")
+        extra = {k: v for k, v in d.items() if k not in MANIFEST_SCHEMA.names}
+        return cls(**vals, extra=extra)
+
+    def to_dict(self, *, stage: bool = False) -> dict[str, Any]:
+        """The row as the writer takes it: the schema's columns in order, then ``extra``.
+        ``stage``: without the engine-only columns (the shape of ``ItemResult.rows``)."""
+        out = {n: getattr(self, n) for n in self.columns() if not (stage and n in _STAGE_OMITS)}
+        out.update(self.extra)
+        return out
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A column by name (schema or extra), ``default`` when it is None or absent."""
+        v = getattr(self, name, None) if name in MANIFEST_SCHEMA.names else self.extra.get(name)
+        return default if v is None else v
+
+
 @dataclass(frozen=True)
 class Reject:
     """One row of ``rejects.parquet`` (``REJECTS_SCHEMA``), typed.
 
+    The counterpart of :class:`ClipRow` for dropped items and clips (fields = ``REJECTS_SCHEMA``'s
+    columns, in order; a test keeps the two in step). Unlike a clip row a reject is never refused:
     ``from_dict`` takes the loose dicts the stages and the engine make (``reject_row``, records read
     back from JSON) and normalises them (strings, ``attempt`` >= 1, ``unknown`` for a missing stage
-    or reason); ``to_dict`` gives the row the writer stores.
+    or reason), because losing the record of *why* something was dropped would be worse than a
+    vague one; ``to_dict`` gives the row the writer stores.
     """
 
     item_id: str
@@ -351,6 +496,11 @@ class Reject:
         return cls(item_id=str(r.get("item_id")), clip_id=opt(r.get("clip_id")),
                    stage=str(r.get("stage") or "unknown"), reason=str(r.get("reason") or "unknown"),
                    detail=opt(r.get("detail")), attempt=int(r.get("attempt") or 1), source_uri=opt(r.get("source_uri")))
+
+    @staticmethod
+    def columns() -> tuple[str, ...]:
+        """The schema's column names, in file order (every one is a field of this class)."""
+        return tuple(REJECTS_SCHEMA.names)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

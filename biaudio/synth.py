@@ -372,9 +372,10 @@ def render_foa_full(spec: SceneSpec) -> tuple[np.ndarray, list[np.ndarray], list
             level * np.array([1.0, 1 / np.sqrt(3), 1 / np.sqrt(3), 1 / np.sqrt(3)])[:, None]
         )  # SN3D diffuse
         foa += amb
-    peak = float(np.max(np.abs(foa))) if foa.size else 0.0
-    if peak > 0.9:  # one global gain: directions unchanged
-        g = 0.9 / peak
+    from biaudio.media.audio import peak_gain
+
+    g = peak_gain(foa, 0.9)
+    if g != 1.0:  # one global gain: directions unchanged
         foa *= g
         sigs = [x * g for x in sigs]
     return foa.astype(np.float32), sigs, raws

@@ -143,3 +143,64 @@ def test_readme_documents_every_column():
     assert "v1 -> v2" in doc or "v1 → v2" in doc
     for name in m.MANIFEST_SCHEMA.names + m.REJECTS_SCHEMA.names:
         assert f"`{name}`" in doc, f"manifests/README.md does not document column {name}"
+
+
+# ------------------------------------------------------------------ typed rows
+
+
+def test_every_schema_column_is_a_cliprow_field_and_vice_versa():
+    """Adding a column to only one of MANIFEST_SCHEMA / ClipRow (or REJECTS_SCHEMA / Reject) fails here."""
+    from dataclasses import fields
+
+    assert [f.name for f in fields(m.ClipRow) if f.name != "extra"] == m.MANIFEST_SCHEMA.names
+    assert list(m.ClipRow.columns()) == m.MANIFEST_SCHEMA.names
+    assert [f.name for f in fields(m.Reject)] == m.REJECTS_SCHEMA.names == list(m.Reject.columns())
+
+
+def test_cliprow_round_trip_dict_and_parquet(tmp_path):
+    rows = _complete(_rows(2))
+    for r in rows:
+        clip = m.ClipRow.from_dict(r)
+        assert clip.to_dict() == r  # nothing converted, nothing lost (extra columns kept)
+        assert clip.extra == {"lr_difference_formula": "|L-R|/(|L|+|R|)"}
+        assert clip.to_dict(stage=True).keys().isdisjoint({"split", "group_id", "recipe_hash", "tool_versions"})
+    m.write_manifest(tmp_path, rows)
+    back = m.read_manifest(tmp_path).to_pylist()
+    for r in back:  # a row read back from parquet is a valid ClipRow that writes the same file
+        assert m.ClipRow.from_dict(r).to_dict() == r
+    again = tmp_path / "again"
+    again.mkdir()
+    m.write_manifest(again, [m.ClipRow.from_dict(r).to_dict() for r in back])
+    assert (again / "manifest.parquet").read_bytes() == (tmp_path / "manifest.parquet").read_bytes()
+    # pandas rows (numpy scalars and arrays, NaN for a missing string) read with strict=False
+    df = pd.read_parquet(tmp_path / "manifest.parquet")
+    df.loc[0, "caption"] = float("nan")
+    clip = m.ClipRow.from_dict(df.iloc[0].to_dict(), strict=False)
+    assert clip.caption is None and clip.width == 640 and len(clip.trajectory) == 3
+
+
+def test_cliprow_names_the_clip_and_column_of_a_bad_row():
+    row = _complete(_rows(1))[0]
+    cid = row["clip_id"]
+    with pytest.raises(BiaudioError, match=rf"clip {cid}: missing column\(s\) \['audio_path'\]") as e:
+        m.ClipRow.from_dict({k: v for k, v in row.items() if k != "audio_path"})
+    assert e.value.reason == "incomplete_row"
+    with pytest.raises(BiaudioError, match=rf"clip {cid}: column width is str, expected int") as e:
+        m.ClipRow.from_dict(dict(row, width="640"))
+    assert e.value.reason == "bad_row"
+    with pytest.raises(BiaudioError, match=rf"clip {cid}: column trajectory element 0 lacks \['roll'\]"):
+        m.ClipRow.from_dict(dict(row, trajectory=[{"t": 0.0, "yaw": 0.0, "pitch": 0.0}]))
+    with pytest.raises(BiaudioError, match=rf"clip {cid}: column fps is bool"):
+        m.ClipRow.from_dict(dict(row, fps=True))
+    # the writer refuses it the same way (nothing written), and a stage row may lack the engine columns
+    with pytest.raises(BiaudioError, match=rf"clip {cid}: column width"):
+        m.manifest_table([dict(row, width="640")])
+    stage = {k: v for k, v in row.items() if k not in m.ENGINE_COLUMNS}
+    assert m.ClipRow.from_dict(stage, stage=True).split is None
+    with pytest.raises(BiaudioError, match="missing column.*split"):
+        m.ClipRow.from_dict(stage)
+    # a partial manifest (review, eval): absent columns are None, present ones still checked
+    part = m.ClipRow.from_dict({"clip_id": "x", "video_path": "clips/x.mp4"}, strict=False)
+    assert part.qa_status is None and part.get("hfov_deg", 90.0) == 90.0
+    with pytest.raises(BiaudioError, match="clip x: column hfov_deg is str"):
+        m.ClipRow.from_dict({"clip_id": "x", "hfov_deg": "wide"}, strict=False)

@@ -255,10 +255,11 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def item(self, idx: int, rng: np.random.Generator | None) -> dict[str, Any]:
         audio, frames = self.media(idx)
-        row = self.df.iloc[idx]
-        caption = row.get("caption")
-        caption = None if caption is None or (isinstance(caption, float) and np.isnan(caption)) else str(caption)
-        meta = {"clip_id": str(row["clip_id"]), "caption": caption, "trajectory": row.get("trajectory")}
+        from biaudio.manifest import ClipRow
+
+        # one row at a time through the typed row: pandas' NaN for a missing caption reads as None
+        row = ClipRow.from_dict(self.df.iloc[idx].to_dict(), strict=False)
+        meta = {"clip_id": row.clip_id, "caption": row.caption, "trajectory": row.trajectory}
         return make_item(self.cfg, audio, frames, meta, idx, rng, self.augment)
 
     # the streaming loader's view (visaudio.stream): one clip per "shard", so the shard order is a

@@ -213,9 +213,9 @@ def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Pat
     out = Path(out_mp4)
     flac = out.with_suffix(".flac")
     flac.parent.mkdir(parents=True, exist_ok=True)
-    peak = float(np.abs(audio).max())
-    if peak > 1.0:  # keep the L/R ratio: scale both channels together rather than clip
-        audio = audio / peak * 0.99
+    from biaudio.media.audio import limit_peak
+
+    audio = limit_peak(audio, 1.0, target=0.99)  # keep the L/R ratio: scale both channels together, never clip
     tmp = flac.with_name(f".{flac.stem}.tmp.flac")  # whole file or none, like the mp4
     try:
         sf.write(str(tmp), audio.T, sr, subtype="PCM_24")

@@ -265,6 +265,53 @@ def _run_ray(batches: list[tuple[str, list[dict]]], worker_args: tuple, cfg: Ann
 # ------------------------------------------------------------------ the run
 
 
+def _plan_batches(out: Path, rows: list[dict], stages: list[Stage], keys: dict[str, str],
+                  identities: dict[str, dict], media: list[str], retry_failed: list[str] | None, limit: int | None,
+                  batch_size: int, summary: AnnotateSummary) -> list[tuple[str, list[dict]]]:
+    """Per stage, the clips to annotate this run (``limit`` per stage) cut into batches; each
+    stage's plan counts go into ``summary.stages``."""
+    batches = []
+    for s in stages:
+        key = keys[s.name]
+        todo, counts = _plan(out, rows, s.name, key, media, retry_failed)
+        if limit is not None:
+            todo = todo[:limit]
+        summary.stages[s.name] = {"key": key, "identity": identities[s.name], "planned": len(todo),
+                                  "already_done": counts["done"], "failed_kept": counts["failed_kept"],
+                                  "annotated": 0, "failed": 0}
+        batches += [(s.name, todo[i:i + batch_size]) for i in range(0, len(todo), batch_size)]
+    return batches
+
+
+class _BatchOutcomes:
+    """The executors' ``on_batch``: counts a finished batch into the summary and reports it;
+    False (stop) on a fatal error (kept in ``fatal``: a model that does not load fails the run)."""
+
+    def __init__(self, summary: AnnotateSummary, emit: EventFn) -> None:
+        self.summary, self.emit = summary, emit
+        self.fatal: list[dict] = []
+
+    def __call__(self, stage: str, batch: list[dict], res: dict) -> bool:
+        summary = self.summary
+        if "fatal" in res:
+            self.fatal.append(res["fatal"])
+            return False
+        if "crash" in res:
+            summary.internal_errors += [f"{stage}:{b['clip_id']}" for b in batch]
+            summary.notes.append(f"a worker died on a batch of {len(batch)} ({res['crash']}); rerun to redo it")
+            self.emit("batch", {"stage": stage, "n": len(batch), "failed": len(batch)})
+            return True
+        st = summary.stages[stage]
+        for d in res["done"]:
+            if d["ok"]:
+                st["annotated"] += 1
+            else:
+                st["failed"] += 1
+                summary.failures.append({"stage": stage, **d})
+        self.emit("batch", {"stage": stage, "n": len(batch), "failed": sum(not d["ok"] for d in res["done"])})
+        return True
+
+
 def annotate(out_dir: Path | str, cfg: AnnotateConfig, *, retry_failed: list[str] | None = None,
              limit: int | None = None, dry_run: bool = False, on_event: EventFn | None = None) -> AnnotateSummary:
     """Annotate every clip of the built dataset in ``out_dir`` with the stages ``cfg`` turns on.
@@ -294,16 +341,7 @@ def annotate(out_dir: Path | str, cfg: AnnotateConfig, *, retry_failed: list[str
     media = [_media_key(out, r) for r in rows]
 
     def plan() -> list[tuple[str, list[dict]]]:
-        batches = []
-        for s in stages:
-            todo, counts = _plan(out, rows, s.name, keys[s.name], media, retry_failed)
-            if limit is not None:
-                todo = todo[:limit]
-            summary.stages[s.name] = {"key": keys[s.name], "identity": identities[s.name], "planned": len(todo),
-                                      "already_done": counts["done"], "failed_kept": counts["failed_kept"],
-                                      "annotated": 0, "failed": 0}
-            batches += [(s.name, todo[i:i + cfg.batch_size]) for i in range(0, len(todo), cfg.batch_size)]
-        return batches
+        return _plan_batches(out, rows, stages, keys, identities, media, retry_failed, limit, cfg.batch_size, summary)
 
     if dry_run:
         plan()
@@ -314,27 +352,8 @@ def annotate(out_dir: Path | str, cfg: AnnotateConfig, *, retry_failed: list[str
         batches = plan()
         emit("plan", {"clips": len(rows), "batches": len(batches),
                       "stages": {k: v["planned"] for k, v in summary.stages.items()}})
-        fatal: list[dict] = []
-
-        def on_batch(stage: str, batch: list[dict], res: dict) -> bool:
-            if "fatal" in res:
-                fatal.append(res["fatal"])
-                return False
-            if "crash" in res:
-                summary.internal_errors += [f"{stage}:{b['clip_id']}" for b in batch]
-                summary.notes.append(f"a worker died on a batch of {len(batch)} ({res['crash']}); rerun to redo it")
-                emit("batch", {"stage": stage, "n": len(batch), "failed": len(batch)})
-                return True
-            st = summary.stages[stage]
-            for d in res["done"]:
-                if d["ok"]:
-                    st["annotated"] += 1
-                else:
-                    st["failed"] += 1
-                    summary.failures.append({"stage": stage, **d})
-            emit("batch", {"stage": stage, "n": len(batch), "failed": sum(not d["ok"] for d in res["done"])})
-            return True
-
+        on_batch = _BatchOutcomes(summary, emit)
+        fatal = on_batch.fatal
         worker_args = (cfg.model_dump_json(), str(out), identities)
         if batches:
             if cfg.executor == "ray":

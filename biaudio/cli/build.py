@@ -46,6 +46,46 @@ def _console(json_mode: bool):
     return Console(stderr=json_mode)
 
 
+class _BuildProgress:
+    """The build's events (``biaudio.engine.run.build``'s ``on_event``) as console lines and a
+    progress bar with running clip/reject/error counts."""
+
+    def __init__(self, console, disable: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=console, transient=False, disable=disable)
+        self.task_id = None
+        self.counts = {"clips": 0, "rejects": 0, "errors": 0}
+
+    def on_event(self, kind: str, info: dict) -> None:
+        console, counts = self.console, self.counts
+        if kind == "sources":
+            console.print(f"[dim]preparing sources for recipe {info['recipe']} ...[/dim]")
+        elif kind == "plan":
+            console.print(f"{info['items']} items: {info['total']} to process, {info['skipped']} already done "
+                          f"({info['executor']} executor, {info['workers']} workers)")
+            self.task_id = self.bar.add_task("build", total=info["total"], status="")
+        elif kind == "item" and self.task_id is not None:
+            counts["clips"] += info["rows"]
+            counts["rejects"] += info["rejects"]
+            counts["errors"] += bool(info["internal"] or info["write_error"])
+            status = f"{counts['clips']} clips, {counts['rejects']} rejects" + (
+                f", [red]{counts['errors']} errors[/red]" if counts["errors"] else "")
+            self.bar.update(self.task_id, advance=1, status=status)
+        elif kind == "assemble":
+            console.print("[dim]assembling manifest ...[/dim]")
+
+
 def build_cmd(
     recipe: str = typer.Argument("demo", help="Recipe YAML path or built-in name (demo, biaudio)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: recipe 'output', else ./biaudio-out/<name>)."),
@@ -70,13 +110,8 @@ def build_cmd(
     from biaudio.recipe import load_recipe
 
     console = _console(json_out)
-    overrides = list(set_)
-    if workers is not None:
-        overrides.append(f"execution.workers={workers}")
-    if executor is not None:
-        overrides.append(f"execution.executor={executor}")
-    if ray_address is not None:
-        overrides.append(f"execution.ray_address={ray_address}")
+    overrides = [*set_, *(f"execution.{k}={v}" for k, v in
+                          (("workers", workers), ("executor", executor), ("ray_address", ray_address)) if v is not None)]
     try:
         rec = load_recipe(recipe, overrides)
     except RecipeError as e:
@@ -84,39 +119,7 @@ def build_cmd(
         return
     out_dir = out or Path(rec.output or Path("biaudio-out") / rec.name)
     retry = (list(reason) if reason else []) if (retry_failed or reason) else None
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, transient=False, disable=dry_run)
-    task_id = None
-    counts = {"clips": 0, "rejects": 0, "errors": 0}
-
-    def on_event(kind: str, info: dict) -> None:
-        nonlocal task_id
-        if kind == "sources":
-            console.print(f"[dim]preparing sources for recipe {info['recipe']} ...[/dim]")
-        elif kind == "plan":
-            console.print(f"{info['items']} items: {info['total']} to process, {info['skipped']} already done "
-                          f"({info['executor']} executor, {info['workers']} workers)")
-            task_id = progress.add_task("build", total=info["total"], status="")
-        elif kind == "item" and task_id is not None:
-            counts["clips"] += info["rows"]
-            counts["rejects"] += info["rejects"]
-            counts["errors"] += bool(info["internal"] or info["write_error"])
-            status = f"{counts['clips']} clips, {counts['rejects']} rejects" + (
-                f", [red]{counts['errors']} errors[/red]" if counts["errors"] else "")
-            progress.update(task_id, advance=1, status=status)
-        elif kind == "assemble":
-            console.print("[dim]assembling manifest ...[/dim]")
+    progress = _BuildProgress(console, disable=dry_run)
 
     from biaudio.media.ffprobe import missing_tools
 
@@ -126,8 +129,8 @@ def build_cmd(
                                  "(install ffmpeg, e.g. apt-get install ffmpeg)", 2)
         return
     try:
-        with progress:
-            summary = build(rec, out_dir, limit=limit, dry_run=dry_run, retry_failed=retry, on_event=on_event,
+        with progress.bar:
+            summary = build(rec, out_dir, limit=limit, dry_run=dry_run, retry_failed=retry, on_event=progress.on_event,
                             force_out=force_out)
     except BiaudioError as e:
         _fail(console, json_out, f"build not started: {e}", 2)

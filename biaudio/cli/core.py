@@ -191,8 +191,9 @@ def render_command(
             ft = np.arange(n) / fps
             ys, ps, rs = sample_trajectory(points, ft)
             b = render_binaural(world, sr, ft, ys, ps, rs, dec)
-            peak = float(np.abs(b).max()) if b.size else 0.0
-            gain = 0.99 / peak if peak > 0.99 else 1.0  # AAC would clip; never boost
+            from biaudio.media.audio import peak_gain
+
+            gain = peak_gain(b, 0.99)  # AAC would clip; never boost
             mux(vid, b * gain, sr, out)
     except (BiaudioError, ValueError, OSError) as e:
         _fail(e, as_json)

@@ -87,25 +87,22 @@ def review(
             cfg.reviewer = reviewer
         srv = make_server(cfg)
     except BiaudioError as exc:
-        code = (
-            2
-            if exc.reason
-            in (
-                "remote_bind_refused",
-                "bad_where",
-                "bad_sample",
-                "bad_pass",
-                "bad_reviewer",
-                "too_many_reasons",
-                "duplicate_reason",
-            )
-            else 1
-        )
-        _fail(str(exc), as_json, code)
+        _fail(str(exc), as_json, 2 if exc.reason in _BAD_OPTION_REASONS else 1)
         return
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc}", as_json)
         return
+    _announce(srv, cfg, out, as_json)
+    _serve(srv)
+
+
+_BAD_OPTION_REASONS = ("remote_bind_refused", "bad_where", "bad_sample", "bad_pass", "bad_reviewer",
+                       "too_many_reasons", "duplicate_reason")
+"""Reasons of ``make_server``'s errors that are bad options (exit 2), not a bad folder (exit 1)."""
+
+
+def _announce(srv, cfg, out: Path, as_json: bool) -> None:
+    """The URL with its token, and what is being reviewed (one JSON line with ``--json``)."""
     app = srv.app
     info = {
         "ok": True,
@@ -125,6 +122,10 @@ def review(
         typer.echo(f"Decisions: {app.db.path}")
         typer.echo(f"Open: {srv.url}")
         typer.echo("Use headphones (binaural audio). Ctrl-C stops the server; decisions are already saved.")
+
+
+def _serve(srv) -> None:
+    """Serve until Ctrl-C (every decision is already committed; nothing to save on the way out)."""
     import sys
 
     sys.stdout.flush()

@@ -6,6 +6,7 @@ partial run still assembles exactly what is finished.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from biaudio.engine.types import WorkItem
 from biaudio.errors import BiaudioError
 from biaudio.manifest import (
     MANIFEST_NAME,
+    ClipRow,
     complete_rows,
     read_manifest,
     tool_versions,
@@ -52,7 +54,7 @@ def _assemble(out: Path, recipe: Recipe, rhash: str, items: list[WorkItem], tran
     rejects: list[dict] = list(summary.source_errors) + transient
     for rec in records:
         gid = group_id_for(rec.get("source") or {}, recipe.split.group_pattern)
-        rows.extend({**r, "group_id": gid} for r in rec["result"]["rows"])
+        rows.extend(replace(ClipRow.from_dict(r, stage=True), group_id=gid).to_dict() for r in rec["result"]["rows"])
         src_uri = str(rec.get("source", {}).get("uri") or "")
         for r in rec["result"]["rejects"]:
             rejects.append({**r, "attempt": r.get("attempt", rec["attempt"]), "source_uri": r.get("source_uri", src_uri)})

@@ -129,25 +129,14 @@ def build(
         check_out_dir(out, recipe.name, force_out)
 
     if dry_run:  # touches nothing on disk
-        items, summary.source_errors, summary.notes = resolve_items(recipe, out)
-        summary.planned = plan_items(items, out, rhash, retry_failed)
-        todo = [p for p in summary.planned if p.action != "skip"]
-        summary.planned = todo[: limit if limit is not None else None] + [p for p in summary.planned if p.action == "skip"]
-        summary.skipped = sum(p.action == "skip" for p in summary.planned)
-        summary.wall_s = time.perf_counter() - t0
-        return summary
+        return _dry_run(recipe, out, rhash, retry_failed, limit, summary, t0)
 
     load_item_fn(item_fn)  # fail the whole build early (exit 2) if the stages cannot be imported
     split_lists = read_recipe_split_lists(recipe)  # and if a split list cannot be read
     out.mkdir(parents=True, exist_ok=True)
     with _Lock(out):
         check_out_dir(out, recipe.name, force_out)
-        for d in (*MEDIA_DIRS, "logs", STATE + "/items"):
-            (out / d).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / STATE / "build.json",
-                          json.dumps({"schema_version": SCHEMA_VERSION, "recipe_hash": rhash,
-                                      "recipe": recipe.name}, indent=1, sort_keys=True))
-        atomic_write_text(out / "recipe.yaml", _recipe_yaml(recipe))
+        _init_out(out, recipe, rhash)
         emit("sources", {"recipe": recipe.name})
         items, summary.source_errors, summary.notes = resolve_items(recipe, out)
         _sweep_temps(out, items)
@@ -159,27 +148,7 @@ def build(
         workers = max(1, min(ex.workers or os.cpu_count() or 1, max(1, len(todo))))
         emit("plan", {"total": len(todo), "skipped": summary.skipped, "items": len(items), "workers": workers,
                       "executor": ex.executor})
-        transient: list[dict] = []
-
-        def on_result(outcome: dict) -> bool:
-            res = outcome["result"]
-            summary.processed.append(outcome["item_id"])
-            summary.run_rejects += len(res["rejects"])
-            if outcome["internal"]:
-                summary.internal_errors.append(outcome["item_id"])
-            if outcome["write_error"]:
-                summary.write_errors.append(outcome["item_id"])
-                transient.extend(res["rejects"])
-            emit("item", {"item_id": outcome["item_id"], "rows": len(res["rows"]), "rejects": len(res["rejects"]),
-                          "internal": outcome["internal"], "write_error": outcome["write_error"],
-                          "wall_s": outcome.get("wall_s", 0.0)})
-            if outcome["write_error"] and ex.on_write_error == "stop":
-                summary.stopped = True
-                summary.notes.append(f"stopped after a write failure ({outcome['write_error']}) on "
-                                     f"{outcome['item_id']}; finished items are kept, rerun to continue")
-                return False
-            return True
-
+        on_result = _Outcomes(summary, emit, ex.on_write_error)
         if todo:
             if ex.executor == "ray":
                 _run_ray(todo, recipe, out, item_fn, rhash, workers, ex.ray_address, on_result)
@@ -188,12 +157,64 @@ def build(
         _sweep_temps(out, items)  # every worker has finished: leftovers of failed writes go
         emit("assemble", {})
         try:
-            _assemble(out, recipe, rhash, items, transient, summary, time.perf_counter() - t0, workers, split_lists)
+            _assemble(out, recipe, rhash, items, on_result.transient, summary, time.perf_counter() - t0, workers,
+                      split_lists)
         except OSError as e:
             summary.write_errors.append("<manifest>")
             summary.notes.append(f"could not write the manifest: {e}; item records are intact, rerun to assemble")
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def _dry_run(recipe: Recipe, out: Path, rhash: str, retry_failed: list[str] | None, limit: int | None,
+             summary: BuildSummary, t0: float) -> BuildSummary:
+    """``build --dry-run``: the plan (what would run, what would be skipped); touches nothing on disk."""
+    items, summary.source_errors, summary.notes = resolve_items(recipe, out)
+    summary.planned = plan_items(items, out, rhash, retry_failed)
+    todo = [p for p in summary.planned if p.action != "skip"]
+    summary.planned = todo[: limit if limit is not None else None] + [p for p in summary.planned if p.action == "skip"]
+    summary.skipped = sum(p.action == "skip" for p in summary.planned)
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _init_out(out: Path, recipe: Recipe, rhash: str) -> None:
+    """The folder layout, ``.state/build.json`` (what built this folder) and the resolved ``recipe.yaml``."""
+    for d in (*MEDIA_DIRS, "logs", STATE + "/items"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STATE / "build.json",
+                      json.dumps({"schema_version": SCHEMA_VERSION, "recipe_hash": rhash,
+                                  "recipe": recipe.name}, indent=1, sort_keys=True))
+    atomic_write_text(out / "recipe.yaml", _recipe_yaml(recipe))
+
+
+class _Outcomes:
+    """The executors' ``on_result``: counts each finished item into the summary, reports it, and
+    says whether to go on (False after a write failure with ``execution.on_write_error: stop``).
+    ``transient`` keeps the rejects of write failures, which get no completion record."""
+
+    def __init__(self, summary: BuildSummary, emit: EventFn, on_write_error: str) -> None:
+        self.summary, self.emit, self.on_write_error = summary, emit, on_write_error
+        self.transient: list[dict] = []
+
+    def __call__(self, outcome: dict) -> bool:
+        summary, res = self.summary, outcome["result"]
+        summary.processed.append(outcome["item_id"])
+        summary.run_rejects += len(res["rejects"])
+        if outcome["internal"]:
+            summary.internal_errors.append(outcome["item_id"])
+        if outcome["write_error"]:
+            summary.write_errors.append(outcome["item_id"])
+            self.transient.extend(res["rejects"])
+        self.emit("item", {"item_id": outcome["item_id"], "rows": len(res["rows"]), "rejects": len(res["rejects"]),
+                           "internal": outcome["internal"], "write_error": outcome["write_error"],
+                           "wall_s": outcome.get("wall_s", 0.0)})
+        if outcome["write_error"] and self.on_write_error == "stop":
+            summary.stopped = True
+            summary.notes.append(f"stopped after a write failure ({outcome['write_error']}) on "
+                                 f"{outcome['item_id']}; finished items are kept, rerun to continue")
+            return False
+        return True
 
 
 def _recipe_yaml(recipe: Recipe) -> str:

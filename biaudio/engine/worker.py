@@ -103,6 +103,26 @@ def run_item(item: WorkItem, recipe: Recipe, out_dir: str, item_fn: str, rhash: 
         result = ItemResult(item.item_id, rejects=[_write_reject(item, "logs", e)])
         outcome["write_error"] = result.rejects[0]["reason"]
         return _finish(outcome, result, item, wall0, cpu0)
+    result = _run_stages(item, recipe, out, item_fn, log, outcome)
+    for r in result.rejects:
+        r.setdefault("item_id", item.item_id)
+        r["attempt"] = item.attempt
+        r.setdefault("source_uri", item.source_uri)
+        if r.get("stage") == "internal":
+            outcome["internal"] = True
+    if outcome["write_error"] is None:
+        result = _write_record(out, item, rhash, fingerprint, result, (wall0, cpu0, started_at), outcome, log)
+    if log is not None:
+        log.info("done: %d clips, %d rejects", len(result.rows), len(result.rejects))
+        log.removeHandler(handler)
+        handler.close()
+    return _finish(outcome, result, item, wall0, cpu0)
+
+
+def _run_stages(item: WorkItem, recipe: Recipe, out: Path, item_fn: str, log: logging.Logger,
+                outcome: dict[str, Any]) -> ItemResult:
+    """Prepare the input (a synthetic scene) and run the item function; every failure becomes the
+    item's reject here (``outcome`` notes write failures and bugs), so nothing escapes."""
     try:
         t_prep = time.perf_counter()
         try:
@@ -135,50 +155,48 @@ def run_item(item: WorkItem, recipe: Recipe, out_dir: str, item_fn: str, rhash: 
     except Exception as e:  # noqa: BLE001 - a bug in a stage: record it, keep the build going
         result = _internal(item, e, log)
         outcome["internal"] = True
-    for r in result.rejects:
-        r.setdefault("item_id", item.item_id)
-        r["attempt"] = item.attempt
-        r.setdefault("source_uri", item.source_uri)
-        if r.get("stage") == "internal":
-            outcome["internal"] = True
-    if outcome["write_error"] is None:
-        record = {
-            "record_version": RECORD_VERSION,
-            "schema_version": SCHEMA_VERSION,
-            "item_id": item.item_id,
-            "recipe_hash": rhash,
-            "attempt": item.attempt,
-            "source": _source_dict(item.source),
-            "fingerprint": fingerprint,
-            "result": result.to_dict(),
-            "files": _owned_files(out, item.item_id, result),
-            "wall_s": round(time.perf_counter() - wall0, 4),
-            "cpu_s": round(_cpu_seconds() - cpu0, 4),
-            "started_at": round(started_at, 3),
-            "finished_at": round(time.time(), 3),
-            "pid": os.getpid(),
-            "node": _node(),
-            # peaks so far of this worker process and of its largest child (ffmpeg), MiB
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "child_max_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-        }
-        try:
-            path = record_path(out, item.item_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(record, sort_keys=True, default=_json_default))
-            outcome["record_written"] = True
-        except OSError as e:
-            rej = _write_reject(item, "record", e)
-            result.rejects.append(rej)
-            outcome["write_error"] = rej["reason"]
-        except (TypeError, ValueError) as e:  # rows that are not JSON-serialisable: a stage bug
-            result = _internal(item, e, log)
-            outcome["internal"] = True
-    if log is not None:
-        log.info("done: %d clips, %d rejects", len(result.rows), len(result.rejects))
-        log.removeHandler(handler)
-        handler.close()
-    return _finish(outcome, result, item, wall0, cpu0)
+    return result
+
+
+def _write_record(out: Path, item: WorkItem, rhash: str, fingerprint: dict, result: ItemResult,
+                  started: tuple[float, float, float], outcome: dict[str, Any], log: logging.Logger) -> ItemResult:
+    """The completion record (what was made, from what input, at what cost), written atomically
+    after the item's media; returns the result (an internal reject instead when the rows cannot be
+    stored). A write failure leaves no record, so a rerun redoes the item."""
+    wall0, cpu0, started_at = started
+    record = {
+        "record_version": RECORD_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "item_id": item.item_id,
+        "recipe_hash": rhash,
+        "attempt": item.attempt,
+        "source": _source_dict(item.source),
+        "fingerprint": fingerprint,
+        "result": result.to_dict(),
+        "files": _owned_files(out, item.item_id, result),
+        "wall_s": round(time.perf_counter() - wall0, 4),
+        "cpu_s": round(_cpu_seconds() - cpu0, 4),
+        "started_at": round(started_at, 3),
+        "finished_at": round(time.time(), 3),
+        "pid": os.getpid(),
+        "node": _node(),
+        # peaks so far of this worker process and of its largest child (ffmpeg), MiB
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "child_max_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+    try:
+        path = record_path(out, item.item_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, sort_keys=True, default=_json_default))
+        outcome["record_written"] = True
+    except OSError as e:
+        rej = _write_reject(item, "record", e)
+        result.rejects.append(rej)
+        outcome["write_error"] = rej["reason"]
+    except (TypeError, ValueError) as e:  # rows that are not JSON-serialisable: a stage bug
+        result = _internal(item, e, log)
+        outcome["internal"] = True
+    return result
 
 
 def _node() -> dict:

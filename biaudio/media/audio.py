@@ -230,3 +230,24 @@ def decode_foa(path: str | os.PathLike, sr: int | None = None, stream: int = 0) 
             str(path), "not_4_channels", f"{info.audio_channels} channels ({info.audio_layout}); FOA needs 4"
         )
     return decode_audio(path, sr=sr, stream=stream)
+
+
+def peak_gain(x: np.ndarray, limit: float, target: float | None = None) -> float:
+    """The one gain that brings ``x``'s peak down to ``target`` (default ``limit``) when the peak
+    exceeds ``limit``; exactly 1.0 otherwise (also for an empty array).
+
+    One global gain for all channels and samples, never clipping: the L/R ratio (and an FOA
+    signal's directions) survive the limiting. Callers test ``gain != 1.0`` and skip the multiply,
+    so a signal under the limit keeps its exact bytes; the gain is ``target / peak`` computed in
+    float64 as the builds always did, so their output does not change by a bit.
+    """
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak > limit:
+        return (limit if target is None else target) / peak
+    return 1.0
+
+
+def limit_peak(x: np.ndarray, limit: float, target: float | None = None) -> np.ndarray:
+    """``x`` scaled by :func:`peak_gain` (the same array, untouched, when it is under ``limit``)."""
+    g = peak_gain(x, limit, target)
+    return x if g == 1.0 else x * g

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from biaudio.errors import BiaudioError
-from biaudio.manifest import READABLE_SCHEMA_VERSIONS
+from biaudio.manifest import READABLE_SCHEMA_VERSIONS, ClipRow
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset(READABLE_SCHEMA_VERSIONS)
 REQUIRED_COLUMNS = ("schema_version", "clip_id", "video_path")
@@ -184,14 +184,15 @@ class ClipSet:
     def clip_payload(self, i: int) -> dict[str, Any]:
         """Everything the page shows for clip ``i`` of the selection (JSON-ready)."""
         row = self.table.slice(self.rows[i], 1).to_pylist()[0]
+        clip = ClipRow.from_dict(row, strict=False)  # columns a partial manifest lacks read as None
         media: dict[str, Any] = {}
         for col in MEDIA_COLUMNS:
             key = col.removesuffix("_path")
-            rel = safe_relpath(row.get(col))
+            rel = safe_relpath(clip.get(col))
             present = self.media_file(rel) is not None
-            media[key] = {"path": rel, "raw": row.get(col), "present": present}
-        traj = row.get("trajectory") or []
-        wins = row.get("window_directions") or []
+            media[key] = {"path": rel, "raw": clip.get(col), "present": present}
+        traj = clip.trajectory or []
+        wins = clip.window_directions or []
         plot = {
             "t": [],
             "yaw": [],
@@ -212,13 +213,14 @@ class ClipSet:
         return {
             "index": i,
             "total": len(self.rows),
-            "clip_id": str(row.get("clip_id")),
+            "clip_id": clip.clip_id,
             "media": media,
-            "caption": row.get("caption"),
-            "caption_visible": row.get("caption_visible"),
-            "caption_invisible": row.get("caption_invisible"),
-            "scores": {c: _clean(row[c]) for c in SCORE_COLUMNS if c in row},
-            "info": {c: _clean(row[c]) for c in INFO_COLUMNS if c in row},
+            "caption": clip.caption,
+            "caption_visible": clip.caption_visible,
+            "caption_invisible": clip.caption_invisible,
+            # only the columns the manifest has (a partial one shows fewer, not a row of nulls)
+            "scores": {c: _clean(clip.get(c)) for c in SCORE_COLUMNS if c in row},
+            "info": {c: _clean(clip.get(c)) for c in INFO_COLUMNS if c in row},
             "plot": plot,
         }
 

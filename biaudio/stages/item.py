@@ -6,17 +6,18 @@ or Ray tasks and treats its :class:`ItemResult` as the item's complete outcome. 
 item-level failure becomes a reject dict here (with the stage that failed and a reason slug), a
 rejected clip leaves no files (rejected windows are cleaned up), and only bugs escape as
 exceptions. The front half (probe, validate, silence/speech/static filters, shot segmentation) is
-``biaudio.ingest.analysis.analyze_file``: one ffmpeg decode feeds the static filter, the shot detector and
+``biaudio.ingest.analysis.FileAnalyzer``: one ffmpeg decode feeds the static filter, the shot detector and
 the audio filters, and its audio comes back as ambiX FOA at the source rate, so the FOA is decoded
 once per source and only resampled here when the recipe's render rate differs. The filters judge
 each window (clip): a window that fails one becomes a reject row with its clip id, and its
 silence / static / speech ratios are the clip's own. Per window the binaural audio and the spatial-cue
 filter come before the video, so a clip without spatial cue never pays for a video render.
 
-The video is decoded once per source (``execution.single_decode``, default): ``analyze_file`` decodes
-the audio first, the windows a cut-free video would have get their audio side and a render that rides
-along in the analysis' video decode (:class:`_Speculation`); only windows that a cut moved render
-with a decode of their own. Same files either way.
+The video is decoded once per source (``execution.single_decode``, default): :func:`_analyze` runs
+the analyzer's steps in order, reading top-down: the audio pass, then this module plans the windows a
+cut-free video would have (their audio side and a render, :class:`_Speculation`), then the video pass
+with those renders riding along, then the verdicts. Only windows that a cut moved render with a
+decode of their own. Same files either way.
 
 Rows are manifest v2 rows without ``group_id``, ``split``, ``schema_version``, ``recipe_hash`` and
 ``tool_versions`` (the engine adds those). Times in ``trajectory`` and ``window_directions`` are
@@ -38,6 +39,7 @@ import numpy as np
 
 from biaudio.engine.types import ItemResult, WorkItem, reject_from_error, reject_row, source_field
 from biaudio.errors import BiaudioError
+from biaudio.manifest import ClipRow
 from biaudio.stages.render import (
     clip_paths,
     output_fps,
@@ -89,8 +91,8 @@ class _Speculation:
     """The clips rendered inside the source's analysis decode (``execution.single_decode``).
 
     Why: decoding the video twice (once for the analysis, once per window for the render) was a
-    fifth of a clip's CPU. ``analyze_file`` decodes the audio first and calls :meth:`plan` with the
-    windows a video without cuts would have; each gets its audio side (direction, trajectory,
+    fifth of a clip's CPU. :func:`_analyze` has the analysis decode the audio first and calls
+    :meth:`plan` with the windows a video without cuts would have; each gets its audio side (direction, trajectory,
     binaural, spatial cue) and, if it passes, a :class:`ClipRender` that rides along in the video
     pass. Afterwards the windows the analysis really kept take their render from here when one was
     made for exactly that window (:meth:`rendered`); any other window (after a cut, or a render
@@ -172,6 +174,35 @@ class _Speculation:
             self.jobs.popitem()[1].abort()
 
 
+def _analyze(path: Path, source_id: str, section: tuple | None, recipe: Any, spec: _Speculation):
+    """The front half (probe, validate, filters, shots, windows) through ``FileAnalyzer``, step by step.
+
+    With ``execution.single_decode`` (the default) the audio is decoded first, this build plans
+    the renders of the windows a video without cuts would have (``spec.plan``), and those renders
+    ride along in the one video pass; otherwise one pass decodes everything and every clip renders
+    with its own decode. Returns the ``FileAnalysis`` (its ``reject`` set when the file was dropped).
+    """
+    from biaudio.ingest.analysis import FileAnalyzer
+
+    an = FileAnalyzer(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
+                      static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment,
+                      section=section, threads=_threads(recipe),
+                      two_pass=bool(getattr(recipe.execution, "single_decode", True)))
+    if not an.open():
+        return an.res
+    if not an.two_pass:
+        return an.judge() if an.decode() else an.res
+    if not an.decode_audio():
+        return an.res
+    try:
+        todo = an.to_plan()
+        branches = spec.plan(todo.info, todo.foa, todo.sr, todo.windows) if todo is not None else []
+    except BiaudioError as e:  # the file's reject, as a failure inside the decode would be
+        an.fail(e, e.stage or "decode")
+        return an.res
+    return an.judge() if an.decode_video(branches) else an.res
+
+
 def _as_source_item(source: Any, item_id: str):
     from biaudio.ingest.sources import SourceItem
 
@@ -199,7 +230,6 @@ def _from_error(item_id: str, e: BiaudioError, default_stage: str, clip_id: str 
 
 def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger) -> ItemResult:
     """Run every stage for one source item; returns kept rows, rejects, per-stage seconds, bytes."""
-    from biaudio.ingest.analysis import analyze_file
     from biaudio.ingest.fetch import fetch
 
     out_dir = Path(out_dir)
@@ -223,10 +253,7 @@ def process_item(item: WorkItem, recipe: Any, out_dir: Path, log: logging.Logger
     sr = int(recipe.render.sample_rate)
     spec = _Speculation(recipe, path, source_id, out_dir, sr, timer, log)
     try:
-        a = analyze_file(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
-                         static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment,
-                         section=section, threads=_threads(recipe),
-                         plan=spec.plan if getattr(recipe.execution, "single_decode", True) else None)
+        a = _analyze(path, source_id, section, recipe, spec)
     except BaseException:
         spec.abort_all()
         raise
@@ -263,7 +290,7 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
     if not wins:
         return res
 
-    # -- audio: the ambiX FOA analyze_file decoded; resampled only if the render rate differs ----
+    # -- audio: the ambiX FOA the analysis decoded; resampled only if the render rate differs ----
     sr = spec.sr
     foa, a.foa = a.foa, None  # the analysis no longer holds it: one copy alive
     if foa is None:
@@ -306,9 +333,10 @@ def _finish_item(item: WorkItem, res: ItemResult, a: Any, wins: list, spec: _Spe
             row["start_s"], row["end_s"] = row["start_s"] + offset, row["end_s"] + offset
         scores = a.window_scores.get(clip_id, {})
         row.update(silence_ratio=scores.get("silence"), static_ratio=scores.get("static"), speech_ratio=scores.get("speech"))
-        res.rows.append(row)
+        clip = ClipRow.from_dict(row, stage=True)  # a stage bug (a column missing or mistyped) shows here, named
+        res.rows.append(clip.to_dict(stage=True))
         res.bytes_written += nbytes
-        log.info("clip %s kept (lr_difference %.4f)", clip_id, row["lr_difference"])
+        log.info("clip %s kept (lr_difference %.4f)", clip_id, clip.lr_difference)
     return res
 
 

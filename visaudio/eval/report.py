@@ -107,10 +107,9 @@ def clip_plot(cid: str, ser: dict) -> str:
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     import soundfile as sf
 
-    x = np.asarray(audio, dtype=np.float64)
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak > 0.99:
-        x = x * (0.99 / peak)  # listening copies only; metrics never see this scaling
+    from biaudio.media.audio import limit_peak
+
+    x = limit_peak(np.asarray(audio, dtype=np.float64), 0.99)  # listening copies only; metrics never see this
     sf.write(str(path), x.T, int(sr), subtype="PCM_16")
 
 

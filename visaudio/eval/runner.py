@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from biaudio.manifest import ClipRow
 from visaudio.eval import baselines as B
 from visaudio.eval import metrics as M
 
@@ -132,7 +133,7 @@ def _records(v) -> list[dict]:
     return [dict(r) for r in list(v)]
 
 
-def clip_geometry(row: pd.Series, times: np.ndarray) -> dict[str, np.ndarray]:
+def clip_geometry(row: ClipRow, times: np.ndarray) -> dict[str, np.ndarray]:
     """Camera yaw, source world azimuth and camera-frame azimuth at ``times`` (clip seconds).
 
     The dominant source direction comes from ``window_directions`` (world frame) and the camera
@@ -141,16 +142,16 @@ def clip_geometry(row: pd.Series, times: np.ndarray) -> dict[str, np.ndarray]:
     """
     from biaudio.spatial.angles import unwrap_deg, world_to_camera_dir, wrap_deg
 
-    traj = _records(row.get("trajectory"))
-    wd = _records(row.get("window_directions"))
+    traj = _records(row.trajectory)
+    wd = _records(row.window_directions)
     n = len(times)
     nan = np.full(n, np.nan)
     if not traj or not wd:
         return {"yaw": nan, "az_world": nan, "az_cam": nan, "lateral": nan}
     tt = np.array([r["t"] for r in traj], dtype=float)
     tw = np.array([r["t"] for r in wd], dtype=float)
-    dur = float(row.get("duration_s") or (tt.max() if len(tt) else 0.0))
-    start = float(row.get("start_s") or 0.0)
+    dur = float(row.duration_s or (tt.max() if len(tt) else 0.0))
+    start = float(row.start_s or 0.0)
     # accept source-relative times too: shift if they lie beyond the clip
     if len(tt) and tt.min() > dur and start > 0:
         tt = tt - start
@@ -165,10 +166,10 @@ def clip_geometry(row: pd.Series, times: np.ndarray) -> dict[str, np.ndarray]:
     return {"yaw": yaw, "az_world": wrap_deg(az_w), "az_cam": az_c, "lateral": np.sin(np.deg2rad(az_c))}
 
 
-def load_reference(manifest_dir: Path, row: pd.Series) -> tuple[np.ndarray, int]:
+def load_reference(manifest_dir: Path, row: ClipRow) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    x, sr = sf.read(str(Path(manifest_dir) / row["audio_path"]), dtype="float32", always_2d=True)
+    x, sr = sf.read(str(Path(manifest_dir) / row.audio_path), dtype="float32", always_2d=True)
     return x.T.copy(), int(sr)
 
 
@@ -219,42 +220,42 @@ class SystemSource:
                 raise EvalError(f"{flag}: {e}") from None
         return self._synth[which]
 
-    def generated(self, which: str, row: pd.Series) -> tuple[np.ndarray, int]:
+    def generated(self, which: str, row: ClipRow) -> tuple[np.ndarray, int]:
         """``which`` in {visaudio, mono}: the model's output for the clip (from cache when there)."""
         import soundfile as sf
 
-        path = self.cache / self._key(which) / f"{row['clip_id']}.wav"
+        path = self.cache / self._key(which) / f"{row.clip_id}.wav"
         if path.is_file():
             x, sr = sf.read(str(path), dtype="float32", always_2d=True)
             return x.T.copy(), int(sr)
         syn = self._synthesizer(which)
-        video = Path(self.cfg.manifest_dir) / row["video_path"]
-        caption = row.get("caption") if isinstance(row.get("caption"), str) else None
+        video = Path(self.cfg.manifest_dir) / row.video_path
+        caption = row.caption
         audio, sr = syn.generate(str(video), caption=caption, steps=self.cfg.steps, cfg=self.cfg.cfg,
                                  seed=self.cfg.seed, start_s=0.0)
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 2 or audio.shape[0] != 2:
             raise EvalError(f"{which} generated shape {audio.shape}, expected (2, T)")
         if not np.isfinite(audio).all():
-            raise EvalError(f"{which} generated non-finite audio for {row['clip_id']}")
+            raise EvalError(f"{which} generated non-finite audio for {row.clip_id}")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.wav")
         sf.write(str(tmp), audio.T, sr, subtype="FLOAT")
         tmp.replace(path)
         return audio, int(sr)
 
-    def video_direction(self, row: pd.Series, duration_s: float) -> B.VideoDirection:
-        path = self.cache / "video-direction" / f"{row['clip_id']}.npz"
+    def video_direction(self, row: ClipRow, duration_s: float) -> B.VideoDirection:
+        path = self.cache / "video-direction" / f"{row.clip_id}.npz"
         if path.is_file():
             z = np.load(path)
             return B.VideoDirection(z["t"], z["azimuth_deg"], z["column"], int(z["width"]))
-        hfov = float(row.get("hfov_deg") or 90.0)
-        d = B.estimate_video_azimuth(Path(self.cfg.manifest_dir) / row["video_path"], hfov, duration_s)
+        hfov = float(row.hfov_deg or 90.0)
+        d = B.estimate_video_azimuth(Path(self.cfg.manifest_dir) / row.video_path, hfov, duration_s)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, t=d.t, azimuth_deg=d.azimuth_deg, column=d.column, width=d.width)
         return d
 
-    def get(self, system: str, row: pd.Series, ref: np.ndarray, ref_sr: int) -> tuple[np.ndarray, int]:
+    def get(self, system: str, row: ClipRow, ref: np.ndarray, ref_sr: int) -> tuple[np.ndarray, int]:
         if system in B.REFERENCE_SYSTEMS:
             return B.reference_system(system, ref), ref_sr
         if system == "visaudio":
@@ -267,7 +268,7 @@ class SystemSource:
             key = self._key("mono")
             if self._spatialiser is None:
                 self._spatialiser = B.make_spatialiser(sr)
-            path = self.cache / f"two-stage-{self._spatialiser.name}-{key}" / f"{row['clip_id']}.npy"
+            path = self.cache / f"two-stage-{self._spatialiser.name}-{key}" / f"{row.clip_id}.npy"
             d = self.video_direction(row, mono.shape[1] / sr)
             if path.is_file():
                 out = np.load(path)
@@ -282,12 +283,12 @@ class SystemSource:
             key = self._key("mono")
             if self._spatialiser is None:
                 self._spatialiser = B.make_spatialiser(sr)
-            path = self.cache / f"two-stage-sync-{self._spatialiser.name}-{key}" / f"{row['clip_id']}.npy"
+            path = self.cache / f"two-stage-sync-{self._spatialiser.name}-{key}" / f"{row.clip_id}.npy"
             if path.is_file():
                 out = np.load(path)
             else:
-                hfov = float(row.get("hfov_deg") or 90.0)
-                d = B.estimate_sync_azimuth(Path(self.cfg.manifest_dir) / row["video_path"], hfov, B.mid(mono), sr,
+                hfov = float(row.hfov_deg or 90.0)
+                d = B.estimate_sync_azimuth(Path(self.cfg.manifest_dir) / row.video_path, hfov, B.mid(mono), sr,
                                             mono.shape[1] / sr)
                 out, _ = B.two_stage(mono, sr, d, self._spatialiser)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -507,8 +508,9 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     feats: dict[str, list[np.ndarray]] = {sys_: [] for sys_ in cfg.systems}
     audio_for_report: dict[str, dict[str, tuple[np.ndarray, int]]] = {}
     total = len(df)
-    for ci, (_, row) in enumerate(df.iterrows()):
-        cid = row["clip_id"]
+    for ci, rec in enumerate(df.to_dict("records")):
+        row = ClipRow.from_dict(rec, strict=False)  # one clip at a time, typed (a partial manifest: None)
+        cid = row.clip_id
         if on_progress:
             on_progress(cid, ci, total)
         ref_raw, ref_sr = load_reference(cfg.manifest_dir, row)

@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from biaudio.manifest import ClipRow
 
-def find_truth(manifest_dir: Path, row: pd.Series) -> dict | None:
+
+def find_truth(manifest_dir: Path, row: ClipRow) -> dict | None:
     """The truth JSON of the clip's source scene, or None (real data, or the scene folder is gone).
 
     Looked up beside the manifest's ``source_uri`` (``<scene>.mp4`` -> ``<scene>.json``), then in
     ``<manifest_dir>/sources/*/<source_id>.json`` (a build folder that was moved)."""
     cands = []
-    uri = row.get("source_uri")
+    uri = row.source_uri
     if isinstance(uri, str) and uri:
         cands.append(Path(uri).with_suffix(".json"))
-    sid = row.get("source_id")
+    sid = row.source_id
     if isinstance(sid, str) and sid:
         cands += sorted((Path(manifest_dir) / "sources").glob(f"*/{sid}.json"))
     for c in cands:
@@ -52,7 +56,7 @@ def _records(v) -> list[dict]:
     return [dict(r) for r in list(v)]
 
 
-def camera_truth(row: pd.Series, truth: dict, times: np.ndarray) -> pd.DataFrame:
+def camera_truth(row: ClipRow, truth: dict, times: np.ndarray) -> pd.DataFrame:
     """One row per (source, time): world and camera-frame direction, ``in_view``, ``visible``,
     ``sounding`` and the source's level (dB) at clip times ``times`` (seconds from the clip start).
 
@@ -60,12 +64,12 @@ def camera_truth(row: pd.Series, truth: dict, times: np.ndarray) -> pd.DataFrame
     the manifest trajectory (both interpolated, azimuths unwrapped first)."""
     from biaudio.spatial.angles import unwrap_deg, world_to_camera_dir, wrap_deg
 
-    traj = _records(row.get("trajectory"))
+    traj = _records(row.trajectory)
     if not traj:
         return pd.DataFrame()
-    start = float(row.get("start_s") or 0.0)
-    hfov = float(row.get("hfov_deg") or 90.0)
-    w, h = float(row.get("width") or 16.0), float(row.get("height") or 9.0)
+    start = float(row.start_s or 0.0)
+    hfov = float(row.hfov_deg or 90.0)
+    w, h = float(row.width or 16.0), float(row.height or 9.0)
     vfov = float(np.rad2deg(2 * np.arctan(np.tan(np.deg2rad(hfov) / 2) * h / w)))
     tt = np.array([r["t"] for r in traj], dtype=float)
     yaw = np.interp(times, tt, unwrap_deg([r["yaw"] for r in traj]))
@@ -82,7 +86,7 @@ def camera_truth(row: pd.Series, truth: dict, times: np.ndarray) -> pd.DataFrame
         x = np.tan(np.deg2rad(np.clip(az_c, -89.9, 89.9)))
         in_view = (np.abs(az_c) < 90) & (np.abs(x) <= np.tan(np.deg2rad(hfov / 2))) & (np.abs(el_c) <= vfov / 2)
         out.append(pd.DataFrame({
-            "clip_id": row["clip_id"], "source": s["name"], "t": times, "azimuth_world_deg": wrap_deg(az_w),
+            "clip_id": row.clip_id, "source": s["name"], "t": times, "azimuth_world_deg": wrap_deg(az_w),
             "elevation_world_deg": el_w, "azimuth_cam_deg": az_c, "elevation_cam_deg": el_c,
             "in_view": in_view & bool(s.get("visible", True)), "visible": bool(s.get("visible", True)),
             "sounding": bool(s.get("sounding", True)), "level_db": lvl,
