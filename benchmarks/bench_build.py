@@ -160,11 +160,10 @@ def main() -> None:
             big.parent.mkdir(exist_ok=True)
             import ffmpeg
 
-            from biaudio.media.ffgraph import command, run, source
-            from biaudio.media.ffpath import local
+            from biaudio.media.ffgraph import command, run, source, url
 
             src = source(args.clip)
-            run(command(ffmpeg.output(src["v:0"].filter("scale", 3840, 1920), src["a:0"], local(big), preset="ultrafast",
+            run(command(ffmpeg.output(src["v:0"].filter("scale", 3840, 1920), src["a:0"], url(big), preset="ultrafast",
                                       crf="28", **{"c:v": "libx264", "c:a": "copy"}), overwrite=True), check=True)
             wall, cpu, b = build(write_recipe(work, [big], 1, static_filter=False), work / "big-out")
             rec = b["records"][0]

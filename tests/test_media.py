@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -731,3 +732,18 @@ def test_no_module_outside_media_spawns_ffmpeg_or_ffprobe() -> None:
                 hits.append(f"{rel}:{spawns[0].lineno}: starts a process and names {names[0].value!r} "
                             f"(line {names[0].lineno})")
     assert not hits, "\n".join(hits)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs byte file names")
+def test_graphs_take_non_utf8_file_names(tmp_path: Path) -> None:
+    """ffmpeg-python hashes its nodes through UTF-8; a latin-1 file name still reaches ffmpeg as
+    its own bytes, as input and as output (writer, snapshot)."""
+    d = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    os.mkdir(d)
+    with VideoWriter(Path(d) / "v\xff.mp4", 32, 16, 10) as w:
+        for i in range(5):
+            w.write(np.full((16, 32, 3), 40 * i, np.uint8))
+    snap = Path(d) / "snap\xe9.rgb"
+    frames = list(iter_frames(Path(d) / "v\xff.mp4", snapshot=(2, snap, (16, 8))))
+    assert len(frames) == 5 and snap.stat().st_size == 16 * 8 * 3
+    assert os.fsencode(d).endswith(b"caf\xe9") and os.listdir(os.fsencode(d))

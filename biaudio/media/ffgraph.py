@@ -32,10 +32,32 @@ GLOBAL_OPTIONS = frozenset({"-nostdin", "-hide_banner", "-nostats", "-v", "-logl
                             "-filter_threads", "-filter_complex_threads"})
 
 
+#: stands for a file name that is not valid UTF-8 inside a graph (see :func:`url`)
+_FSNAME = "biaudio-fsname:"
+
+
+def url(path: str | os.PathLike) -> str:
+    """The ``file:`` URL of ``path`` for an ffmpeg-python input or output node.
+
+    ffmpeg-python hashes its nodes through UTF-8, which fails on a non-UTF-8 file name (the
+    surrogate escapes of :func:`os.fsdecode`); such a name travels through the graph as a hex
+    token, and :func:`command` puts the real name back."""
+    u = local(path)
+    try:
+        u.encode("utf-8")
+        return u
+    except UnicodeEncodeError:
+        return _FSNAME + os.fsencode(u).hex()
+
+
+def _unwrap(arg: str) -> str:
+    return os.fsdecode(bytes.fromhex(arg[len(_FSNAME):])) if arg.startswith(_FSNAME) else arg
+
+
 def source(path: str | os.PathLike, **opts):
     """An input node for a local file: ``-protocol_whitelist file,pipe [opts] -i file:/abs/path``.
     ``opts`` are input options (``ss``, ``threads``, ``guess_layout_max``...)."""
-    return ffmpeg.input(local(path), protocol_whitelist=PROTOCOLS, **opts)
+    return ffmpeg.input(url(path), protocol_whitelist=PROTOCOLS, **opts)
 
 
 def stdin_source(**opts):
@@ -60,7 +82,7 @@ def command(outputs, *, loglevel: str = "error", overwrite: bool = False, filter
     then the inputs, ``-filter_complex`` and the outputs exactly as ffmpeg-python compiles them."""
     outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     spec = outs[0] if len(outs) == 1 else ffmpeg.merge_outputs(*outs)
-    body = ffmpeg.get_args(spec)
+    body = [_unwrap(a) for a in ffmpeg.get_args(spec)]
     bad = [a for a in body if a in GLOBAL_OPTIONS]
     if bad:
         raise ValueError(f"global option(s) {bad} inside an ffmpeg-python graph: pass them to command()")
@@ -76,8 +98,8 @@ def command(outputs, *, loglevel: str = "error", overwrite: bool = False, filter
 
 
 def run(cmd: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run`` for an ffmpeg/ffprobe command (the one place outside the streaming
-    readers where such a process starts)."""
+    """``subprocess.run`` for an ffmpeg/ffprobe command that runs to its end (this and :func:`popen`
+    are where such processes start)."""
     _check_tool(cmd)
     return subprocess.run(list(cmd), **kwargs)
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
-from biaudio.media.ffgraph import chain, command, popen, run, source, stdin_source
-from biaudio.media.ffpath import local, write_failure
+from biaudio.media.ffgraph import chain, command, popen, run, source, stdin_source, url
+from biaudio.media.ffpath import write_failure
 from biaudio.media.probe import probe
 
 #: output options that keep container and codec headers free of version strings and metadata, so the
@@ -130,7 +130,7 @@ def _frames_command(p: Path, fmt: str, filters: list[tuple], post: list[tuple], 
     k, snap_path, snap_size = int(snapshot[0]), Path(snapshot[1]), snapshot[2]
     st = snapshot_graph(video, filters, post, k, snap_size)
     # ffmpeg writes the snapshot out only when it finishes: read the frames to the end
-    outs = [ffmpeg.output(st["so"], local(snap_path), **tdur, **{"frames:v": "1"}, f="rawvideo", pix_fmt="rgb24"),
+    outs = [ffmpeg.output(st["so"], url(snap_path), **tdur, **{"frames:v": "1"}, f="rawvideo", pix_fmt="rgb24"),
             ffmpeg.output(st["mo"], "-", **tdur, **raw)]
     return command(outs, loglevel="warning", overwrite=True, filter_threads=threads)
 
@@ -250,7 +250,7 @@ def _pairs(args: list[str]) -> dict[str, str]:
     """``["-opt", "value", ...]`` as ffmpeg-python output keywords ``{"opt": "value"}``."""
     if len(args) % 2 or not all(str(a).startswith("-") for a in args[::2]):
         raise ValueError(f"extra_args must be -option value pairs, got {args!r}")
-    return {str(k)[1:]: str(v) for k, v in zip(args[::2], args[1::2])}
+    return {str(k)[1:]: str(v) for k, v in zip(args[::2], args[1::2], strict=True)}
 
 
 def _even(v: int) -> int:
@@ -310,7 +310,7 @@ class VideoWriter:
         else:
             streams = [frames]
             opts["an"] = None
-        cmd = command(ffmpeg.output(*streams, local(self._tmp), **opts), overwrite=True)
+        cmd = command(ffmpeg.output(*streams, url(self._tmp), **opts), overwrite=True)
         self._proc = popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._drain = _StderrDrain(self._proc.stderr)
         self.frames_written = 0
@@ -391,7 +391,7 @@ def _atomic_ffmpeg(out_path: Path, output, stdin_bytes: bytes | None = None) -> 
     to ``out_path``), rename on success; a disk failure raises :class:`WriteFailed`."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path, mode=file_mode(), keep_suffix=True) as tmp:
-        r = run(command(output(local(tmp)), overwrite=True), input=stdin_bytes, capture_output=True)
+        r = run(command(output(url(tmp)), overwrite=True), input=stdin_bytes, capture_output=True)
         _raise_encode_error(out_path, r)
     return out_path
 
@@ -492,7 +492,7 @@ def mux_foa(
         wav = write_audio(work / "foa.wav", x, sr)
         tmp = work / "out.mp4"
         four = source(wav, guess_layout_max="0")["a:0"].filter("channelmap", map="0|1|2|3", channel_layout="4.0")
-        out = ffmpeg.output(source(video_path)["v:0"], four, local(tmp), **{"c:v": "copy"},
+        out = ffmpeg.output(source(video_path)["v:0"], four, url(tmp), **{"c:v": "copy"},
                             **aac_args(bitrate, coder="twoloop"), threads="1", **BITEXACT, f="mp4")
         _raise_encode_error(op, run(command(out, overwrite=True), capture_output=True))
         if spatial_metadata:
