@@ -36,18 +36,23 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(cmd: list[str], **kw) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(wall s, CPU s of the command and all its waited-for descendants, result)."""
+def timed(cmd: list[str], runner=subprocess.run, **kw) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall s, CPU s of the command and all its waited-for descendants, result); ``runner``:
+    ``biaudio.media.ffgraph.run`` for an ffmpeg command (ffmpeg is started from biaudio.media only)."""
     c0, t0 = _children_cpu(), time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    r = runner(cmd, capture_output=True, text=True, **kw)
     return time.perf_counter() - t0, _children_cpu() - c0, r
 
 
 def decode_cpu(path: Path) -> float:
     """CPU seconds ffmpeg needs to decode every video and audio frame of the file (single thread,
     like the build's decoders)."""
-    _, cpu, r = timed(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(path), "-map", "0:v:0", "-map", "0:a:0",
-                       "-f", "null", "-"])
+    import ffmpeg
+
+    from biaudio.media.ffgraph import command, run, source
+
+    src = source(path, threads="1")
+    _, cpu, r = timed(command(ffmpeg.output(src["v:0"], src["a:0"], "-", f="null")), runner=run)
     if r.returncode:
         raise RuntimeError(r.stderr)
     return cpu
@@ -153,9 +158,13 @@ def main() -> None:
         if not args.skip_4k:
             big = work / "big" / f"{args.clip.stem}_3840.mkv"
             big.parent.mkdir(exist_ok=True)
-            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(args.clip), "-map", "0:v:0", "-map", "0:a:0",
-                            "-vf", "scale=3840:1920", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "28",
-                            "-c:a", "copy", str(big)], check=True)
+            import ffmpeg
+
+            from biaudio.media.ffgraph import command, run, source, url
+
+            src = source(args.clip)
+            run(command(ffmpeg.output(src["v:0"].filter("scale", 3840, 1920), src["a:0"], url(big), preset="ultrafast",
+                                      crf="28", **{"c:v": "libx264", "c:a": "copy"}), overwrite=True), check=True)
             wall, cpu, b = build(write_recipe(work, [big], 1, static_filter=False), work / "big-out")
             rec = b["records"][0]
             res["memory_3840x1920"] = {"worker_peak_rss_mb": rec.get("max_rss_mb"),

@@ -19,7 +19,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import resource  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -45,18 +44,19 @@ def main() -> None:
     ap.add_argument("--no-speech", action="store_true", help="skip the speech filter (as the demo recipe does)")
     args = ap.parse_args()
 
+    import ffmpeg
     import numpy as np
 
     from biaudio.clean.speech import SpeechConfig, speech_score
     from biaudio.ingest.analysis import analyze_file
     from biaudio.ingest.validate import ValidateConfig
+    from biaudio.media.ffgraph import command, run, source
 
     speech_score(np.zeros(16000, np.float32), 16000, SpeechConfig())  # load Silero once
     vcfg = ValidateConfig(declared_convention="ambix")
 
     def decode_only() -> None:
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", str(args.clip), "-f", "null", "-"],
-                       check=True)
+        run(command(ffmpeg.output(source(args.clip, threads="1"), "-", f="null")), check=True)
 
     result = {}
 

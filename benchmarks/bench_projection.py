@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +18,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import cv2  # noqa: E402
+import ffmpeg  # noqa: E402
 import numpy as np  # noqa: E402
 
+from biaudio.media.ffgraph import command, run, source  # noqa: E402
 from biaudio.spatial.angles import wrap_deg  # noqa: E402
 from biaudio.spatial.projection import Projector, vfov_deg  # noqa: E402
 
@@ -79,19 +80,20 @@ def run_ffmpeg(eq, P, workdir: Path):
     lines = [f"{k / FPS:.6f} v360 yaw {-y:.6f}, v360 pitch {p:.6f};" for k, (y, p, _r) in enumerate(P)]
     cmds.write_text("\n".join(lines) + "\n")
     y0, p0, r0 = P[0]
-    vf = (f"sendcmd=f={cmds},v360=input=e:output=flat:h_fov={FOV}:v_fov={vfov_deg(OW, OH, FOV):.6f}:w={OW}:h={OH}"
-          f":yaw={-y0:.6f}:pitch={p0:.6f}:roll={r0:.6f}:reset_rot=1:interp=linear")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-filter_threads", "1",
-           "-stream_loop", str(len(P) - 1), "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}",
-           "-framerate", str(FPS), "-i", str(raw), "-vf", vf, "-frames:v", str(len(P)),
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    frames_in = source(raw, stream_loop=str(len(P) - 1), f="rawvideo", pix_fmt="rgb24", s=f"{W}x{H}",
+                       framerate=str(FPS), threads="1")
+    v360 = frames_in.filter("sendcmd", f=str(cmds)).filter(
+        "v360", input="e", output="flat", h_fov=FOV, v_fov=f"{vfov_deg(OW, OH, FOV):.6f}", w=OW, h=OH,
+        yaw=f"{-y0:.6f}", pitch=f"{p0:.6f}", roll=f"{r0:.6f}", reset_rot=1, interp="linear")
+    raw_out = {"frames:v": str(len(P)), "f": "rawvideo", "pix_fmt": "rgb24"}
+    cmd = command(ffmpeg.output(v360, "-", **raw_out), filter_threads=1)
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, check=True)
+    r = run(cmd, capture_output=True, check=True)
     dt = time.perf_counter() - t0
     # the same pipeline without v360 (read + convert + pipe), to isolate the projection cost
-    base = [c if c != vf else f"scale={OW}:{OH}" for c in cmd]
+    base = command(ffmpeg.output(frames_in.filter("scale", OW, OH), "-", **raw_out), filter_threads=1)
     t1 = time.perf_counter()
-    subprocess.run(base, capture_output=True, check=True)
+    run(base, capture_output=True, check=True)
     dbase = time.perf_counter() - t1
     frames = np.frombuffer(r.stdout, np.uint8).reshape(-1, OH, OW, 3)
     return list(frames), dt, dbase

@@ -3,9 +3,11 @@ SA3D/sv3d injection, streaming frames, writers. Conventions §6-§7.4 in docs/AR
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -577,3 +579,171 @@ def test_video_writer_aac_keeps_high_band_interaural_cues(tmp_path: Path):
           f"ffmpeg defaults {e_plain[0]:.2f} dB / {e_plain[1]:.1f} deg")
     assert e_ours[0] < 3.5 and e_ours[1] < 25  # measured 2.4 dB / 17 deg; the defaults 4.9 dB / 67 deg
     assert e_plain[0] > 1.5 * e_ours[0] and e_plain[1] > 2 * e_ours[1]
+
+
+# ---------------------------------------------------------------- ffmpeg-python graphs (media/ffgraph)
+
+
+def _testsrc(path: Path, seconds: float = 2.0, size: str = "96x48", rate: int = 20, audio: bool = False) -> Path:
+    """A small real H.264 file with changing content (and optionally a stereo tone)."""
+    args = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}", "-ac", "2"]
+    _ffmpeg(*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10", str(path))
+    return path
+
+
+def _before_first_input(cmd: list[str]) -> None:
+    from biaudio.media.ffgraph import GLOBAL_OPTIONS
+
+    first = cmd.index("-i")
+    late = [a for a in cmd[first:] if a in GLOBAL_OPTIONS]
+    assert not late, f"global option(s) {late} after the first -i: {cmd}"
+    assert cmd[:3] == ["ffmpeg", "-nostdin", "-hide_banner"]
+
+
+def test_compiled_commands_put_global_options_before_the_first_input(tmp_path: Path) -> None:
+    """ffmpeg-python writes global options after the outputs (ffmpeg 7: "Trailing option(s)
+    found", ignored); every command the media layer compiles has them in front instead."""
+    import ffmpeg
+
+    from biaudio.media.ffgraph import command, source
+    from biaudio.media.multidecode import _plan
+    from biaudio.media.video import _frames_command, crop_filter, frame_filters
+
+    v = _testsrc(tmp_path / "v.mp4", audio=True)
+    info = probe(v)
+    cmds = [
+        build_decode_cmd(v, sr=16000, start_s=0.5, duration_s=1.0),
+        _frames_command(v, "yuv420p", frame_filters(10, 0.5, (64, 32)), [crop_filter((2, 2, 8, 8))], 0.5, 1.0, 2, None),
+        _frames_command(v, "rgb24", frame_filters(10), [], 0.0, 1.0, 2, (3, tmp_path / "s.rgb", (32, 16))),
+    ]
+    plan = _plan(v, info, (48, 24), 2.0, None, print, print, print, 2, 48000, "area", False, False, 1.0, [])
+    try:
+        cmds.append(plan.cmd)
+    finally:
+        for fd in plan.child_fds:
+            os.close(fd)
+        for r in plan.readers:
+            os.close(r.fd)
+    for cmd in cmds:
+        _before_first_input(cmd)
+    assert "-y" in cmds[2] and cmds[2].index("-y") < cmds[2].index("-i")
+    th = cmds[1].index("-threads")  # decoder threads stay an input option of the source
+    assert th < cmds[1].index("-i") and "-filter_complex_threads" in cmds[1][: cmds[1].index("-i")]
+    # a global option smuggled into the graph is refused, not silently moved behind the outputs
+    with pytest.raises(ValueError, match="global option"):
+        command(ffmpeg.output(source(v), "-", f="null", y=None))
+
+
+def test_ffmpeg_python_graph_gives_the_frames_of_the_hand_written_graph(tmp_path: Path) -> None:
+    """The snapshot graph (split, ``select=eq(n\\,k)``, exact crop) compiled by ffmpeg-python runs on a
+    real file and gives the frames and the snapshot that the former hand-written graph gave."""
+    from biaudio.media.ffgraph import run_ffmpeg
+    from biaudio.media.ffpath import input_args
+
+    v = _testsrc(tmp_path / "v.mp4")
+    snap = tmp_path / "snap.rgb"
+    frames = list(iter_frames(v, size=(64, 32), fps=10, duration_s=1.5, pix_fmt="yuv420p", threads=1,
+                              crop=(2, 4, 20, 10), snapshot=(3, snap, (32, 16))))
+    graph = ("[0:v:0]fps=10,scale=64:32:flags=area,split=2[m][s];[m]crop=20:10:2:4:exact=1[mo];"
+             "[s]select=eq(n\\,3),scale=32:16:flags=area[so]")
+    ref_snap = tmp_path / "ref.rgb"
+    r = run_ffmpeg(["-nostdin", "-v", "error", "-y", "-threads", "1", *input_args(v), "-filter_complex", graph,
+                    "-map", "[so]", "-t", "1.5", "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", str(ref_snap),
+                    "-map", "[mo]", "-t", "1.5", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert len(frames) == 15 and frames[0].shape == (15, 20)
+    assert b"".join(f.tobytes() for f in frames) == r.stdout
+    assert snap.read_bytes() == ref_snap.read_bytes() and len(snap.read_bytes()) == 32 * 16 * 3
+    assert len({f.tobytes() for f in frames}) > 10  # the frames differ: a wrong select/crop would show
+
+
+def test_branch_callable_rides_along_in_the_shared_decode(tmp_path: Path) -> None:
+    """A VideoBranch is a callable on an ffmpeg-python stream; inside the shared decode its trim
+    window gives the frames (and snapshot) of a separate ``-ss`` decode of the same window."""
+    from biaudio.media.multidecode import VideoBranch, shared_decode
+    from biaudio.media.video import crop_filter, frame_filters, snapshot_graph
+
+    v = _testsrc(tmp_path / "v.mp4", seconds=3.0, audio=True)
+    info = probe(v)
+    t0, dur, crop, k = "1.000000", "1.000000", (4, 2, 16, 12), 4
+    pre = [("trim", {"start": t0}), ("setpts", f"PTS-{t0}/TB"), *frame_filters(10, size=(48, 24))]
+    got: dict[str, list[bytes]] = {"mo": [], "so": [], "proxy": []}
+    branch = VideoBranch("c0", lambda s: snapshot_graph(s, pre, [crop_filter(crop)], k, (24, 12)), [
+        ("so", {"t": dur, "frames:v": "1", "f": "rawvideo", "pix_fmt": "rgb24"}, 24 * 12 * 3,
+         lambda i, b: got["so"].append(bytes(b))),
+        ("mo", {"t": dur, "f": "rawvideo", "pix_fmt": "yuv420p"}, 16 * 12 * 3 // 2, lambda i, b: got["mo"].append(bytes(b)))])
+    shared_decode(v, info, (48, 24), None, None, None, lambda i, b: got["proxy"].append(bytes(b)), None,
+                  threads=1, extra=[branch])
+    snap = tmp_path / "snap.rgb"
+    ref = list(iter_frames(v, size=(48, 24), fps=10, start_s=1.0, duration_s=1.0, pix_fmt="yuv420p", threads=1,
+                           info=info, crop=crop, snapshot=(k, snap, (24, 12))))
+    assert len(got["proxy"]) == 60 and len(got["mo"]) == len(ref) == 10
+    assert b"".join(got["mo"]) == b"".join(f.tobytes() for f in ref)
+    assert got["so"] == [snap.read_bytes()]
+
+
+def test_read_frames_and_mux_file(tmp_path: Path) -> None:
+    """The media helpers visaudio uses instead of its own ffmpeg processes."""
+    from biaudio.media.ffprobe import video_codec
+    from biaudio.media.video import mux_file, read_frames
+
+    v = _testsrc(tmp_path / "v.mp4", seconds=2.0)
+    arr = read_frames(v, 10, (32, 16), start_s=0.5, duration_s=1.0)
+    ref = np.stack(list(iter_frames(v, size=(32, 16), fps=10, start_s=0.5, duration_s=1.0)))
+    np.testing.assert_array_equal(arr, ref)
+    with pytest.raises(MediaError) as e:
+        read_frames(tmp_path / "missing.mp4", 10, (32, 16))
+    assert e.value.reason == "undecodable"
+    assert video_codec(v) == "h264" and video_codec(tmp_path / "missing.mp4") is None
+    flac = write_audio(tmp_path / "a.flac", _tones(3.0)[:2], SR)
+    out = mux_file(v, flac, tmp_path / "out" / "o.mp4")
+    info = probe(out)
+    assert info.has_video and info.audio_channels == 2 and 1.9 < info.duration_s < 2.2
+    assert not list((tmp_path / "out").glob(".*"))  # no temp file left behind
+
+
+_SPAWNERS = {("subprocess", "run"), ("subprocess", "Popen"), ("subprocess", "call"), ("subprocess", "check_call"),
+             ("subprocess", "check_output"), ("os", "system"), ("os", "popen"), ("os", "execvp"), ("os", "spawnvp")}
+
+
+def test_no_module_outside_media_spawns_ffmpeg_or_ffprobe() -> None:
+    """ffmpeg and ffprobe start only in biaudio/media: a module elsewhere that names one of them as a
+    command word must not start processes itself, and nobody uses ffmpeg-python's own runner
+    (it would put global options after the outputs)."""
+    import ast
+
+    hits = []
+    for root in ("biaudio", "visaudio", "benchmarks"):
+        for f in sorted((REPO / root).rglob("*.py")):
+            rel = f.relative_to(REPO).as_posix()
+            tree = ast.parse(f.read_text())
+            names = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in ("ffmpeg", "ffprobe")]
+            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                     and isinstance(n.func.value, ast.Name)]
+            for c in calls:
+                if c.func.value.id == "ffmpeg" and c.func.attr in ("run", "run_async"):
+                    hits.append(f"{rel}:{c.lineno}: ffmpeg-python's {c.func.attr}()")
+            if rel.startswith("biaudio/media/"):
+                continue
+            spawns = [c for c in calls if (c.func.value.id, c.func.attr) in _SPAWNERS]
+            if names and spawns:
+                hits.append(f"{rel}:{spawns[0].lineno}: starts a process and names {names[0].value!r} "
+                            f"(line {names[0].lineno})")
+    assert not hits, "\n".join(hits)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs byte file names")
+def test_graphs_take_non_utf8_file_names(tmp_path: Path) -> None:
+    """ffmpeg-python hashes its nodes through UTF-8; a latin-1 file name still reaches ffmpeg as
+    its own bytes, as input and as output (writer, snapshot)."""
+    d = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    os.mkdir(d)
+    with VideoWriter(Path(d) / "v\xff.mp4", 32, 16, 10) as w:
+        for i in range(5):
+            w.write(np.full((16, 32, 3), 40 * i, np.uint8))
+    snap = Path(d) / "snap\xe9.rgb"
+    frames = list(iter_frames(Path(d) / "v\xff.mp4", snapshot=(2, snap, (16, 8))))
+    assert len(frames) == 5 and snap.stat().st_size == 16 * 8 * 3
+    assert os.fsencode(d).endswith(b"caf\xe9") and os.listdir(os.fsencode(d))

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import re
-import subprocess
 import warnings
 from pathlib import Path
 from typing import Any
@@ -106,22 +105,15 @@ def read_video_frames(path: str | Path, fps: float, width: int, height: int, sta
                       duration_s: float | None = None) -> np.ndarray:
     """Decode RGB frames (F, H, W, 3) uint8 resampled to ``fps`` and stretched to width x height
     (stretching, not cropping, keeps every horizontal position: the side cue survives)."""
-    from biaudio.media.ffpath import input_args
+    from biaudio.errors import MediaError
+    from biaudio.media.video import read_frames
 
-    cmd = ["ffmpeg", "-nostdin", "-v", "error"]
-    if start_s > 0:
-        cmd += ["-ss", f"{start_s:.6f}"]
-    cmd += input_args(path)
-    if duration_s is not None:
-        cmd += ["-t", f"{duration_s:.6f}"]
-    cmd += ["-an", "-vf", f"fps={fps},scale={width}:{height}:flags=area", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    r = subprocess.run(cmd, capture_output=True)
-    if r.returncode != 0:
-        raise DataError(f"cannot decode video {path}: {r.stderr.decode(errors='replace').strip()[-300:]}")
-    n = len(r.stdout) // (width * height * 3)
-    if n == 0:
-        raise DataError(f"no video frames decoded from {path}")
-    return np.frombuffer(r.stdout[: n * width * height * 3], np.uint8).reshape(n, height, width, 3).copy()
+    try:
+        return read_frames(path, fps, (width, height), start_s, duration_s)
+    except MediaError as e:
+        if e.reason == "zero_length":
+            raise DataError(f"no video frames decoded from {path}") from None
+        raise DataError(f"cannot decode video {path}: {e.detail}") from None
 
 
 def load_audio(path: str | Path, sr: int) -> np.ndarray:

@@ -11,7 +11,6 @@ not cropping, so horizontal positions - the side cue - are kept).
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +43,12 @@ def check_sampler_args(steps: int, cfg: float) -> None:
 
 
 def video_duration(path: str | Path) -> float:
-    from biaudio.media.ffpath import probe_args
+    from biaudio.media.ffprobe import duration
 
-    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", *probe_args(path)],
-                       capture_output=True, text=True)
-    try:
-        return float(r.stdout.strip())
-    except ValueError:
-        raise VideoTooShortError(f"cannot read the duration of {path}: {r.stderr.strip()[-200:]}") from None
+    d = duration(path)
+    if d is None:
+        raise VideoTooShortError(f"cannot read the duration of {path} (ffprobe found none)")
+    return d
 
 
 class Synthesizer:
@@ -169,23 +166,13 @@ class Synthesizer:
 def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Path) -> Path:
     """Copy the video stream (H.264 re-encoded only if it isn't) and add the audio as AAC
     (intensity stereo and PNS off: they would rewrite the generated interaural cues)."""
-    from biaudio.media.ffpath import input_args, local, probe_args
-    from biaudio.media.video import aac_args
+    from biaudio.errors import MediaError
+    from biaudio.media.video import mux_file
 
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
-                        "-of", "csv=p=0", *probe_args(video_path)], capture_output=True, text=True)
-    vcodec = ["-c:v", "copy"] if r.stdout.strip() == "h264" else ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "20"]
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", *input_args(video_path), *input_args(audio_path), "-map", "0:v:0",
-           "-map", "1:a:0", *vcodec, *aac_args("192k"), "-ac", "2", "-shortest", local(tmp)]
-    r2 = subprocess.run(cmd, capture_output=True, text=True)
-    if r2.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg mux failed: {r2.stderr.strip()[-400:]}")
-    tmp.replace(out)
-    return out
+    try:
+        return mux_file(video_path, audio_path, out_path)
+    except MediaError as e:
+        raise RuntimeError(f"ffmpeg mux failed: {e.detail[-400:]}") from None
 
 
 def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Path, caption: str | None = None,

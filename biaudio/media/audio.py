@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 from collections import Counter
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 
 from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
-from biaudio.media.ffpath import input_args
+from biaudio.media.ffgraph import command, run, source
 from biaudio.media.probe import probe
 
 AUDIO_DECODES: Counter[str] = Counter()
@@ -55,25 +55,15 @@ def build_decode_cmd(path: str | os.PathLike, sr: int | None = None, stream: int
     ``-ss`` / ``-t`` come after ``-i`` (output options: decode, then drop by timestamp), so the
     window is sample-accurate; never a layout option.
     """
-    cmd = [
-        "ffmpeg",
-        "-nostdin",
-        "-hide_banner",
-        "-v",
-        "warning",
-        *input_args(path),
-        "-map",
-        f"0:a:{stream}",
-        "-vn",
-    ]
+    opts: dict[str, str | None] = {"vn": None}
     if start_s:
-        cmd += ["-ss", _ts(start_s)]
+        opts["ss"] = _ts(start_s)
     if duration_s is not None:
-        cmd += ["-t", _ts(duration_s)]
+        opts["t"] = _ts(duration_s)
     if sr is not None:
-        cmd += ["-ar", str(int(sr))]
-    cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "-"]
-    return cmd
+        opts["ar"] = str(int(sr))
+    out = ffmpeg.output(source(path)[f"a:{stream}"], "-", **opts, f="f32le", acodec="pcm_f32le")
+    return command(out, loglevel="warning")
 
 
 def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0, start_s: float | None = None,
@@ -102,7 +92,7 @@ def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0
     if out_sr <= 0:
         raise MediaError(str(p), "unreadable", "unknown sample rate")
     count_audio_decode(p)
-    r = subprocess.run(build_decode_cmd(p, sr, stream, start_s, duration_s), capture_output=True)
+    r = run(build_decode_cmd(p, sr, stream, start_s, duration_s), capture_output=True)
     err = r.stderr.decode("utf-8", "replace")
     low = err.lower()
     if r.returncode != 0:

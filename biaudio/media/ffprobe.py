@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from biaudio.errors import MediaError
+from biaudio.media.ffgraph import run
 from biaudio.media.ffpath import probe_args
 
 _FFPROBE_TIMEOUT_S = 60
@@ -35,7 +36,7 @@ def run_ffprobe(path: str | os.PathLike) -> dict:
     check_file(p)
     cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", *probe_args(p)]
     try:
-        r = subprocess.run(cmd, capture_output=True, timeout=_FFPROBE_TIMEOUT_S)
+        r = run(cmd, capture_output=True, timeout=_FFPROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         raise MediaError(str(p), "unreadable", "ffprobe timed out") from e
     err = r.stderr.decode("utf-8", "replace").strip()
@@ -57,11 +58,23 @@ def duration(path: str | os.PathLike) -> float | None:
     """Container duration in seconds, None when ffprobe cannot read the file (``biaudio validate``
     reports that as unreadable media instead of stopping the check)."""
     try:
-        r = subprocess.run(
+        r = run(
             ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", *probe_args(path)],
             capture_output=True, text=True, timeout=60, check=False,
         )
         return float(json.loads(r.stdout)["format"]["duration"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
+def video_codec(path: str | os.PathLike) -> str | None:
+    """The codec name of the first video stream (``h264``...), None when there is none or ffprobe
+    cannot read the file: lets a muxer copy H.264 instead of encoding it again."""
+    try:
+        r = run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
+                 "-of", "json", *probe_args(path)], capture_output=True, text=True, timeout=_FFPROBE_TIMEOUT_S)
+        streams = json.loads(r.stdout).get("streams") or []
+        return str(streams[0]["codec_name"]) if streams else None
     except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
         return None
 
@@ -78,7 +91,7 @@ def ffmpeg_version() -> str | None:
     """ffmpeg's version string (``6.1.1-3ubuntu5``...), None when it does not run; recorded in the
     manifest's ``tool_versions`` because another ffmpeg can change the output bytes."""
     try:
-        first = subprocess.run(
+        first = run(
             ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True, timeout=20, check=False
         ).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):

@@ -160,18 +160,8 @@ def parse_input_dump(lines: list[str]) -> dict | None:
             break  # the dump of input #0 is over
         m = _STREAM.match(line)
         if m:
-            kind = m.group(3).lower()
-            desc = m.group(4)
-            cur = {"index": int(m.group(1)), "codec_type": kind, "tags": {}, "side_data_list": [],
-                   "disposition": {"attached_pic": int("(attached pic)" in desc)}}
-            if m.group(2):
-                cur["tags"]["language"] = m.group(2)
-            desc = re.sub(r"( \((default|forced|attached pic|dub|original|comment|lyrics|karaoke|"
-                          r"hearing impaired|visual impaired|clean effects|captions|descriptions|"
-                          r"metadata|dependent|still image|non-diegetic)\))+$", "", desc)
-            if kind == "video" and not _video(desc, cur):
-                return None
-            if kind == "audio" and not _audio(desc, cur):
+            cur = _stream_entry(m)
+            if cur is None:
                 return None
             streams.append(cur)
             section = None
@@ -198,21 +188,8 @@ def parse_input_dump(lines: list[str]) -> dict | None:
                 cur["tags"][k.strip()] = v.strip()
             continue
         if section == "side" and indent >= 6 and cur is not None:
-            k, sep, v = stripped.partition(":")
-            v = v.strip()
-            if k == "spherical":
-                sm = _SPHERICAL.match(v)
-                if not sm:
-                    return None  # tiled / cubemap / a newer print format: let ffprobe say it
-                y, p, r = (float(x) for x in sm.groups())
-                cur["side_data_list"].append({"side_data_type": "Spherical Mapping", "projection": "equirectangular",
-                                              "yaw": y, "pitch": p, "roll": r})
-            elif k == "stereo3d" and re.fullmatch(r"[\w ]+( \(inverted\))?", v):
-                typ = v.replace(" (inverted)", "")
-                cur["side_data_list"].append({"side_data_type": "Stereo 3D", "type": typ,
-                                              "inverted": int("(inverted)" in v)})
-            elif any(w in stripped.lower() for w in ("spher", "stereo", "3d", "projection")):
-                return None  # spherical / stereo side data printed in a form not verified here
+            if not _side_data(cur, stripped):
+                return None
             continue
         if section is None and indent == 2 and stripped.startswith(("Chapter", "Program")):
             section = "fmeta"
@@ -220,14 +197,58 @@ def parse_input_dump(lines: list[str]) -> dict | None:
         return None  # a line this parser does not know: do not guess
     if not seen_input:
         return None
-    # Matroska prints per-stream DURATION tags to the ns; the longest is what ffprobe reports as the
-    # format duration whenever it agrees with the 10-ms header value, so take the exact one.
+    _exact_duration(fmt, streams)
+    return {"format": fmt, "streams": streams}
+
+
+def _stream_entry(m: re.Match) -> dict | None:
+    """The ffprobe-shaped entry of one ``Stream #0:N...`` line, None when its description is not
+    understood."""
+    kind = m.group(3).lower()
+    desc = m.group(4)
+    cur = {"index": int(m.group(1)), "codec_type": kind, "tags": {}, "side_data_list": [],
+           "disposition": {"attached_pic": int("(attached pic)" in desc)}}
+    if m.group(2):
+        cur["tags"]["language"] = m.group(2)
+    desc = re.sub(r"( \((default|forced|attached pic|dub|original|comment|lyrics|karaoke|"
+                  r"hearing impaired|visual impaired|clean effects|captions|descriptions|"
+                  r"metadata|dependent|still image|non-diegetic)\))+$", "", desc)
+    if kind == "video" and not _video(desc, cur):
+        return None
+    if kind == "audio" and not _audio(desc, cur):
+        return None
+    return cur
+
+
+def _side_data(cur: dict, stripped: str) -> bool:
+    """Add one ``Side data:`` line to the stream ``cur``; False when it is spherical/stereo data in
+    a form not verified here (ffprobe must say it)."""
+    k, _, v = stripped.partition(":")
+    v = v.strip()
+    if k == "spherical":
+        sm = _SPHERICAL.match(v)
+        if not sm:
+            return False  # tiled / cubemap / a newer print format: let ffprobe say it
+        y, p, r = (float(x) for x in sm.groups())
+        cur["side_data_list"].append({"side_data_type": "Spherical Mapping", "projection": "equirectangular",
+                                      "yaw": y, "pitch": p, "roll": r})
+    elif k == "stereo3d" and re.fullmatch(r"[\w ]+( \(inverted\))?", v):
+        typ = v.replace(" (inverted)", "")
+        cur["side_data_list"].append({"side_data_type": "Stereo 3D", "type": typ,
+                                      "inverted": int("(inverted)" in v)})
+    elif any(w in stripped.lower() for w in ("spher", "stereo", "3d", "projection")):
+        return False  # spherical / stereo side data printed in a form not verified here
+    return True
+
+
+def _exact_duration(fmt: dict, streams: list[dict]) -> None:
+    """Matroska prints per-stream DURATION tags to the ns; the longest is what ffprobe reports as the
+    format duration whenever it agrees with the 10-ms header value, so take the exact one."""
     if "duration" in fmt:
         tags = [_hms(s["tags"].get("DURATION", "")) for s in streams]
         tags = [t for t in tags if t is not None]
         if tags and abs(max(tags) - float(fmt["duration"])) <= 0.005 + 1e-9:
             fmt["duration"] = f"{max(tags):.6f}"
-    return {"format": fmt, "streams": streams}
 
 
 def _hms(v: str) -> float | None:

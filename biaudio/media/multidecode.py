@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import ffmpeg
 
 from biaudio.errors import MediaError
-from biaudio.media.ffpath import input_args
+from biaudio.media.ffgraph import command, popen, source
 
 
 class _PipeReader(threading.Thread):
@@ -97,14 +101,77 @@ _LEVEL_ERR = ("[error]", "[fatal]", "[panic]")
 
 @dataclass
 class VideoBranch:
-    """One more consumer of :func:`shared_decode`'s video: ``graph`` is a filter chain applied to
-    one split of the decoded video (the input label is prepended) whose pad labels are written
-    ``[{p}name]`` (``{p}`` becomes a per-branch prefix); ``outputs`` are ``(name, output args,
-    record bytes, sink(index, buf))`` for its output pads."""
+    """One more consumer of :func:`shared_decode`'s video.
+
+    ``build(stream)`` receives one split of the decoded video as an ffmpeg-python stream and
+    returns its named output streams (``{name: stream}``); ``outputs`` are ``(name, output options,
+    record bytes, sink(index, buf))`` for those streams, the options as ffmpeg-python keywords
+    (``{"t": "2.000000", "f": "rawvideo", "pix_fmt": "yuv420p"}``)."""
 
     name: str
-    graph: str
+    build: Callable[[Any], dict[str, Any]]
     outputs: list
+
+
+@dataclass
+class _Plan:
+    """A compiled :func:`shared_decode`: the command line, one reader per output pipe and the
+    write ends the child inherits."""
+
+    cmd: list[str]
+    readers: list[_PipeReader] = field(default_factory=list)
+    child_fds: list[int] = field(default_factory=list)
+    outs: list = field(default_factory=list)
+
+    def add_out(self, kind: str, stream, opts: dict, rec: int | None, sink) -> None:
+        r, wfd = _big_pipe()
+        self.child_fds.append(wfd)
+        self.readers.append(_PipeReader(r, rec, sink, kind))
+        self.outs.append(ffmpeg.output(stream, f"pipe:{wfd}", **opts))
+
+
+def _plan(path: Path, info, proxy_size, static_fps, static_size, on_audio, on_proxy, on_static, threads,
+          audio_block, proxy_flags, static_y_plane, header_mode, proxy_band, extra) -> _Plan:
+    """Build the graph: one split of ``[0:v:0]`` per video consumer (proxy, static, each extra
+    branch), the audio straight from ``0:a:0``; one pipe per output."""
+    src = source(path, **({"threads": str(threads)} if threads else {}))
+    plan = _Plan([])
+    n_video = (on_proxy is not None) + (on_static is not None) + len(extra)
+    video = src["v:0"]
+    if n_video > 1:
+        sp = video.split()
+        splits = iter([sp[i] for i in range(n_video)])
+    else:
+        splits = iter([video])
+    if on_proxy is not None:
+        pw, ph = proxy_size or (int(info.width), int(info.height))
+        # yuv420p out (scaling is ~15 % cheaper without the RGB conversion at full size); the caller
+        # converts the tiny frame (cv2 COLOR_YUV2BGR_I420). Needs even proxy dimensions.
+        # proxy_band < 1: only that central fraction of the rows (the horizon band of an equirect)
+        s = next(splits)
+        if proxy_band < 1:
+            s = s.filter("crop", "iw", f"trunc(ih*{proxy_band:g}/2)*2")
+        s = s.filter("scale", pw, ph, flags=proxy_flags).filter("format", "yuv420p")
+        plan.add_out("proxy", s, {"f": "rawvideo", "pix_fmt": "yuv420p"},
+                     None if header_mode else pw * ph * 3 // 2, on_proxy)
+    if on_static is not None:
+        sw, sh = static_size or ((0, 0) if header_mode else (int(info.width), int(info.height)))
+        s = next(splits).filter("fps", static_fps)
+        if static_size:
+            s = s.filter("scale", sw, sh, flags="area")
+        s = s.filter("extractplanes", "y") if static_y_plane else s.filter("format", "gray")
+        plan.add_out("static", s, {"f": "rawvideo", "pix_fmt": "gray"}, None if header_mode else sw * sh, on_static)
+    for br in extra:
+        streams = br.build(next(splits))
+        for lab, opts, rec, sink in br.outputs:  # flushed per frame: a branch's last frame comes at once
+            plan.add_out(f"extra:{br.name}:{lab}", streams[lab], {**opts, "flush_packets": "1"}, rec, sink)
+    if on_audio is not None:
+        ch = 0 if header_mode else int(info.audio_channels)
+        plan.add_out("audio", src["a:0"], {"vn": None, "f": "f32le", "acodec": "pcm_f32le"},
+                     None if header_mode else ch * 4 * audio_block, on_audio)
+    plan.cmd = command(plan.outs, loglevel="level+info" if header_mode else "error", stats=False,
+                       filter_threads=threads)
+    return plan
 
 
 def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, static_fps: float | None,
@@ -127,7 +194,7 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     raises (a rejected file: ffmpeg is killed). See :mod:`biaudio.media.header` for why.
 
     ``extra`` (needs ``info``): more branches of the same video decode, each a :class:`VideoBranch`
-    (a filter chain from one split of the decoded video, and its raw outputs with their record
+    (a graph built on one split of the decoded video, and its raw outputs with their record
     sizes and sinks). The build renders its clips this way inside the analysis decode
     (``biaudio.stages.item``), so the video is decoded once per source. Their sinks must never
     stop reading (a failing sink records its error and discards the rest), or ffmpeg would block."""
@@ -135,107 +202,22 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     header_mode = info is None
     if header_mode and on_header is None:
         raise ValueError("shared_decode: info=None needs on_header")
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-nostats"]
-    cmd += ["-loglevel", "level+info"] if header_mode else ["-v", "error"]
-    if threads:
-        cmd += ["-threads", str(threads)]
-    cmd += input_args(path)
-    if threads:
-        cmd += ["-filter_threads", str(threads), "-filter_complex_threads", str(threads)]
-    readers: list[_PipeReader] = []
-    child_fds: list[int] = []
-    graphs: list[str] = []
-    outs: list[list[str]] = []
-    vlabels: list[str] = []
-    if on_proxy is not None:
-        vlabels.append("p")
-    if on_static is not None:
-        vlabels.append("s")
     extra = list(extra or [])
     if extra and header_mode:
         raise ValueError("shared_decode: extra branches need info (their sizes come from the probe)")
-    vlabels += [f"x{j}" for j in range(len(extra))]
-    if vlabels:
-        chain = "[0:v:0]" + (f"split={len(vlabels)}" + "".join(f"[{v}0]" for v in vlabels) if len(vlabels) > 1 else "null[" + vlabels[0] + "0]")
-        graphs.append(chain)
-
-    def add_out(kind: str, args: list[str], rec: int | None, sink) -> None:
-        r, wfd = _big_pipe()
-        child_fds.append(wfd)
-        readers.append(_PipeReader(r, rec, sink, kind))
-        outs.append([*args, f"pipe:{wfd}"])
-
-    if on_proxy is not None:
-        pw, ph = proxy_size or (int(info.width), int(info.height))
-        # yuv420p out (scaling is ~15 % cheaper without the RGB conversion at full size); the caller
-        # converts the tiny frame (cv2 COLOR_YUV2BGR_I420). Needs even proxy dimensions.
-        # proxy_band < 1: only that central fraction of the rows (the horizon band of an equirect)
-        crop = f"crop=iw:trunc(ih*{proxy_band:g}/2)*2," if proxy_band < 1 else ""
-        graphs.append(f"[p0]{crop}scale={pw}:{ph}:flags={proxy_flags},format=yuv420p[po]")
-        add_out("proxy", ["-map", "[po]", "-f", "rawvideo", "-pix_fmt", "yuv420p"],
-                None if header_mode else pw * ph * 3 // 2, on_proxy)
-    if on_static is not None:
-        sw, sh = static_size or ((0, 0) if header_mode else (int(info.width), int(info.height)))
-        sc = f",scale={sw}:{sh}:flags=area" if static_size else ""
-        gray = "extractplanes=y" if static_y_plane else "format=gray"
-        graphs.append(f"[s0]fps={static_fps}{sc},{gray}[so]")
-        add_out("static", ["-map", "[so]", "-f", "rawvideo", "-pix_fmt", "gray"], None if header_mode else sw * sh, on_static)
-    for j, br in enumerate(extra):
-        graphs.append(f"[x{j}0]" + br.graph.format(p=f"x{j}_"))
-        for lab, args, rec, sink in br.outputs:  # flushed per frame: a branch's last frame comes at once
-            add_out(f"extra:{br.name}:{lab}", ["-map", f"[x{j}_{lab}]", *args, "-flush_packets", "1"], rec, sink)
-    if graphs:
-        cmd += ["-filter_complex", ";".join(graphs)]
-    if on_audio is not None:
-        ch = 0 if header_mode else int(info.audio_channels)
-        add_out("audio", ["-map", "0:a:0", "-vn", "-f", "f32le", "-acodec", "pcm_f32le"],
-                None if header_mode else ch * 4 * audio_block, on_audio)
-    for o in outs:
-        cmd += o
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            pass_fds=tuple(child_fds))
-    for fd in child_fds:
-        os.close(fd)
+    plan = _plan(path, info, proxy_size, static_fps, static_size, on_audio, on_proxy, on_static, threads,
+                 audio_block, proxy_flags, static_y_plane, header_mode, proxy_band, extra)
+    try:
+        proc = popen(plan.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     pass_fds=tuple(plan.child_fds))
+    finally:
+        for fd in plan.child_fds:
+            os.close(fd)
+    readers = plan.readers
     for r in readers:
         r.start()
-
-    def stop_readers() -> None:
-        for r in readers:
-            r.abort()
-        for r in readers:
-            r.join()
-
     if header_mode:
-        dump: list[str] = []
-        errs: list[str] = []
-        configured = False
-
-        def configure() -> None:
-            nonlocal configured
-            configured = True
-            spec = on_header(dump)
-            for r in readers:
-                r.configure(*spec.get(r.name, (None, None)))
-
-        try:
-            for raw in proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                if line.startswith("[info] "):
-                    if not configured:
-                        dump.append(line[7:])
-                        if line.startswith("[info] Stream mapping:"):
-                            configure()
-                elif any(t in line for t in _LEVEL_ERR):
-                    errs.append(line)
-            if not configured:
-                configure()  # ffmpeg stopped before decoding: the header decides the reason
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            proc.stderr.close()
-            stop_readers()
-            raise
-        err = "\n".join(errs)
+        err = _read_header(proc, readers, on_header)
     else:
         err = proc.stderr.read().decode("utf-8", "replace")
     rc = proc.wait()
@@ -245,6 +227,50 @@ def shared_decode(path: str | Path, info, proxy_size: tuple[int, int] | None, st
     for r in readers:
         if r.error is not None:
             raise r.error
+    _check_result(path, rc, err, readers)
+
+
+def _read_header(proc, readers: list[_PipeReader], on_header) -> str:
+    """Collect ffmpeg's ``[info]`` input dump from stderr, configure the readers from
+    ``on_header(dump)`` at "Stream mapping:", and return the error lines; kills ffmpeg (and stops
+    the readers) when ``on_header`` raises."""
+    dump: list[str] = []
+    errs: list[str] = []
+    configured = False
+
+    def configure() -> None:
+        nonlocal configured
+        configured = True
+        spec = on_header(dump)
+        for r in readers:
+            r.configure(*spec.get(r.name, (None, None)))
+
+    try:
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith("[info] "):
+                if not configured:
+                    dump.append(line[7:])
+                    if line.startswith("[info] Stream mapping:"):
+                        configure()
+            elif any(t in line for t in _LEVEL_ERR):
+                errs.append(line)
+        if not configured:
+            configure()  # ffmpeg stopped before decoding: the header decides the reason
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+        for r in readers:
+            r.abort()
+        for r in readers:
+            r.join()
+        raise
+    return "\n".join(errs)
+
+
+def _check_result(path: Path, rc: int, err: str, readers: list[_PipeReader]) -> None:
+    """Raise the MediaError that ffmpeg's exit code, its stderr and the frame counts call for."""
     low = err.lower()
     if rc != 0:
         raise MediaError(str(path), "undecodable", err.strip().splitlines()[-1] if err.strip() else f"ffmpeg exit {rc}")

@@ -170,52 +170,69 @@ def probe_from_dict(p: Path, d: dict) -> ProbeInfo:
         path=str(p), duration_s=float(duration), format_name=fmt_name, has_video=bool(video), raw=d
     )
     if video:
-        v = video[0]
-        info.width, info.height = v.get("width"), v.get("height")
-        info.video_codec = v.get("codec_name")
-        info.fps = _fps(v)
-        nb = v.get("nb_frames")
-        if nb and str(nb).isdigit() and int(nb) > 0:
-            info.n_frames = int(nb)
-        elif info.fps:
-            vdur = _float(v.get("duration")) or _tag_duration(v) or info.duration_s
-            info.n_frames = int(round(vdur * info.fps))
-            info.n_frames_estimated = True
-        for sd in v.get("side_data_list") or []:
-            t = sd.get("side_data_type", "")
-            if t == "Spherical Mapping":
-                info.projection = sd.get("projection")
-                info.projection_pose = (
-                    float(sd.get("yaw", 0) or 0),
-                    float(sd.get("pitch", 0) or 0),
-                    float(sd.get("roll", 0) or 0),
-                )
-            elif t == "Stereo 3D":
-                info.stereo_mode = sd.get("type")
+        _fill_video(info, video[0])
     if audio:
-        a = audio[0]
-        info.has_audio = True
-        info.n_audio_streams = len(audio)
-        info.audio_codec = a.get("codec_name")
-        info.audio_channels = a.get("channels")
-        info.audio_layout = a.get("channel_layout")
-        sr = a.get("sample_rate")
-        info.sample_rate = int(sr) if sr and str(sr).isdigit() else None
-        if info.audio_layout and "ambisonic" in info.audio_layout and info.audio_channels == 4:
-            info.foa_hint = "ambix"
+        _fill_audio(info, audio)
     if is_mp4:
-        info.sa3d = _sa3d.parse_sa3d(p)
-        if (
-            info.sa3d
-            and info.sa3d.get("channel_ordering") == "ACN"
-            and info.sa3d.get("normalization") == "SN3D"
-        ):
-            if info.sa3d.get("ambisonic_order") == 1 and info.audio_channels == 4:
-                info.foa_hint = "ambix"
-        if info.has_video and info.projection is None:
-            sph = _sa3d.parse_spherical_video(p)  # in case an ffprobe build ignores sv3d
-            if sph and sph.get("projection"):
-                info.projection = sph["projection"]
-                info.projection_pose = (sph.get("yaw", 0.0), sph.get("pitch", 0.0), sph.get("roll", 0.0))
-                info.stereo_mode = info.stereo_mode or sph.get("stereo_mode")
+        _fill_mp4_boxes(info, p)
     return info
+
+
+def _fill_video(info: ProbeInfo, v: dict) -> None:
+    """Size, codec, fps, frame count (counted, else estimated) and the spherical/stereo side data
+    of the first video stream."""
+    info.width, info.height = v.get("width"), v.get("height")
+    info.video_codec = v.get("codec_name")
+    info.fps = _fps(v)
+    nb = v.get("nb_frames")
+    if nb and str(nb).isdigit() and int(nb) > 0:
+        info.n_frames = int(nb)
+    elif info.fps:
+        vdur = _float(v.get("duration")) or _tag_duration(v) or info.duration_s
+        info.n_frames = int(round(vdur * info.fps))
+        info.n_frames_estimated = True
+    for sd in v.get("side_data_list") or []:
+        t = sd.get("side_data_type", "")
+        if t == "Spherical Mapping":
+            info.projection = sd.get("projection")
+            info.projection_pose = (
+                float(sd.get("yaw", 0) or 0),
+                float(sd.get("pitch", 0) or 0),
+                float(sd.get("roll", 0) or 0),
+            )
+        elif t == "Stereo 3D":
+            info.stereo_mode = sd.get("type")
+
+
+def _fill_audio(info: ProbeInfo, audio: list[dict]) -> None:
+    """Codec, channels, layout and rate of the first audio stream; an ambisonic 4-channel layout
+    hints ambiX."""
+    a = audio[0]
+    info.has_audio = True
+    info.n_audio_streams = len(audio)
+    info.audio_codec = a.get("codec_name")
+    info.audio_channels = a.get("channels")
+    info.audio_layout = a.get("channel_layout")
+    sr = a.get("sample_rate")
+    info.sample_rate = int(sr) if sr and str(sr).isdigit() else None
+    if info.audio_layout and "ambisonic" in info.audio_layout and info.audio_channels == 4:
+        info.foa_hint = "ambix"
+
+
+def _fill_mp4_boxes(info: ProbeInfo, p: Path) -> None:
+    """What the MP4 boxes say that ffprobe may not: ``SA3D`` (ACN/SN3D first order hints ambiX) and
+    ``sv3d`` when ffprobe reported no projection."""
+    info.sa3d = _sa3d.parse_sa3d(p)
+    if (
+        info.sa3d
+        and info.sa3d.get("channel_ordering") == "ACN"
+        and info.sa3d.get("normalization") == "SN3D"
+    ):
+        if info.sa3d.get("ambisonic_order") == 1 and info.audio_channels == 4:
+            info.foa_hint = "ambix"
+    if info.has_video and info.projection is None:
+        sph = _sa3d.parse_spherical_video(p)  # in case an ffprobe build ignores sv3d
+        if sph and sph.get("projection"):
+            info.projection = sph["projection"]
+            info.projection_pose = (sph.get("yaw", 0.0), sph.get("pitch", 0.0), sph.get("roll", 0.0))
+            info.stereo_mode = info.stereo_mode or sph.get("stereo_mode")

@@ -15,20 +15,24 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 
 from biaudio.atomic import atomic_path
 from biaudio.errors import MediaError
-from biaudio.media.ffpath import input_args, local, write_failure
+from biaudio.media.ffgraph import chain, command, popen, run, source, stdin_source, url
+from biaudio.media.ffpath import write_failure
 from biaudio.media.probe import probe
 
-BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1"]
+#: output options that keep container and codec headers free of version strings and metadata, so the
+#: same input gives the same bytes
+BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact", "map_metadata": "-1"}
 
 AAC_CODERS = ("fast", "twoloop")
 
 
-def aac_args(bitrate: str = "192k", coder: str = "fast") -> list[str]:
-    """ffmpeg flags for an AAC track that keeps interaural cues.
+def aac_args(bitrate: str = "192k", coder: str = "fast") -> dict[str, str]:
+    """ffmpeg output options (ffmpeg-python keywords) for an AAC track that keeps interaural cues.
 
     Why: ffmpeg's AAC encoder codes high bands with intensity stereo (one channel as a scaled copy
     of the other) and perceptual noise substitution by default; both rewrite exactly what binaural
@@ -39,7 +43,7 @@ def aac_args(bitrate: str = "192k", coder: str = "fast") -> list[str]:
     """
     if coder not in AAC_CODERS:
         raise ValueError(f"AAC coder must be one of {AAC_CODERS}, got {coder!r}")
-    return ["-c:a", "aac", "-b:a", str(bitrate), "-aac_coder", coder, "-aac_is", "0", "-aac_pns", "0"]
+    return {"c:a": "aac", "b:a": str(bitrate), "aac_coder": coder, "aac_is": "0", "aac_pns": "0"}
 
 
 class _StderrDrain:
@@ -80,33 +84,55 @@ def _read_into(stream, out: np.ndarray) -> int:
     return got
 
 
-def frame_filters(fps: float | None = None, band: float = 1.0, size: tuple[int, int] | None = None) -> list[str]:
-    """The filters of :func:`iter_frames` before any crop: output fps, the central ``band`` of the
-    rows, the area-filter scale to ``size``. Shared with the build's branches of the analysis decode
-    (``biaudio.stages.render.ClipRender.branch``), whose frames must equal these."""
-    filters = []
+def frame_filters(fps: float | None = None, band: float = 1.0, size: tuple[int, int] | None = None) -> list[tuple]:
+    """The filters of :func:`iter_frames` before any crop (for :func:`biaudio.media.ffgraph.chain`):
+    output fps, the central ``band`` of the rows, the area-filter scale to ``size``. Shared with the
+    build's branches of the analysis decode (``biaudio.stages.render.ClipRender.branch``), whose
+    frames must equal these."""
+    filters: list[tuple] = []
     if fps:
-        filters.append(f"fps={fps}")
+        filters.append(("fps", fps))
     if band < 1:
-        filters.append(f"crop=iw:trunc(ih*{band:g}/2)*2")
+        filters.append(("crop", "iw", f"trunc(ih*{band:g}/2)*2"))
     if size:
-        filters.append(f"scale={int(size[0])}:{int(size[1])}:flags=area")
+        filters.append(("scale", int(size[0]), int(size[1]), {"flags": "area"}))
     return filters
 
 
-def crop_filter(crop: tuple[int, int, int, int]) -> str:
+def crop_filter(crop: tuple[int, int, int, int]) -> tuple:
     """``crop=(x0, y0, w, h)`` as an exact ffmpeg crop (no rounding to chroma alignment)."""
     cx, cy, cw, ch = (int(v) for v in crop)
-    return f"crop={cw}:{ch}:{cx}:{cy}:exact=1"
+    return ("crop", cw, ch, cx, cy, {"exact": 1})
 
 
-def snapshot_graph(pre: list[str], post: list[str], k: int, snap_size: tuple[int, int], prefix: str = "") -> str:
-    """Filter graph body (after the input label): ``pre``, then a split into the main stream
-    (``post`` applied, pad ``[<prefix>mo]``) and frame ``k`` scaled to ``snap_size`` (pad ``[<prefix>so]``)."""
-    head = ",".join(pre) + "," if pre else ""
+def snapshot_graph(stream, pre: list[tuple], post: list[tuple], k: int, snap_size: tuple[int, int]) -> dict:
+    """``pre`` applied to ``stream``, then a split into the main stream (``post`` applied, key
+    ``"mo"``) and frame ``k`` scaled to ``snap_size`` (key ``"so"``): ffmpeg-python streams."""
     sw, sh = (int(v) for v in snap_size)
-    return (f"{head}split=2[{prefix}m][{prefix}s];[{prefix}m]{','.join(post) or 'null'}[{prefix}mo];"
-            f"[{prefix}s]select=eq(n\\,{int(k)}),scale={sw}:{sh}:flags=area[{prefix}so]")
+    sp = chain(stream, pre).split()
+    snap = sp[1].filter("select", f"eq(n,{int(k)})").filter("scale", sw, sh, flags="area")
+    return {"mo": chain(sp[0], post), "so": snap}
+
+
+def _frames_command(p: Path, fmt: str, filters: list[tuple], post: list[tuple], start_s: float,
+                    duration_s: float | None, threads: int | None, snapshot) -> list[str]:
+    """The ffmpeg command of :func:`iter_frames`: ``-ss`` before ``-i``, ``-t`` per output, frames
+    to stdout, the optional snapshot to its file."""
+    in_opts = {"threads": str(int(threads))} if threads else {}
+    if start_s:
+        in_opts["ss"] = f"{float(start_s):.6f}"
+    video = source(p, **in_opts)["v:0"]
+    tdur = {"t": f"{float(duration_s):.6f}"} if duration_s is not None else {}  # per output file
+    raw = {"f": "rawvideo", "pix_fmt": fmt}
+    if snapshot is None:
+        out = ffmpeg.output(chain(video, [*filters, *post]), "-", **tdur, **raw)
+        return command(out, loglevel="warning", filter_threads=threads)
+    k, snap_path, snap_size = int(snapshot[0]), Path(snapshot[1]), snapshot[2]
+    st = snapshot_graph(video, filters, post, k, snap_size)
+    # ffmpeg writes the snapshot out only when it finishes: read the frames to the end
+    outs = [ffmpeg.output(st["so"], url(snap_path), **tdur, **{"frames:v": "1"}, f="rawvideo", pix_fmt="rgb24"),
+            ffmpeg.output(st["mo"], "-", **tdur, **raw)]
+    return command(outs, loglevel="warning", overwrite=True, filter_threads=threads)
 
 
 def iter_frames(
@@ -154,38 +180,18 @@ def iter_frames(
         raise ValueError(f"pix_fmt must be rgb24 or yuv420p, got {pix_fmt!r}")
     if fmt == "yuv420p" and (w % 2 or h % 2):
         raise ValueError(f"yuv420p needs an even frame size, got {w}x{h}")
-    filters = frame_filters(fps, band, size)
     post = [crop_filter(crop)] if crop is not None else []
     if crop is not None:
         w, h = cw, ch
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning"]
-    if threads:
-        cmd += ["-threads", str(int(threads))]
-    if start_s:
-        cmd += ["-ss", f"{float(start_s):.6f}"]
-    cmd += input_args(p)
-    tdur = ["-t", f"{float(duration_s):.6f}"] if duration_s is not None else []  # per output file
-    if snapshot is None:
-        cmd += tdur
-    if snapshot is not None:
-        k, snap_path, snap_size = int(snapshot[0]), Path(snapshot[1]), snapshot[2]
-        graph = "[0:v:0]" + snapshot_graph(filters, post, k, snap_size)
-        # ffmpeg writes the snapshot out only when it finishes: read the frames to the end
-        cmd += ["-filter_complex", graph, "-map", "[so]", *tdur, "-frames:v", "1", "-f",
-                "rawvideo", "-pix_fmt", "rgb24", "-y", local(snap_path), "-map", "[mo]", *tdur]
-        if threads:
-            cmd += ["-filter_complex_threads", str(int(threads))]
-    else:
-        cmd += ["-map", "0:v:0", "-an", "-sn"]
-        filters += post
-        if filters:
-            cmd += ["-vf", ",".join(filters)]
-        if threads and filters:
-            cmd += ["-filter_threads", str(int(threads))]
-    cmd += ["-f", "rawvideo", "-pix_fmt", fmt, "-"]
+    cmd = _frames_command(p, fmt, frame_filters(fps, band, size), post, start_s, duration_s, threads, snapshot)
     shape = {"gray": (h, w), "rgb24": (h, w, 3), "yuv420p": (h * 3 // 2, w)}[fmt]
+    yield from _read_frames(p, cmd, shape)
+
+
+def _read_frames(p: Path, cmd: list[str], shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """Run ``cmd`` and yield its stdout as frames of ``shape``; the MediaErrors of :func:`iter_frames`."""
     nbytes = int(np.prod(shape))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     drain = _StderrDrain(proc.stderr)
     n = 0
     finished = False
@@ -220,6 +226,33 @@ def iter_frames(
         proc.wait()
 
 
+def read_frames(path: str | os.PathLike, fps: float, size: tuple[int, int], start_s: float = 0.0,
+                duration_s: float | None = None) -> np.ndarray:
+    """All frames of a section as one ``(F, h, w, 3)`` rgb24 array, resampled to ``fps`` and
+    stretched to ``size=(w, h)`` (area filter), without a probe beforehand: for short model inputs
+    (visaudio), where one process and one buffer beat streaming. ``-ss`` before ``-i``, ``-t`` on
+    the output, as in :func:`iter_frames`. Raises MediaError ``undecodable`` (ffmpeg failed) or
+    ``zero_length`` (no frame)."""
+    w, h = (int(v) for v in size)
+    in_opts = {"ss": f"{start_s:.6f}"} if start_s > 0 else {}
+    opts = {"t": f"{duration_s:.6f}"} if duration_s is not None else {}
+    video = source(path, **in_opts)["v:0"].filter("fps", fps).filter("scale", w, h, flags="area")
+    r = run(command(ffmpeg.output(video, "-", **opts, f="rawvideo", pix_fmt="rgb24")), capture_output=True)
+    if r.returncode != 0:
+        raise MediaError(str(path), "undecodable", r.stderr.decode(errors="replace").strip()[-300:])
+    n = len(r.stdout) // (w * h * 3)
+    if n == 0:
+        raise MediaError(str(path), "zero_length", "no video frames decoded")
+    return np.frombuffer(r.stdout[: n * w * h * 3], np.uint8).reshape(n, h, w, 3).copy()
+
+
+def _pairs(args: list[str]) -> dict[str, str]:
+    """``["-opt", "value", ...]`` as ffmpeg-python output keywords ``{"opt": "value"}``."""
+    if len(args) % 2 or not all(str(a).startswith("-") for a in args[::2]):
+        raise ValueError(f"extra_args must be -option value pairs, got {args!r}")
+    return {str(k)[1:]: str(v) for k, v in zip(args[::2], args[1::2], strict=True)}
+
+
 def _even(v: int) -> int:
     return int(v) - (int(v) % 2)
 
@@ -251,7 +284,8 @@ class VideoWriter:
     ) -> None:
         """``audio``: a stereo audio file (e.g. the clip's FLAC) muxed in as AAC 48 kHz by the same
         ffmpeg process (as :func:`mux` would, without a second process and a silent intermediate),
-        with the cue-keeping flags of :func:`aac_args`."""
+        with the cue-keeping flags of :func:`aac_args`. ``extra_args``: more output options as
+        ``["-option", "value", ...]`` pairs (e.g. the source's colour tags)."""
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise ValueError(f"width/height must be positive and even for yuv420p, got {width}x{height}")
         self.path = Path(path)
@@ -266,50 +300,18 @@ class VideoWriter:
         )
         os.close(fd)
         fps_s = str(fps) if float(fps) != int(fps) else str(int(fps))
-        cmd = [
-            "ffmpeg",
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            pix_fmt,
-            "-s",
-            f"{self.width}x{self.height}",
-            "-r",
-            fps_s,
-            "-protocol_whitelist",
-            "pipe",
-            "-i",
-            "pipe:0",
-            *([*input_args(audio), "-map", "0:v:0", "-map", "1:a:0",
-               *aac_args(audio_bitrate, aac_coder), "-ar", "48000", "-shortest"] if audio is not None else ["-an"]),
-            "-c:v",
-            "libx264",
-            "-preset",
-            preset,
-            "-crf",
-            str(crf),
-            "-pix_fmt",
-            "yuv420p",
-            "-threads",
-            str(threads),
-            "-x264-params",
-            f"threads={threads}:lookahead_threads=1",
-            *BITEXACT,
-            *(extra_args or []),
-            "-movflags",
-            "+write_colr",
-            "-f",
-            "mp4",
-            local(self._tmp),
-        ]
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        frames = stdin_source(f="rawvideo", pix_fmt=pix_fmt, s=f"{self.width}x{self.height}", r=fps_s)
+        opts = {"c:v": "libx264", "preset": preset, "crf": str(crf), "pix_fmt": "yuv420p", "threads": str(threads),
+                "x264-params": f"threads={threads}:lookahead_threads=1", **BITEXACT, **_pairs(extra_args or []),
+                "movflags": "+write_colr", "f": "mp4"}
+        if audio is not None:
+            streams = [frames["v:0"], source(audio)["a:0"]]
+            opts.update(aac_args(audio_bitrate, aac_coder), ar="48000", shortest=None)
+        else:
+            streams = [frames]
+            opts["an"] = None
+        cmd = command(ffmpeg.output(*streams, url(self._tmp), **opts), overwrite=True)
+        self._proc = popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._drain = _StderrDrain(self._proc.stderr)
         self.frames_written = 0
         self._closed = False
@@ -384,23 +386,24 @@ class VideoWriter:
             self.abort()
 
 
-def _atomic_ffmpeg(
-    out_path: Path,
-    args_before_out: list[str],
-    stdin_bytes: bytes | None = None,
-    stdin_file: str | None = None,
-) -> Path:
+def _atomic_ffmpeg(out_path: Path, output, stdin_bytes: bytes | None = None) -> Path:
+    """Run ffmpeg for ``output(tmp_path)`` (a function giving the output node for a temp path next
+    to ``out_path``), rename on success; a disk failure raises :class:`WriteFailed`."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path, mode=file_mode(), keep_suffix=True) as tmp:
-        cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args_before_out, local(tmp)]
-        r = subprocess.run(cmd, input=stdin_bytes, capture_output=True)
-        if r.returncode != 0:
-            err = r.stderr.decode("utf-8", "replace").strip()
-            wf = write_failure(out_path, err)
-            if wf is not None:
-                raise wf
-            raise MediaError(str(out_path), "encode_failed", err[-500:])
+        r = run(command(output(url(tmp)), overwrite=True), input=stdin_bytes, capture_output=True)
+        _raise_encode_error(out_path, r)
     return out_path
+
+
+def _raise_encode_error(out_path: Path, r) -> None:
+    """The WriteFailed or ``encode_failed`` MediaError a failed ffmpeg run means (nothing if it succeeded)."""
+    if r.returncode != 0:
+        err = r.stderr.decode("utf-8", "replace").strip()
+        wf = write_failure(out_path, err)
+        if wf is not None:
+            raise wf
+        raise MediaError(str(out_path), "encode_failed", err[-500:])
 
 
 def mux(
@@ -429,33 +432,31 @@ def mux(
         raise MediaError(str(op), "zero_length", "no audio samples")
     if check_video and not probe(vp).has_video:
         raise MediaError(str(vp), "no_video", "mux needs a video stream")
-    args = [
-        *input_args(vp),
-        "-f",
-        "f32le",
-        "-ar",
-        str(int(sr)),
-        "-ac",
-        "2",
-        "-protocol_whitelist",
-        "pipe",
-        "-i",
-        "pipe:0",
-        "-map",
-        "0:v:0",
-        "-map",
-        "1:a:0",
-        "-c:v",
-        "copy",
-        *aac_args(bitrate),
-        "-ar",
-        "48000",
-        *BITEXACT,
-        "-shortest",
-        "-f",
-        "mp4",
-    ]
-    return _atomic_ffmpeg(op, args, stdin_bytes=np.ascontiguousarray(x.T).tobytes())
+    video = source(vp)["v:0"]
+    audio_in = stdin_source(f="f32le", ar=str(int(sr)), ac="2")["a:0"]
+
+    def output(tmp: str):
+        return ffmpeg.output(video, audio_in, tmp, **{"c:v": "copy"}, **aac_args(bitrate), ar="48000",
+                             **BITEXACT, shortest=None, f="mp4")
+
+    return _atomic_ffmpeg(op, output, stdin_bytes=np.ascontiguousarray(x.T).tobytes())
+
+
+def mux_file(video_path: str | os.PathLike, audio_path: str | os.PathLike, out_path: str | os.PathLike,
+             bitrate: str = "192k") -> Path:
+    """``video_path``'s video (copied when it is H.264, else encoded with libx264 CRF 20) with the
+    audio of ``audio_path`` as stereo AAC (:func:`aac_args`), ending with the shorter of the two:
+    for audio generated for someone else's video. Written to a temp file and renamed."""
+    from biaudio.media.ffprobe import video_codec
+
+    vcodec = {"c:v": "copy"} if video_codec(video_path) == "h264" else \
+        {"c:v": "libx264", "pix_fmt": "yuv420p", "crf": "20"}
+    video, audio = source(video_path)["v:0"], source(audio_path)["a:0"]
+
+    def output(tmp: str):
+        return ffmpeg.output(video, audio, tmp, **vcodec, **aac_args(bitrate), ac="2", shortest=None)
+
+    return _atomic_ffmpeg(Path(out_path), output)
 
 
 def mux_foa(
@@ -490,40 +491,10 @@ def mux_foa(
     try:
         wav = write_audio(work / "foa.wav", x, sr)
         tmp = work / "out.mp4"
-        cmd = [
-            "ffmpeg",
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            *input_args(video_path),
-            "-guess_layout_max",
-            "0",
-            *input_args(wav),
-            "-map",
-            "0:v:0",
-            "-map",
-            "1:a:0",
-            "-c:v",
-            "copy",
-            "-af",
-            "channelmap=map=0|1|2|3:channel_layout=4.0",
-            *aac_args(bitrate, coder="twoloop"),
-            "-threads",
-            "1",
-            *BITEXACT,
-            "-f",
-            "mp4",
-            local(tmp),
-        ]
-        r = subprocess.run(cmd, capture_output=True)
-        if r.returncode != 0:
-            err = r.stderr.decode("utf-8", "replace").strip()
-            wf = write_failure(op, err)
-            if wf is not None:
-                raise wf
-            raise MediaError(str(op), "encode_failed", err[-500:])
+        four = source(wav, guess_layout_max="0")["a:0"].filter("channelmap", map="0|1|2|3", channel_layout="4.0")
+        out = ffmpeg.output(source(video_path)["v:0"], four, url(tmp), **{"c:v": "copy"},
+                            **aac_args(bitrate, coder="twoloop"), threads="1", **BITEXACT, f="mp4")
+        _raise_encode_error(op, run(command(out, overwrite=True), capture_output=True))
         if spatial_metadata:
             inject_spatial_metadata(tmp, ambix=True, projection=True)
         os.chmod(tmp, file_mode())

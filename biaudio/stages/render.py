@@ -309,8 +309,11 @@ class ClipRender:
         sw, sh = self.preview_size
         t0, dur = f"{self.start_s:.6f}", f"{self.duration_s:.6f}"
         # render_clip's own decode (iter_frames) uses the same filters after `-ss t0 -i`
-        pre = [f"trim=start={t0}", f"setpts=PTS-{t0}/TB", *frame_filters(self.fps, size=self.size)]
-        graph = snapshot_graph(pre, [crop_filter(self.crop)], self.mid, self.preview_size, prefix="{p}")
+        pre = [("trim", {"start": t0}), ("setpts", f"PTS-{t0}/TB"), *frame_filters(self.fps, size=self.size)]
+
+        def build(video) -> dict:
+            return snapshot_graph(video, pre, [crop_filter(self.crop)], self.mid, self.preview_size)
+
         self.snapshot: bytes | None = None
 
         def on_frame(i: int, buf) -> None:
@@ -326,9 +329,9 @@ class ClipRender:
         def on_snapshot(i: int, buf) -> None:
             self.snapshot = bytes(buf)
 
-        outs = [("so", ["-t", dur, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24"], sw * sh * 3, on_snapshot),
-                ("mo", ["-t", dur, "-f", "rawvideo", "-pix_fmt", "yuv420p"], cw * ch * 3 // 2, on_frame)]
-        return VideoBranch(self.clip_id, graph, outs)
+        outs = [("so", {"t": dur, "frames:v": "1", "f": "rawvideo", "pix_fmt": "rgb24"}, sw * sh * 3, on_snapshot),
+                ("mo", {"t": dur, "f": "rawvideo", "pix_fmt": "yuv420p"}, cw * ch * 3 // 2, on_frame)]
+        return VideoBranch(self.clip_id, build, outs)
 
     # -- the render ---------------------------------------------------------------------------
     def open(self) -> None:
