@@ -19,7 +19,7 @@ from fixtures_model import make_toy_manifest
 from visaudio.checkpoint import CheckpointMismatch
 from visaudio.config import load_config
 from visaudio.data import DataError, ManifestDataset, load_manifest_split, swap_caption
-from visaudio.train import TrainingDiverged, train
+from visaudio.train import Trainer, TrainingDiverged, train
 
 torch.set_num_threads(1)
 FAST = ["train.num_threads=1"]
@@ -67,6 +67,48 @@ def test_resume_is_exact(toy_manifest, tmp_path):
     ea = torch.load(a / "ckpt" / "last.pt", weights_only=False)["ema"]
     eb = torch.load(b / "ckpt" / "last.pt", weights_only=False)["ema"]
     assert all(torch.allclose(ea[k].float(), eb[k].float(), atol=1e-5) for k in ea)
+
+
+def _same(a, b) -> bool:
+    """Exact (bitwise) equality of nested checkpoint values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def _train_log_without_timing(run: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in csv.DictReader(open(run / "train_log.csv"))]
+
+
+def test_trainer_is_bit_reproducible_and_resume_is_bit_exact(toy_manifest, tmp_path):
+    """Every part of the step in play (augmentation, grad accumulation, warm-up + cosine schedule,
+    validation, post-hoc EMA, periodic checkpoints): two runs, and a run stopped after 3 steps and
+    resumed, end with the same bits in weights, EMA, optimiser and post-hoc EMA, and the same
+    losses and validation figures (exact float equality, not a tolerance)."""
+    ov = FAST + ["data.augment=true", "train.warmup_steps=3", "train.lr_schedule=cosine", "train.grad_accum=2",
+                 "train.val_every=3", "train.val_clips=1", "train.val_steps=2", "train.ckpt_every=4",
+                 "train.posthoc_ema=true", "train.posthoc_every=2"]
+    a = train(toy_manifest, "micro", tmp_path / "a", max_steps=6, overrides=ov, progress=False)
+    b = Trainer(toy_manifest, "micro", tmp_path / "b", max_steps=6, overrides=ov, progress=False).fit()
+    c1 = train(toy_manifest, "micro", tmp_path / "c", max_steps=3, overrides=ov, progress=False)
+    c2 = train(toy_manifest, "micro", tmp_path / "c", max_steps=6, overrides=ov, progress=False)
+    assert c2["start_step"] == 3 and a["steps"] == b["steps"] == c2["steps"] == 6
+    assert a["losses"] == b["losses"] == c1["losses"] + c2["losses"]
+    assert [v["step"] for v in a["val"]] == [3.0, 6.0] and a["val"] == b["val"] == c1["val"] + c2["val"]
+    keys = ("step", "model", "ema", "opt", "sched", "sampler", "data", "phema")
+    ck = {r: torch.load(tmp_path / r / "ckpt" / "last.pt", weights_only=False) for r in "abc"}
+    for r in "bc":
+        assert all(_same(ck["a"][k], ck[r][k]) for k in keys), [k for k in keys if not _same(ck["a"][k], ck[r][k])]
+        assert _train_log_without_timing(tmp_path / "a") == _train_log_without_timing(tmp_path / r)
+        assert (tmp_path / "a" / "val_log.csv").read_text() == (tmp_path / r / "val_log.csv").read_text()
+        for snap in sorted((tmp_path / "a" / "ema").glob("*.pt")):
+            assert _same(torch.load(snap, weights_only=True), torch.load(tmp_path / r / "ema" / snap.name,
+                                                                         weights_only=True)), snap.name
+    assert len(list((tmp_path / "a" / "ema").glob("*.pt"))) == 3
 
 
 def test_torchrun_two_processes_matches_one(toy_manifest, tmp_path):

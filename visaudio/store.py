@@ -245,15 +245,75 @@ def _shard_done(out_dir: Path, k: int) -> bool:
         return False
 
 
+def _plan_split(manifest_dir: str | Path, split: str, cfg: Config, kdir: Path, shard_size: int, rank: int,
+                world: int, device: str, say) -> tuple[list[_ShardJob], dict[str, int]] | None:
+    """This rank's unfinished shard jobs of ``split`` and the split's summary entry; None when a
+    split other than train is empty (skipped with a message).
+
+    The clip list is fixed the first time (``<split>/plan.json``); a later run with a manifest
+    whose clip list changed is refused rather than silently mixing two datasets."""
+    try:
+        df = load_manifest_split(manifest_dir, split, qa_ok=cfg.data.qa_ok)
+    except DataError as e:
+        if "is empty" in str(e) and split != "train":
+            say(f"prepare: split {split!r} skipped ({e})")
+            return None
+        raise
+    df = df.sort_values("clip_id").reset_index(drop=True)
+    ids = df["clip_id"].astype(str).tolist()
+    sdir = kdir / split
+    sdir.mkdir(exist_ok=True)
+    plan_path = sdir / "plan.json"
+    plan = {"clip_ids": ids, "shard_size": shard_size}
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())
+        if old["clip_ids"] != ids or old["shard_size"] != shard_size:
+            raise StoreError(
+                f"store {kdir} split {split!r} was planned for {len(old['clip_ids'])} clips in shards of "
+                f"{old['shard_size']}; the manifest now gives {len(ids)} clips (shards of {shard_size}). "
+                "Prepare into a new --out folder (the existing store is left as it is)")
+    else:
+        _atomic_write_bytes(plan_path, json.dumps(plan).encode())
+    n_shards = math.ceil(len(ids) / shard_size)
+    records = df.to_dict("records")
+    todo, done = [], 0
+    for k in range(n_shards):
+        if k % world != rank:
+            continue
+        if _shard_done(sdir, k):
+            done += 1
+            continue
+        todo.append(_ShardJob(str(kdir), split, k, str(manifest_dir), records[k * shard_size:(k + 1) * shard_size],
+                              cfg.model_dump(), device))
+    return todo, {"clips": len(ids), "shards": n_shards, "skipped_done": done, "written": len(todo)}
+
+
+def _write_shards(jobs: list[_ShardJob], parts: list[Any], workers: int, say) -> list[dict[str, Any]]:
+    """Write the shard jobs here (the frozen ``parts`` already loaded) or over ``workers`` spawned
+    processes (each loads its own); one message per shard written."""
+    results: list[dict[str, Any]] = []
+    if workers <= 1 or len(jobs) <= 1:
+        for j in jobs:
+            results.append(_write_shard(j, parts))
+            say(f"prepare: {j.split} shard {j.shard} written ({results[-1]['n']} clips)")
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            for r in pool.imap_unordered(_write_shard, jobs):
+                results.append(r)
+                say(f"prepare: {r['split']} shard {r['shard']} written ({r['n']} clips)")
+    return results
+
+
 def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Path, overrides: list[str] | tuple[str, ...] = (),
             splits: tuple[str, ...] = ("train", "val"), shard_size: int = 64, workers: int = 1, device: str = "cpu",
             rank: int | None = None, world: int | None = None, log=None) -> dict[str, Any]:
     """Write (or complete) the store for ``config`` under ``out/<key>/``; returns a summary.
 
-    The clip list of each split is fixed the first time (``<split>/plan.json``); a later run with
-    a manifest whose clip list changed is refused rather than silently mixing two datasets.
-    Shards are taken by rank ``k % world == rank`` (torchrun env when not given), then spread over
-    ``workers`` local processes."""
+    Each split's clip list is fixed the first time (see ``_plan_split``). Shards are taken by
+    rank ``k % world == rank`` (torchrun env when not given), then spread over ``workers`` local
+    processes."""
     cfg = load_config(config, overrides)
     if shard_size < 1:
         raise StoreError(f"shard size must be >= 1, got {shard_size}")
@@ -275,54 +335,12 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
     jobs: list[_ShardJob] = []
     summary: dict[str, Any] = {"store": str(kdir), "key": key, "splits": {}, "rank": rank, "world": world}
     for split in splits:
-        try:
-            df = load_manifest_split(manifest_dir, split, qa_ok=cfg.data.qa_ok)
-        except DataError as e:
-            if "is empty" in str(e) and split != "train":
-                say(f"prepare: split {split!r} skipped ({e})")
-                continue
-            raise
-        df = df.sort_values("clip_id").reset_index(drop=True)
-        ids = df["clip_id"].astype(str).tolist()
-        sdir = kdir / split
-        sdir.mkdir(exist_ok=True)
-        plan_path = sdir / "plan.json"
-        plan = {"clip_ids": ids, "shard_size": shard_size}
-        if plan_path.is_file():
-            old = json.loads(plan_path.read_text())
-            if old["clip_ids"] != ids or old["shard_size"] != shard_size:
-                raise StoreError(
-                    f"store {kdir} split {split!r} was planned for {len(old['clip_ids'])} clips in shards of "
-                    f"{old['shard_size']}; the manifest now gives {len(ids)} clips (shards of {shard_size}). "
-                    "Prepare into a new --out folder (the existing store is left as it is)")
-        else:
-            _atomic_write_bytes(plan_path, json.dumps(plan).encode())
-        n_shards = math.ceil(len(ids) / shard_size)
-        records = df.to_dict("records")
-        todo, done = [], 0
-        for k in range(n_shards):
-            if k % world != rank:
-                continue
-            if _shard_done(sdir, k):
-                done += 1
-                continue
-            todo.append(_ShardJob(str(kdir), split, k, str(manifest_dir), records[k * shard_size:(k + 1) * shard_size],
-                                  cfg.model_dump(), device))
-        jobs += todo
-        summary["splits"][split] = {"clips": len(ids), "shards": n_shards, "skipped_done": done, "written": len(todo)}
+        planned = _plan_split(manifest_dir, split, cfg, kdir, shard_size, rank, world, device, say)
+        if planned is not None:
+            jobs += planned[0]
+            summary["splits"][split] = planned[1]
     t0 = time.time()
-    results: list[dict[str, Any]] = []
-    if workers <= 1 or len(jobs) <= 1:
-        for j in jobs:
-            results.append(_write_shard(j, parts))
-            say(f"prepare: {j.split} shard {j.shard} written ({results[-1]['n']} clips)")
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            for r in pool.imap_unordered(_write_shard, jobs):
-                results.append(r)
-                say(f"prepare: {r['split']} shard {r['shard']} written ({r['n']} clips)")
+    results = _write_shards(jobs, parts, workers, say)
     secs = time.time() - t0
     n = sum(r["n"] for r in results)
     summary.update(clips_written=n, failed=[f for r in results for f in r["failed"]], seconds=secs,

@@ -245,304 +245,406 @@ def _check_writable(folder: Path) -> None:
                              "--run or fix its permissions") from None
 
 
+class Trainer:
+    """One training (or resumed) run: ``Trainer(...).fit()`` returns the summary ``train`` returns.
+
+    Why a class: device, data, model, optimiser, EMA, stream and logs are built once and then shared
+    by the step, validation and checkpointing; as methods each part reads on its own. The order of
+    the setup methods in ``__init__`` is part of the behaviour (the model is initialised, the latent
+    statistics computed, then a checkpoint's weights and RNG states restored), so a resumed run
+    repeats an uninterrupted one exactly; keep it when adding a part."""
+
+    def __init__(self, manifest_dir: str | Path | None, config: str | Path | Config, run_dir: str | Path,
+                 max_steps: int | None = None, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
+                 progress: bool | None = None, store: str | Path | None = None):
+        self.cfg = load_config(config, overrides)
+        self.tc = self.cfg.train
+        self._setup_runtime(device)
+        if store is None and manifest_dir is None:
+            raise DataError("pass a manifest folder or a feature store (visaudio prepare) to train on")
+        self.total_steps = int(max_steps if max_steps is not None else self.tc.max_steps)
+        self.run = Path(run_dir)
+        self.ckpt_path = self.run / "ckpt" / CKPT_NAME
+        self.progress = progress
+        self._find_checkpoint()
+        self._open_datasets(manifest_dir, store)
+        self._build_model()
+        self._restore(store)
+        self._open_stream()
+        self._open_logs()
+        self.amp = self.dev.type == "cuda" and self.tc.bf16
+        self.losses: list[tuple[int, float]] = []
+        self.val_hist: list[dict[str, float]] = []
+        self.n_samples = 0
+
+    # ------------------------------------------------------------------------------- setup
+
+    def _setup_runtime(self, device: str | None) -> None:
+        """Threads, DDP rank and world, the torch device; the batch must split over ranks."""
+        tc = self.tc
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        self.rank, self.world, local_rank = dist_info()
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        self.dev = torch.device(device)
+        if self.dev.type == "cuda":
+            torch.cuda.set_device(self.dev)
+        if tc.batch_size % (self.world * tc.grad_accum):
+            raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {self.world} x "
+                             f"train.grad_accum {tc.grad_accum}")
+        self.is_main = self.rank == 0
+
+    def _find_checkpoint(self) -> None:
+        """The run folder's newest checkpoint (``self.found``/``self.ck``, None for a new run),
+        looked for before any expensive work so a wrong config fails fast."""
+        if self.is_main:
+            _check_writable(self.run / "ckpt")
+        self.found = newest_checkpoint(self.run / "ckpt", self.cfg, quarantine=self.is_main)
+        ck = self.ck = self.found[1] if self.found is not None else None
+        if ck is not None and any(k not in ck for k in RESUME_KEYS):
+            raise CheckpointUnreadable(
+                f"checkpoint {self.found[0]} holds weights for generation only (no "
+                f"{[k for k in RESUME_KEYS if k not in ck]}), so training cannot resume from it; pass a new --run "
+                "folder to start a run")
+
+    def _open_datasets(self, manifest_dir: str | Path | None, store: str | Path | None) -> None:
+        """Training and (when the data has that split) validation examples, from the feature store
+        or clip by clip from the manifest."""
+        cfg = self.cfg
+        if store is not None:
+            from visaudio.store import StoreError
+            from visaudio.stream import StoreDataset
+
+            self.train_ds: Any = StoreDataset(store, "train", cfg, augment=cfg.data.augment)
+            try:
+                self.val_ds: Any = StoreDataset(store, "val", cfg, augment=False)
+            except StoreError as e:
+                if "has no split" not in str(e):
+                    raise
+                self.val_ds = None
+        else:
+            self.train_ds = ManifestDataset(manifest_dir, "train", cfg, augment=cfg.data.augment)
+            try:
+                self.val_ds = ManifestDataset(manifest_dir, "val", cfg, augment=False)
+            except ValueError:
+                self.val_ds = None
+
+    def _build_model(self) -> None:
+        """Model and codec (latent statistics computed for a new run), EMA copy, optimiser,
+        learning-rate schedule and the optional post-hoc EMA."""
+        cfg, tc, dev = self.cfg, self.tc, self.dev
+        model, self.codec = build_model(cfg, dev)
+        if self.ck is None:
+            mean, std, var = compute_latent_stats(self.train_ds, self.codec, cfg, dev, self.rank, self.world)
+            model.latent_mean.copy_(mean.to(dev))
+            model.latent_std.copy_(std.to(dev))
+            model.latent_var.copy_(var.to(dev))
+        self.model = model
+        self.ema = copy.deepcopy(model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+                                     betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, tc))
+        self.phema = None
+        if tc.posthoc_ema:
+            from visaudio.phema import PowerEMA
+
+            self.phema = PowerEMA(model, tc.posthoc_sigma_rels)
+
+    def _restore(self, store: str | Path | None) -> None:
+        """Step, data position, weights, optimiser and RNG states from the checkpoint (if any)."""
+        self.n_data = len(self.train_ds)
+        self.data_source = f"store:{self.train_ds.key_dir.name}" if store is not None else "manifest"
+        self.step = 0
+        self.g0 = 0  # global index of the next training example (visaudio/stream.py)
+        ck, found = self.ck, self.found
+        if ck is not None:
+            load_weights(self.model, ck["model"], found[0])
+            load_weights(self.ema, ck["ema"], found[0])
+            self.opt.load_state_dict(ck["opt"])
+            self.sched.load_state_dict(ck["sched"])
+            st = SamplerState(**ck["sampler"])
+            self.g0 = st.epoch * self.n_data + st.pos
+            dpos = ck.get("data")
+            if isinstance(dpos, dict) and (dpos.get("n") != self.n_data or dpos.get("source") != self.data_source):
+                print(f"warning: {found[0]} was written while training on {dpos.get('n')} examples from "
+                      f"{dpos.get('source')}; now {self.n_data} from {self.data_source}: the data order continues "
+                      f"from epoch {st.epoch}, position {st.pos} but is not the one the run had", file=sys.stderr)
+            if self.phema is not None:
+                if "phema" not in ck:
+                    raise CheckpointError(f"checkpoint {found[0]} has no post-hoc EMA state; resume with "
+                                          "train.posthoc_ema=false or start a new --run")
+                self.phema.load_state_dict(ck["phema"])
+            self.step = int(ck["step"])
+            _set_rng_state(ck["rng"])
+        self.start_step = self.step
+
+    def _open_stream(self) -> None:
+        """The streaming loader from the restored position, and the loss module (DDP-wrapped
+        over several ranks)."""
+        from visaudio.stream import BatchStream, EpochOrder, StreamingDataset
+
+        cfg, tc = self.cfg, self.tc
+        self.order = EpochOrder(self.train_ds.shard_sizes, cfg.seed, tc.shuffle_block)
+        self.stream = BatchStream(StreamingDataset(self.train_ds, cfg.seed, self.rank, self.world, self.g0,
+                                                   tc.shuffle_block), workers=tc.num_workers)
+        self.loss_mod: nn.Module = FlowLoss(self.model, tc.side_loss_weight)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.loss_mod = DDP(self.loss_mod, device_ids=[self.dev.index] if self.dev.type == "cuda" else None,
+                                find_unused_parameters=cfg.model.text_encoder == "minilm" or cfg.model.use_trajectory)
+
+    def _open_logs(self) -> None:
+        """config.yaml, train_log.csv (rows past a resumed checkpoint dropped: they are redone)
+        and the optional tensorboard writer; on rank 0 only."""
+        tc = self.tc
+        self.csv_path = self.run / "train_log.csv"
+        self.t_edges = np.linspace(0, 1, tc.t_bins + 1)
+        self.tb = None
+        if not self.is_main:
+            return
+        cfg_text = __import__("yaml").safe_dump(self.cfg.model_dump(), sort_keys=False)
+        (self.run / "config.yaml").write_text(cfg_text)
+        fields = ["step", "loss", "lr", "grad_norm", "samples_per_s"] + [f"loss_t{i}" for i in range(tc.t_bins)]
+        rows = []
+        if self.csv_path.is_file() and self.ck is not None:
+            with open(self.csv_path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        if tc.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run / "tb"))
+            except Exception as e:  # tensorboard is optional at run time
+                print(f"tensorboard disabled: {e}", file=sys.stderr)
+
+    # ------------------------------------------------------------------------------- run
+
+    def fit(self) -> dict[str, Any]:
+        """Step until ``total_steps``; the stream, progress bar and tensorboard are closed even
+        when a step raises."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        t_start = time.time()
+        show = self.is_main and (self.progress if self.progress is not None else sys.stdout.isatty())
+        self._prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not show)
+        self._task = self._prog.add_task("train", total=self.total_steps, completed=self.step, info="")
+        self._prog.start()
+        try:
+            while self.step < self.total_steps:
+                self.train_step()
+        finally:
+            self.stream.close()
+            self._prog.stop()
+            if self.tb is not None:
+                self.tb.close()
+        return self.summary(time.time() - t_start)
+
+    def train_step(self) -> None:
+        """One optimiser step over the next global batch, then its logs, validation and saves."""
+        tc = self.tc
+        t0 = time.time()
+        b_rank = tc.batch_size // self.world
+        items = self.stream.take(b_rank)
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        lval, per, t, clip_ids = self._forward_backward(items, b_rank)
+        if not math.isfinite(lval):
+            raise TrainingDiverged(
+                f"non-finite loss ({lval}) at step {self.step + 1}; batch clip ids {clip_ids}; "
+                f"last good checkpoint kept: {self.ckpt_path if self.ckpt_path.is_file() else 'none yet'}"
+            )
+        gn = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self._update_ema()
+        if self.phema is not None:
+            self.phema.update(self.model, self.step)
+        dt = time.time() - t0
+        self.n_samples += tc.batch_size
+        self.losses.append((self.step, lval))
+        if self.is_main:
+            self._log_step(lval, gn, dt, per, t)
+        if self.val_ds is not None and self.step % tc.val_every == 0 and self.is_main:
+            self._validate_and_log()
+        if self.phema is not None and (self.step % tc.posthoc_every == 0 or self.step == self.total_steps):
+            self.save_phema(self.step)
+        if self.step % tc.ckpt_every == 0 or self.step == self.total_steps:
+            self.save(self.step)
+
+    def _forward_backward(self, items: list[dict[str, Any]], b_rank: int
+                          ) -> tuple[float, torch.Tensor, torch.Tensor, list[str]]:
+        """Gradients of this rank's ``b_rank`` examples in ``grad_accum`` micro-batches. Returns the
+        mean loss over the global batch, the per-sample losses and timesteps, and the clip ids.
+
+        Each sample's noise, timestep and condition dropout come from its own generator seeded by
+        (seed, step, index in the global batch): see the module docstring."""
+        cfg, tc, model, dev, step = self.cfg, self.tc, self.model, self.dev, self.step
+        micro = b_rank // tc.grad_accum
+        lsum = torch.zeros((), dtype=torch.float64)
+        per_all, t_all, clip_ids = [], [], []
+        for m in range(tc.grad_accum):
+            chunk = items[m * micro:(m + 1) * micro]
+            batch = collate(chunk)
+            clip_ids += batch["clip_id"]
+            js = [it["g"] - step * tc.batch_size for it in chunk]  # index in the global batch
+            gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, step, j)) for j in js]
+            x0 = torch.cat([model.prior_noise(1, g) for g in gens]).to(dev)
+            t = FM.sample_t(gens, tc.t_mean, tc.t_std).to(dev)
+            dr = torch.stack([torch.rand(2, generator=g) for g in gens])
+            drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
+            feats = batch.get("features") or {}
+            cond_feats = {k: v.to(dev) for k, v in feats.items() if k in ("image", "motion", "text", "text_mask")}
+            with torch.no_grad():  # a frozen codec's latents come from the store when it has them
+                z = feats["latents"].to(dev) if "latents" in feats and cfg.data.channels != "mono" else \
+                    self.codec.encode(batch["audio"].to(dev))
+                x1 = model.normalize(z.float())
+            last_micro = m == tc.grad_accum - 1
+            sync = contextlib.nullcontext() if (self.world == 1 or last_micro) else self.loss_mod.no_sync()
+            with sync:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    per = self.loss_mod(x0, x1, t, batch["frames"].to(dev), batch["caption"], batch["traj"].to(dev),
+                                        drop_v, drop_t, cond_feats or None)
+                (per.sum() / b_rank).backward()
+            lsum += per.detach().double().sum().cpu()
+            per_all.append(per.detach())
+            t_all.append(t.detach())
+        stats = (lsum / b_rank).float().reshape(1).to(dev)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stats)
+            stats /= self.world
+        return float(stats[0]), torch.cat(per_all), torch.cat(t_all), clip_ids
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """The classic EMA (warm-up decay (1 + step) / (10 + step) when train.ema_warmup); buffers copied."""
+        tc, step = self.tc, self.step
+        d = min(tc.ema_decay, (1 + step) / (10 + step)) if tc.ema_warmup else tc.ema_decay
+        for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+            pe.lerp_(pm.detach(), 1 - d)
+        for be, bm in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            be.copy_(bm)
+
+    # ------------------------------------------------------------------------------- logs
+
+    def _log_step(self, lval: float, gn: float, dt: float, per: torch.Tensor, t: torch.Tensor) -> None:
+        """One train_log.csv row (loss per timestep bin too), tensorboard every log_every steps,
+        the progress bar."""
+        tc, step, tb = self.tc, self.step, self.tb
+        tb_np, pl = t.detach().cpu().numpy(), per.detach().float().cpu().numpy()
+        binned = []
+        for i in range(tc.t_bins):
+            m = (tb_np >= self.t_edges[i]) & (tb_np < self.t_edges[i + 1])
+            binned.append(float(pl[m].mean()) if m.any() else float("nan"))
+        row = [step, lval, self.sched.get_last_lr()[0], gn, tc.batch_size / max(dt, 1e-9)] + binned
+        with open(self.csv_path, "a", newline="") as f:
+            csv.writer(f).writerow(row)
+        if tb is not None and step % tc.log_every == 0:
+            tb.add_scalar("train/loss", lval, step)
+            tb.add_scalar("train/lr", row[2], step)
+            tb.add_scalar("train/grad_norm", gn, step)
+            for i, b in enumerate(binned):
+                if math.isfinite(b):
+                    tb.add_scalar(f"train/loss_t{i}", b, step)
+        self._prog.update(self._task, completed=step, info=f"loss {lval:.4f}")
+
+    def _validate_and_log(self) -> None:
+        """Validate the EMA weights; append to val_log.csv and tensorboard."""
+        vm = validate(self.ema, self.codec, self.val_ds, self.cfg, self.dev, self.step)
+        self.val_hist.append(vm)
+        with open(self.run / "val_log.csv", "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(vm))
+            if f.tell() == 0:
+                w.writeheader()
+            w.writerow(vm)
+        if self.tb is not None:
+            for k, v in vm.items():
+                if k != "step" and math.isfinite(v):
+                    self.tb.add_scalar(f"val/{k}", v, self.step)
+
+    # ------------------------------------------------------------------------------- checkpoints
+
+    def data_position(self, step: int) -> dict[str, Any]:
+        """Where the data stream stands after ``step`` steps: the global example index, its
+        epoch and position, and the shard and offset it is read from."""
+        g = self.g0 + (step - self.start_step) * self.tc.batch_size
+        e, p, k, i = self.order.at(g)
+        return {"g": g, "epoch": e, "pos": p, "shard": k, "offset": i, "n": self.n_data, "source": self.data_source}
+
+    def save(self, step: int) -> None:
+        """Write the resumable checkpoint (rank 0); the previous one is kept as prev.pt."""
+        if not self.is_main:
+            return
+        try:
+            self._write_checkpoint(step)
+        except OSError as e:
+            raise RunFolderError(
+                f"could not write the checkpoint for step {step} to {self.ckpt_path.parent} "
+                f"({e.strerror or e}); the previous checkpoint is untouched. Free space or fix the "
+                "folder, then run the same command again to resume") from None
+
+    def _write_checkpoint(self, step: int) -> None:
+        dp = self.data_position(step)
+        model, cfg = self.model, self.cfg
+        extra = {"phema": self.phema.state_dict()} if self.phema is not None else {}
+        atomic_save(extra | {
+            "step": step, "sampler": {"epoch": dp["epoch"], "pos": dp["pos"]}, "data": dp, "model": model.state_dict(),
+            "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "rng": _rng_state(), "config": cfg.model_dump(), "arch_hash": cfg.arch_hash(),
+            "latent_mean": model.latent_mean.cpu(), "latent_std": model.latent_std.cpu(),
+            "codec_state": self.codec.state_dict() if cfg.codec.kind == "vae" else None,
+        }, self.ckpt_path, keep_prev=self.ckpt_path.with_name(PREV_CKPT_NAME))
+
+    def save_phema(self, step: int) -> None:
+        """Snapshot the post-hoc EMA into RUN/ema/ (rank 0)."""
+        if self.phema is None or not self.is_main:
+            return
+        from visaudio.phema import snapshot_path
+
+        sp = snapshot_path(self.run, step)
+        sp.parent.mkdir(exist_ok=True)
+        try:
+            atomic_save(self.phema.state_dict(), sp)
+        except OSError as e:
+            raise RunFolderError(f"could not write the post-hoc EMA snapshot {sp} ({e.strerror or e})") from None
+
+    def summary(self, secs: float) -> dict[str, Any]:
+        """What ``train`` returns (``visaudio train`` prints it as JSON, less ``losses``)."""
+        from visaudio.model import param_counts
+
+        losses = self.losses
+        return {
+            "run_dir": str(self.run), "checkpoint": str(self.ckpt_path), "config": self.cfg.name,
+            "start_step": self.start_step, "steps": self.step, "losses": losses,
+            "first_loss": losses[0][1] if losses else None, "last_loss": losses[-1][1] if losses else None,
+            "seconds": secs, "samples_per_s": self.n_samples / secs if secs > 0 else None,
+            "n_params": param_counts(self.model)["total"], "n_train": len(self.train_ds),
+            "n_val": len(self.val_ds) if self.val_ds else 0, "n_missing": self.train_ds.n_missing,
+            "world_size": self.world, "val": self.val_hist,
+        }
+
 
 def train(manifest_dir: str | Path | None, config: str | Path | Config, run_dir: str | Path, max_steps: int | None = None,
           overrides: list[str] | tuple[str, ...] = (), device: str | None = None, progress: bool | None = None,
           store: str | Path | None = None) -> dict[str, Any]:
-    """Train (or resume) a ViSAudio run; returns a summary dict (see end of function).
+    """Train (or resume) a ViSAudio run; returns a summary dict (``Trainer.summary``).
 
     The examples come from ``store`` (a feature store written by ``visaudio prepare``; streamed,
     RAM independent of the dataset size) or else from ``manifest_dir`` clip by clip (tiny CPU
     runs). Both go through the same streaming loader (visaudio/stream.py)."""
-    cfg = load_config(config, overrides)
-    tc = cfg.train
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    rank, world, local_rank = dist_info()
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if tc.batch_size % (world * tc.grad_accum):
-        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {world} x "
-                         f"train.grad_accum {tc.grad_accum}")
-    if store is None and manifest_dir is None:
-        raise DataError("pass a manifest folder or a feature store (visaudio prepare) to train on")
-    total_steps = int(max_steps if max_steps is not None else tc.max_steps)
-    run = Path(run_dir)
-    ckpt_path = run / "ckpt" / CKPT_NAME
-    is_main = rank == 0
-    if is_main:
-        _check_writable(run / "ckpt")
-    # resume check before any expensive work, so a wrong config fails fast
-    found = newest_checkpoint(run / "ckpt", cfg, quarantine=is_main)
-    ck = found[1] if found is not None else None
-    if ck is not None and any(k not in ck for k in RESUME_KEYS):
-        raise CheckpointUnreadable(
-            f"checkpoint {found[0]} holds weights for generation only (no {[k for k in RESUME_KEYS if k not in ck]}),"
-            " so training cannot resume from it; pass a new --run folder to start a run")
-
-    if store is not None:
-        from visaudio.store import StoreError
-        from visaudio.stream import StoreDataset
-
-        train_ds: Any = StoreDataset(store, "train", cfg, augment=cfg.data.augment)
-        try:
-            val_ds: Any = StoreDataset(store, "val", cfg, augment=False)
-        except StoreError as e:
-            if "has no split" not in str(e):
-                raise
-            val_ds = None
-    else:
-        train_ds = ManifestDataset(manifest_dir, "train", cfg, augment=cfg.data.augment)
-        try:
-            val_ds = ManifestDataset(manifest_dir, "val", cfg, augment=False)
-        except ValueError:
-            val_ds = None
-    model, codec = build_model(cfg, dev)
-    if ck is None:
-        mean, std, var = compute_latent_stats(train_ds, codec, cfg, dev, rank, world)
-        model.latent_mean.copy_(mean.to(dev))
-        model.latent_std.copy_(std.to(dev))
-        model.latent_var.copy_(var.to(dev))
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
-                            betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, tc))
-    phema = None
-    if tc.posthoc_ema:
-        from visaudio.phema import PowerEMA
-
-        phema = PowerEMA(model, tc.posthoc_sigma_rels)
-    n_data = len(train_ds)
-    data_source = f"store:{train_ds.key_dir.name}" if store is not None else "manifest"
-    step = 0
-    g0 = 0  # global index of the next training example (visaudio/stream.py)
-    if ck is not None:
-        load_weights(model, ck["model"], found[0])
-        load_weights(ema, ck["ema"], found[0])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        st = SamplerState(**ck["sampler"])
-        g0 = st.epoch * n_data + st.pos
-        dpos = ck.get("data")
-        if isinstance(dpos, dict) and (dpos.get("n") != n_data or dpos.get("source") != data_source):
-            print(f"warning: {found[0]} was written while training on {dpos.get('n')} examples from "
-                  f"{dpos.get('source')}; now {n_data} from {data_source}: the data order continues from "
-                  f"epoch {st.epoch}, position {st.pos} but is not the one the run had", file=sys.stderr)
-        if phema is not None:
-            if "phema" not in ck:
-                raise CheckpointError(f"checkpoint {found[0]} has no post-hoc EMA state; resume with "
-                                      "train.posthoc_ema=false or start a new --run")
-            phema.load_state_dict(ck["phema"])
-        step = int(ck["step"])
-        _set_rng_state(ck["rng"])
-    from visaudio.stream import BatchStream, EpochOrder, StreamingDataset
-
-    order = EpochOrder(train_ds.shard_sizes, cfg.seed, tc.shuffle_block)
-    stream = BatchStream(StreamingDataset(train_ds, cfg.seed, rank, world, g0, tc.shuffle_block),
-                         workers=tc.num_workers)
-    loss_mod: nn.Module = FlowLoss(model, tc.side_loss_weight)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        loss_mod = DDP(loss_mod, device_ids=[dev.index] if dev.type == "cuda" else None,
-                       find_unused_parameters=cfg.model.text_encoder == "minilm" or cfg.model.use_trajectory)
-    if is_main:
-        cfg_text = __import__("yaml").safe_dump(cfg.model_dump(), sort_keys=False)
-        (run / "config.yaml").write_text(cfg_text)
-
-    csv_path = run / "train_log.csv"
-    t_edges = np.linspace(0, 1, tc.t_bins + 1)
-    fields = ["step", "loss", "lr", "grad_norm", "samples_per_s"] + [f"loss_t{i}" for i in range(tc.t_bins)]
-    if is_main:
-        rows = []
-        if csv_path.is_file() and ck is not None:  # drop rows past the checkpoint (they will be redone)
-            with open(csv_path) as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-    tb = None
-    if is_main and tc.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(run / "tb"))
-        except Exception as e:  # tensorboard is optional at run time
-            print(f"tensorboard disabled: {e}", file=sys.stderr)
-
-    def save(step_: int) -> None:
-        if not is_main:
-            return
-        try:
-            _save(step_)
-        except OSError as e:
-            raise RunFolderError(
-                f"could not write the checkpoint for step {step_} to {ckpt_path.parent} "
-                f"({e.strerror or e}); the previous checkpoint is untouched. Free space or fix the "
-                "folder, then run the same command again to resume") from None
-
-    def data_position(step_: int) -> dict[str, Any]:
-        """Where the data stream stands after ``step_`` steps: the global example index, its
-        epoch and position, and the shard and offset it is read from."""
-        g = g0 + (step_ - start_step) * tc.batch_size
-        e, p, k, i = order.at(g)
-        return {"g": g, "epoch": e, "pos": p, "shard": k, "offset": i, "n": n_data, "source": data_source}
-
-    def _save(step_: int) -> None:
-        dp = data_position(step_)
-        extra = {"phema": phema.state_dict()} if phema is not None else {}
-        atomic_save(extra | {
-            "step": step_, "sampler": {"epoch": dp["epoch"], "pos": dp["pos"]}, "data": dp, "model": model.state_dict(),
-            "ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-            "rng": _rng_state(), "config": cfg.model_dump(), "arch_hash": cfg.arch_hash(),
-            "latent_mean": model.latent_mean.cpu(), "latent_std": model.latent_std.cpu(),
-            "codec_state": codec.state_dict() if cfg.codec.kind == "vae" else None,
-        }, ckpt_path, keep_prev=ckpt_path.with_name(PREV_CKPT_NAME))
-
-    def save_phema(step_: int) -> None:
-        if phema is None or not is_main:
-            return
-        from visaudio.phema import snapshot_path
-
-        sp = snapshot_path(run, step_)
-        sp.parent.mkdir(exist_ok=True)
-        try:
-            atomic_save(phema.state_dict(), sp)
-        except OSError as e:
-            raise RunFolderError(f"could not write the post-hoc EMA snapshot {sp} ({e.strerror or e})") from None
-
-    amp = dev.type == "cuda" and tc.bf16
-    losses: list[tuple[int, float]] = []
-    val_hist: list[dict[str, float]] = []
-    start_step = step
-    t_start = time.time()
-    n_samples = 0
-    show = is_main and (progress if progress is not None else sys.stdout.isatty())
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeRemainingColumn(), disable=not show)
-    task = prog.add_task("train", total=total_steps, completed=step, info="")
-    prog.start()
-    try:
-        while step < total_steps:
-            t0 = time.time()
-            b_rank = tc.batch_size // world
-            items = stream.take(b_rank)
-            micro = b_rank // tc.grad_accum
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            lsum = torch.zeros((), dtype=torch.float64)
-            per_all, t_all, clip_ids = [], [], []
-            for m in range(tc.grad_accum):
-                chunk = items[m * micro:(m + 1) * micro]
-                batch = collate(chunk)
-                clip_ids += batch["clip_id"]
-                js = [it["g"] - step * tc.batch_size for it in chunk]  # index in the global batch
-                gens = [torch.Generator().manual_seed(sample_seed(cfg.seed, step, j)) for j in js]
-                x0 = torch.cat([model.prior_noise(1, g) for g in gens]).to(dev)
-                t = FM.sample_t(gens, tc.t_mean, tc.t_std).to(dev)
-                dr = torch.stack([torch.rand(2, generator=g) for g in gens])
-                drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
-                feats = batch.get("features") or {}
-                cond_feats = {k: v.to(dev) for k, v in feats.items() if k in ("image", "motion", "text", "text_mask")}
-                with torch.no_grad():  # a frozen codec's latents come from the store when it has them
-                    z = feats["latents"].to(dev) if "latents" in feats and cfg.data.channels != "mono" else \
-                        codec.encode(batch["audio"].to(dev))
-                    x1 = model.normalize(z.float())
-                last_micro = m == tc.grad_accum - 1
-                sync = contextlib.nullcontext() if (world == 1 or last_micro) else loss_mod.no_sync()
-                with sync:
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                        per = loss_mod(x0, x1, t, batch["frames"].to(dev), batch["caption"], batch["traj"].to(dev),
-                                       drop_v, drop_t, cond_feats or None)
-                    (per.sum() / b_rank).backward()
-                lsum += per.detach().double().sum().cpu()
-                per_all.append(per.detach())
-                t_all.append(t.detach())
-            per, t = torch.cat(per_all), torch.cat(t_all)
-            stats = (lsum / b_rank).float().reshape(1).to(dev)
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(stats)
-                stats /= world
-            lval = float(stats[0])
-            if not math.isfinite(lval):
-                raise TrainingDiverged(
-                    f"non-finite loss ({lval}) at step {step + 1}; batch clip ids {clip_ids}; "
-                    f"last good checkpoint kept: {ckpt_path if ckpt_path.is_file() else 'none yet'}"
-                )
-            gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            opt.step()
-            sched.step()
-            step += 1
-            with torch.no_grad():
-                d = min(tc.ema_decay, (1 + step) / (10 + step)) if tc.ema_warmup else tc.ema_decay
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm.detach(), 1 - d)
-                for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-                    be.copy_(bm)
-            if phema is not None:
-                phema.update(model, step)
-            dt = time.time() - t0
-            n_samples += tc.batch_size
-            losses.append((step, lval))
-            if is_main:
-                tb_np, pl = t.detach().cpu().numpy(), per.detach().float().cpu().numpy()
-                binned = []
-                for i in range(tc.t_bins):
-                    m = (tb_np >= t_edges[i]) & (tb_np < t_edges[i + 1])
-                    binned.append(float(pl[m].mean()) if m.any() else float("nan"))
-                row = [step, lval, sched.get_last_lr()[0], gn, tc.batch_size / max(dt, 1e-9)] + binned
-                with open(csv_path, "a", newline="") as f:
-                    csv.writer(f).writerow(row)
-                if tb is not None and step % tc.log_every == 0:
-                    tb.add_scalar("train/loss", lval, step)
-                    tb.add_scalar("train/lr", row[2], step)
-                    tb.add_scalar("train/grad_norm", gn, step)
-                    for i, b in enumerate(binned):
-                        if math.isfinite(b):
-                            tb.add_scalar(f"train/loss_t{i}", b, step)
-                prog.update(task, completed=step, info=f"loss {lval:.4f}")
-            if val_ds is not None and step % tc.val_every == 0 and is_main:
-                vm = validate(ema, codec, val_ds, cfg, dev, step)
-                val_hist.append(vm)
-                with open(run / "val_log.csv", "a", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=list(vm))
-                    if f.tell() == 0:
-                        w.writeheader()
-                    w.writerow(vm)
-                if tb is not None:
-                    for k, v in vm.items():
-                        if k != "step" and math.isfinite(v):
-                            tb.add_scalar(f"val/{k}", v, step)
-            if phema is not None and (step % tc.posthoc_every == 0 or step == total_steps):
-                save_phema(step)
-            if step % tc.ckpt_every == 0 or step == total_steps:
-                save(step)
-    finally:
-        stream.close()
-        prog.stop()
-        if tb is not None:
-            tb.close()
-    secs = time.time() - t_start
-    from visaudio.model import param_counts
-
-    return {
-        "run_dir": str(run), "checkpoint": str(ckpt_path), "config": cfg.name, "start_step": start_step,
-        "steps": step, "losses": losses, "first_loss": losses[0][1] if losses else None,
-        "last_loss": losses[-1][1] if losses else None, "seconds": secs,
-        "samples_per_s": n_samples / secs if secs > 0 else None, "n_params": param_counts(model)["total"],
-        "n_train": len(train_ds), "n_val": len(val_ds) if val_ds else 0, "n_missing": train_ds.n_missing,
-        "world_size": world, "val": val_hist,
-    }
+    return Trainer(manifest_dir, config, run_dir, max_steps=max_steps, overrides=overrides, device=device,
+                   progress=progress, store=store).fit()
 
 
 @torch.no_grad()

@@ -114,16 +114,36 @@ def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
 
 
 def write_report(report_dir: Path, summary: dict, series: dict, audio: dict) -> Path:
-    """Write ``index.html`` (and ``audio/*.wav`` for the first few clips) into ``report_dir``."""
+    """Write ``index.html`` (and ``audio/*.wav`` for the first few clips) into ``report_dir``.
+
+    The page is the sections below in order, each built by its own helper: header, headline
+    comparisons, metrics table, per-scene-type table, metric bars, clips, settings."""
     import matplotlib
 
     matplotlib.use("Agg")
     report_dir = Path(report_dir)
     adir = report_dir / "audio"
     adir.mkdir(parents=True, exist_ok=True)
+    parts = _page_head(summary)
+    parts += _comparisons_section(summary.get("comparisons") or [])
+    parts += _metrics_section(summary)
+    parts += _scene_type_section(summary.get("by_scene_type") or {})
+    parts.append(f"<h2>Metric bars</h2><img alt='metric bars' src='{metric_bars(summary)}'>")
+    parts += _clips_section(series, audio, adir)
+    parts.append("<h2>Settings</h2><pre>")
+    parts.append(html.escape("\n".join(f"{k}: {v}" for k, v in summary["settings"].items())))
+    parts.append("</pre></body></html>")
+    out = report_dir / "index.html"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(parts), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _page_head(summary: dict) -> list[str]:
+    """Document head, style sheet, title and the run's settings in one paragraph."""
     esc = html.escape
-    systems = list(summary["systems"])
-    parts = [
+    return [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<link rel='icon' href='data:,'>",
         "<title>visaudio eval report</title><style>",
@@ -141,20 +161,32 @@ def write_report(report_dir: Path, summary: dict, series: dict, audio: dict) -> 
         "comparable with FD_VGG / KL_PANN / DeSync / IB. <code>fd_logmel</code> is a Fréchet distance on log-mel "
         "statistics, a smoke metric only.</p>",
     ]
-    comps = summary.get("comparisons") or []
-    if comps:
-        parts.append("<h2>Headline: does ViSAudio hear where things are?</h2><table><tr><th>metric</th>"
-                     "<th>baseline</th><th>ViSAudio</th><th>baseline mean</th><th>paired diff [95 %]</th>"
-                     "<th>non-overlapping &amp; better</th></tr>")
-        for c in comps:
-            ok = c["non_overlapping_and_better"]
-            lo, hi = c["paired_diff_ci"]
-            parts.append(
-                f"<tr class='{'good' if ok else 'bad'}'><td>{esc(c['metric'])}</td><td>{esc(c['baseline'])}</td>"
-                f"<td>{_fmt(c['system_mean'])}</td><td>{_fmt(c['baseline_mean'])}</td>"
-                f"<td>{_fmt(c['paired_diff_mean'])} [{_fmt(lo)}, {_fmt(hi)}]</td><td>{'yes' if ok else 'no'}</td></tr>")
-        parts.append("</table>")
-    parts.append("<h2>Metrics (mean [95 % interval])</h2><table><tr><th>metric</th>")
+
+
+def _comparisons_section(comps: list[dict]) -> list[str]:
+    """The headline table: ViSAudio against each baseline, green where shown better."""
+    esc = html.escape
+    if not comps:
+        return []
+    parts = ["<h2>Headline: does ViSAudio hear where things are?</h2><table><tr><th>metric</th>"
+             "<th>baseline</th><th>ViSAudio</th><th>baseline mean</th><th>paired diff [95 %]</th>"
+             "<th>non-overlapping &amp; better</th></tr>"]
+    for c in comps:
+        ok = c["non_overlapping_and_better"]
+        lo, hi = c["paired_diff_ci"]
+        parts.append(
+            f"<tr class='{'good' if ok else 'bad'}'><td>{esc(c['metric'])}</td><td>{esc(c['baseline'])}</td>"
+            f"<td>{_fmt(c['system_mean'])}</td><td>{_fmt(c['baseline_mean'])}</td>"
+            f"<td>{_fmt(c['paired_diff_mean'])} [{_fmt(lo)}, {_fmt(hi)}]</td><td>{'yes' if ok else 'no'}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _metrics_section(summary: dict) -> list[str]:
+    """Every metric (rows) by system (columns), then each system's note."""
+    esc = html.escape
+    systems = list(summary["systems"])
+    parts = ["<h2>Metrics (mean [95 % interval])</h2><table><tr><th>metric</th>"]
     parts += [f"<th>{esc(s)}</th>" for s in systems]
     parts.append("</tr>")
     for m, info in summary["metric_info"].items():
@@ -168,23 +200,34 @@ def write_report(report_dir: Path, summary: dict, series: dict, audio: dict) -> 
     parts.append("</table><p class='small'>")
     parts += [f"<b>{esc(s)}</b>: {esc(summary['systems'][s]['note'])}. " for s in systems]
     parts.append("</p>")
-    by_type = summary.get("by_scene_type") or {}
-    if by_type:
-        key = ["lat_corr_ref", "motion_consistency", "ild_sign_agreement", "lat_corr_az"]
-        parts.append("<h2>Per scene type (mean [95 % interval])</h2><table><tr><th>scene type</th><th>system</th>")
-        parts += [f"<th>{esc(m)}</th>" for m in key]
-        parts.append("</tr>")
-        for t, d in by_type.items():
-            for sname, ms in d["systems"].items():
-                cells = []
-                for m in key:
-                    v = ms.get(m)
-                    cells.append("n/a" if not v else f"{_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
-                parts.append(f"<tr><td>{esc(t)} ({d['n_clips']} clips)</td><td>{esc(sname)}</td>"
-                             + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
-    parts.append(f"<h2>Metric bars</h2><img alt='metric bars' src='{metric_bars(summary)}'>")
-    parts.append("<h2>Clips</h2>")
+    return parts
+
+
+def _scene_type_section(by_type: dict) -> list[str]:
+    """Key metrics per synthetic scene type and system (empty on a non-synthetic build)."""
+    esc = html.escape
+    if not by_type:
+        return []
+    key = ["lat_corr_ref", "motion_consistency", "ild_sign_agreement", "lat_corr_az"]
+    parts = ["<h2>Per scene type (mean [95 % interval])</h2><table><tr><th>scene type</th><th>system</th>"]
+    parts += [f"<th>{esc(m)}</th>" for m in key]
+    parts.append("</tr>")
+    for t, d in by_type.items():
+        for sname, ms in d["systems"].items():
+            cells = []
+            for m in key:
+                v = ms.get(m)
+                cells.append("n/a" if not v else f"{_fmt(v['mean'])} [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]")
+            parts.append(f"<tr><td>{esc(t)} ({d['n_clips']} clips)</td><td>{esc(sname)}</td>"
+                         + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _clips_section(series: dict, audio: dict, adir: Path) -> list[str]:
+    """Per clip its ILD/geometry plot and, for clips with audio, players (the wavs go to ``adir``)."""
+    esc = html.escape
+    parts = ["<h2>Clips</h2>"]
     for cid in list(series)[: max(3, len(audio))]:
         parts.append(f"<h3>{esc(cid)}</h3><img alt='ILD and geometry {esc(cid)}' src='{clip_plot(cid, series[cid])}'>")
         if cid in audio:
@@ -195,11 +238,4 @@ def write_report(report_dir: Path, summary: dict, series: dict, audio: dict) -> 
                 parts.append(f"<span style='display:inline-block;margin:4px'>{esc(s)}<br>"
                              f"<audio controls preload='none' src='audio/{esc(name)}'></audio></span>")
             parts.append("</div>")
-    parts.append("<h2>Settings</h2><pre>")
-    parts.append(esc("\n".join(f"{k}: {v}" for k, v in summary["settings"].items())))
-    parts.append("</pre></body></html>")
-    out = report_dir / "index.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return parts

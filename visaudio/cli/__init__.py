@@ -1,4 +1,10 @@
-"""`visaudio` command line: prepare, train, train-codec, generate, posthoc-ema, info, eval."""
+"""`visaudio` command line: prepare, train, train-codec, generate, posthoc-ema, info, eval.
+
+Each group of commands lives in ``visaudio/cli/<group>.py`` (``model``: train, train-codec,
+generate, info; ``store``: prepare, posthoc-ema; ``evaluate``: eval), each exposing
+``register(app)``; the one error line and its exit codes are in ``visaudio/cli/_common.py``. This
+file only assembles them, so `visaudio --help` stays fast (heavy imports happen inside commands).
+``python -m visaudio.cli`` runs it too (``__main__.py``), which is how torchrun starts it."""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from biaudio.cli._common import tidy_help
-    from visaudio.commands import evaluate, model, store
+    from visaudio.cli import evaluate, model, store
 
     model.register(app)
     store.register(app)
@@ -30,9 +36,5 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def main() -> None:  # console-script entry point
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,1 +1,0 @@
-"""CLI command modules of visaudio; each exposes ``register(app)``."""
