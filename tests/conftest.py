@@ -14,7 +14,7 @@ import pytest
 
 # Session fixtures shared across areas live in plugin modules beside this file:
 # fixtures_build.py (demo dataset built once), fixtures_model.py (a tiny trained run).
-pytest_plugins = ["fixtures_build", "fixtures_model"]
+pytest_plugins = ["tests._support.build", "tests._support.model"]
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")

@@ -131,8 +131,7 @@ def test_train_generate_follows_source_side(tiny_run: Path, demo_build: Path, tm
 
 
 def test_generate_rejects_too_short_video(tiny_run: Path, tmp_path: Path):
-    from fixtures_model import _write_mp4
-
+    from tests._support.model import _write_mp4
     from visaudio.data import VideoTooShortError
     from visaudio.generate import Synthesizer
 

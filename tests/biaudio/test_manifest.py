@@ -16,8 +16,8 @@ import pytest
 from biaudio import manifest as m
 from biaudio.errors import BiaudioError
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("standin", REPO / "tests" / "test_build_engine_standin.py")
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("standin", REPO / "tests" / "_support" / "standin.py")
 standin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(standin)
 

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_caption import av_clip, tiny_omni_model, tiny_text_model  # noqa: F401 - fixtures
 
 from biaudio.annotate.config import AnnotateConfig, AVConsistencyConfig
 from biaudio.annotate.engine import annotate, read_record, record_path
 from biaudio.errors import BiaudioError
 from biaudio.stages import caption as cap
 from biaudio.stages.caption import CaptionConfig, ClipRef
+from tests.biaudio.stages.test_caption import av_clip, tiny_omni_model, tiny_text_model  # noqa: F401 - fixtures
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 DEMO_SET = ("sources.0.synth.scenes=4", "sources.0.synth.duration=8", "sources.0.synth.size=[480,240]",
             "render.width=128", "render.height=72", "execution.workers=1")
 
@@ -74,7 +74,7 @@ def av_towers(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory) -> Path:
     """A real demo build (synthetic scenes, real stages), a few clips; tests copy it before writing."""
-    from fixtures_build import run_demo_build
+    from tests._support.build import run_demo_build
 
     out = run_demo_build(tmp_path_factory.mktemp("annotate-build") / "demo", DEMO_SET)
     n = pq.read_metadata(out / "manifest.parquet").num_rows
@@ -273,7 +273,7 @@ def test_annotate_versions_qa_and_recipe_hash(dataset: Path, av_towers: Path):
     assert all(record_path(out, "caption", c).stat().st_mtime_ns == before[c] for c in ids if c != missing)
 
     # `biaudio build` again (a resumed build rewrites the manifest): the annotations stay
-    from fixtures_build import run_demo_build
+    from tests._support.build import run_demo_build
 
     keep = pq.read_table(out / "manifest.parquet").to_pylist()
     run_demo_build(out, DEMO_SET)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from fixtures_build import make_standin_media
 from typer.testing import CliRunner
 
 from biaudio.cli import app
@@ -24,9 +23,10 @@ from biaudio.engine.run import build
 from biaudio.engine.state import BuildLockedError, _Lock
 from biaudio.manifest import SchemaVersionError, read_manifest
 from biaudio.recipe import load_recipe
+from tests._support.build import make_standin_media
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "test_build_engine_standin.py"
+REPO = Path(__file__).resolve().parents[3]
+STANDIN = REPO / "tests" / "_support" / "standin.py"
 N_SOURCES = 6
 
 

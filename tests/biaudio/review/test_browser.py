@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_review_support import build_mini_out
 
 from biaudio.review.server import ReviewConfig, serve_in_thread
+from tests.biaudio.review.support import build_mini_out
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_build import make_standin_template
 from typer.testing import CliRunner
 
 from biaudio.cli import app
@@ -29,9 +28,10 @@ from biaudio.engine.state import BuildLockedError, OutDirError, _Lock
 from biaudio.ingest.sources import read_sources
 from biaudio.manifest import read_manifest
 from biaudio.recipe import load_recipe
+from tests._support.build import make_standin_template
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "test_build_engine_standin.py"
+REPO = Path(__file__).resolve().parents[3]
+STANDIN = REPO / "tests" / "_support" / "standin.py"
 
 
 @pytest.fixture(scope="module")

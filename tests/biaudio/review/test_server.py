@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_review_support import build_mini_out, manifest_rows, raw_request, write_manifest
 
 from biaudio.review.clips import ManifestError, load_clipset, read_manifest_table, select_rows
 from biaudio.review.server import ReviewConfig, ReviewError, make_server, serve_in_thread
+from tests.biaudio.review.support import build_mini_out, manifest_rows, raw_request, write_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

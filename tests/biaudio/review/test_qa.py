@@ -8,12 +8,12 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_review_support import manifest_rows, write_manifest
 from typer.testing import CliRunner
 
 from biaudio.cli import app
 from biaudio.review.db import QADatabase
 from biaudio.review.qa import cohen_kappa
+from tests.biaudio.review.support import manifest_rows, write_manifest
 
 runner = CliRunner()
 

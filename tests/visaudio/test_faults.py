@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_model import _write_mp4
 from typer.testing import CliRunner
 
+from tests._support.model import _write_mp4
 from visaudio.checkpoint import (
     CKPT_NAME,
     PREV_CKPT_NAME,
@@ -30,7 +30,7 @@ from visaudio.train import train
 
 torch.set_num_threads(1)
 FAST = ["train.num_threads=1"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Payload:

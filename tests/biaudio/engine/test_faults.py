@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_build import make_standin_media
 from typer.testing import CliRunner
 
 from biaudio.cli import app
@@ -28,10 +27,11 @@ from biaudio.engine.check import validate
 from biaudio.engine.run import build
 from biaudio.manifest import read_manifest
 from biaudio.recipe import load_recipe
+from tests._support.build import make_standin_media
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "test_build_engine_standin.py"
-FAULTS_ITEM = REPO / "tests" / "faults_item.py"
+REPO = Path(__file__).resolve().parents[3]
+STANDIN = REPO / "tests" / "_support" / "standin.py"
+FAULTS_ITEM = REPO / "tests" / "_support" / "faults_item.py"
 runner = CliRunner()
 N_SOURCES = 4
 

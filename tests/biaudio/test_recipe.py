@@ -15,7 +15,7 @@ from biaudio.recipe import (
     recipe_hash,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path: Path, text: str) -> Path:

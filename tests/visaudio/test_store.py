@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_model import make_toy_manifest
 from typer.testing import CliRunner
 
+from tests._support.model import make_toy_manifest
 from visaudio.cli import app
 from visaudio.config import load_config
 from visaudio.data import DataError
@@ -143,7 +143,7 @@ def test_store_train_resume_and_generate(store, tmp_path):
     assert max(abs(la[k] - lb[k]) for k in la) < 1e-5
     # latent statistics were computed once and kept in the store
     assert len(list(store.glob("*/train/latent_stats-*.pt"))) == 1
-    from fixtures_model import _write_mp4
+    from tests._support.model import _write_mp4
 
     vid = tmp_path / "v.mp4"
     _write_mp4(vid, np.full((24, 24, 32, 3), 90, np.uint8), 8.0)
@@ -208,7 +208,7 @@ def test_posthoc_ema_run_exports_a_generation_checkpoint(store, tmp_path):
     assert r.exit_code == 0, r.output
     ck = torch.load(tmp_path / "p.pt", weights_only=True)
     assert ck["step"] == 6 and set(ck["ema"]) == set(torch.load(run / "ckpt" / "last.pt", weights_only=True)["ema"])
-    from fixtures_model import _write_mp4
+    from tests._support.model import _write_mp4
 
     vid = tmp_path / "v.mp4"
     _write_mp4(vid, np.full((12, 24, 32, 3), 90, np.uint8), 8.0)
@@ -333,7 +333,7 @@ def test_torchrun_two_ranks_on_the_store_match_one_process(store, tmp_path):
 
     ov = ["train.batch_size=4", "train.num_threads=1", "train.ckpt_every=1000", "data.augment=true"]
     one = train(None, "micro", tmp_path / "one", max_steps=3, overrides=ov, progress=False, store=store)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29737", "-m",
            "visaudio.cli", "train", "--store", str(store), "--config", "micro", "--run-dir", str(tmp_path / "two"),
            "--max-steps", "3"] + [x for o in ov + ["train.num_workers=1"] for x in ("--set", o)]

@@ -30,7 +30,7 @@ from biaudio.media.audio import build_decode_cmd
 
 SR = 48000
 TONES = (300.0, 700.0, 1500.0, 3100.0)  # one per channel, no harmonics of each other
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _tones(seconds: float = 1.0) -> np.ndarray:

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fixtures_model import make_toy_manifest
 
+from tests._support.model import make_toy_manifest
 from visaudio.checkpoint import CheckpointMismatch
 from visaudio.config import load_config
 from visaudio.data import DataError, ManifestDataset, load_manifest_split, swap_caption
@@ -72,7 +72,7 @@ def test_resume_is_exact(toy_manifest, tmp_path):
 def test_torchrun_two_processes_matches_one(toy_manifest, tmp_path):
     ov = ["train.batch_size=4", "train.num_threads=1", "train.ckpt_every=1000"]
     one = train(toy_manifest, "micro", tmp_path / "one", max_steps=2, overrides=ov, progress=False)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731", "-m",
            "visaudio.cli", "train", "--manifest", str(toy_manifest), "--config", "micro", "--run-dir",
            str(tmp_path / "two"), "--max-steps", "2"] + [x for o in ov for x in ("--set", o)]

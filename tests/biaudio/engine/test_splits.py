@@ -25,8 +25,8 @@ from biaudio.errors import BiaudioError, RecipeError
 from biaudio.ingest.sources import SourceItem, read_sources
 from biaudio.recipe import load_recipe, recipe_from_dict
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "test_build_engine_standin.py"
+REPO = Path(__file__).resolve().parents[3]
+STANDIN = REPO / "tests" / "_support" / "standin.py"
 _spec = importlib.util.spec_from_file_location("standin", STANDIN)
 standin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(standin)
@@ -392,7 +392,7 @@ def test_eval_bootstrap_clusters_by_group():
 def test_real_pipeline_times_are_in_the_source_video(tmp_path):
     """The real stages on a synthetic scene, then the same file named as a Sphere360 clip
     (``<ytid>_30.mp4``) with ``timeline.offset_from_name``: same windows, times 30 s later."""
-    from fixtures_build import run_demo_build
+    from tests._support.build import run_demo_build
 
     first = run_demo_build(tmp_path / "synth", ("sources.0.synth.scenes=1", "sources.0.synth.duration=6.0",
                                                 "execution.workers=1"))

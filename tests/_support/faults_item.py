@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-_spec = importlib.util.spec_from_file_location("_standin", Path(__file__).with_name("test_build_engine_standin.py"))
+_spec = importlib.util.spec_from_file_location("_standin", Path(__file__).with_name("standin.py"))
 _standin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_standin)
 
