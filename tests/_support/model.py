@@ -1,12 +1,12 @@
-"""Session fixtures of the model area (pytest plugin listed in conftest.py).
+"""Model-area helpers behind the fixtures ``toy_manifest`` (tests/visaudio/conftest.py),
+``tiny_run`` (tests/conftest.py) and ``tiny_mono_run`` (tests/visaudio/eval/conftest.py).
 
-* ``toy_manifest``: a small hand-made manifest (no build pipeline needed): each clip shows a
-  coloured disc on the left or right of the picture (some clips move across) and the audio is a
+* :func:`make_toy_manifest`: a small hand-made manifest (no build pipeline needed): each clip shows
+  a coloured disc on the left or right of the picture (some clips move across) and the audio is a
   tone panned to the same side with a level (ILD) and a time (ITD) difference.
-* ``tiny_run``: the tiny config trained ONCE per session on ``demo_build``; returns the run dir.
-  ``tiny_mono_run``: the same trained on the mid channel (the mono baseline), fewer steps.
-  Set ``VISAUDIO_TINY_RUN_DIR`` to keep the runs between sessions (training resumes, so a
-  finished run is reused instantly).
+* ``TINY_STEPS`` / ``TINY_OVERRIDES``: how the tiny config is trained for the session runs.
+  :func:`tiny_run_dir`: where a session run lives; set ``VISAUDIO_TINY_RUN_DIR`` to keep the runs
+  between sessions (training resumes, so a finished run is reused instantly).
 """
 
 from __future__ import annotations
@@ -93,34 +93,7 @@ def make_toy_manifest(out: Path, n_train: int = 8, n_val: int = 2, n_test: int =
     return out
 
 
-@pytest.fixture(scope="session")
-def toy_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_toy_manifest(tmp_path_factory.mktemp("toy") / "toy")
-
-
-def _run_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """``$VISAUDIO_TINY_RUN_DIR/<name>`` when set (kept between sessions), else a fresh temp folder."""
     fixed = os.environ.get("VISAUDIO_TINY_RUN_DIR")
     return Path(fixed) / name if fixed else tmp_path_factory.mktemp(name) / "run"
-
-
-@pytest.fixture(scope="session")
-def tiny_run(demo_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny config trained on the demo build for TINY_STEPS steps (batch 8); the run dir."""
-    from visaudio.train import train
-
-    run = _run_dir(tmp_path_factory, "tiny_run")
-    s = train(demo_build, "tiny", run, max_steps=TINY_STEPS, overrides=TINY_OVERRIDES, progress=False)
-    print(f"\n[tiny_run] steps {s['steps']} first loss {s['first_loss']} last loss {s['last_loss']} "
-          f"samples/s {s['samples_per_s']}")
-    return run
-
-
-@pytest.fixture(scope="session")
-def tiny_mono_run(demo_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The mono baseline: tiny trained on the mid channel (L+R)/2 as both targets."""
-    from visaudio.train import train
-
-    run = _run_dir(tmp_path_factory, "tiny_mono_run")
-    train(demo_build, "tiny", run, max_steps=max(50, TINY_STEPS // 3),
-          overrides=TINY_OVERRIDES + ["data.channels=mono"], progress=False)
-    return run

@@ -26,7 +26,6 @@ from biaudio.annotate.engine import annotate, read_record, record_path
 from biaudio.errors import BiaudioError
 from biaudio.stages import caption as cap
 from biaudio.stages.caption import CaptionConfig, ClipRef
-from tests.biaudio.stages.test_caption import av_clip, tiny_omni_model, tiny_text_model  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[3]
 DEMO_SET = ("sources.0.synth.scenes=4", "sources.0.synth.duration=8", "sources.0.synth.size=[480,240]",
@@ -111,7 +110,7 @@ def _clip_variants(src: Path, d: Path) -> list[Path]:
 # ------------------------------------------------------------------ batching = single calls
 
 
-def test_caption_batch_equals_single_calls(tiny_omni_model, tiny_text_model, tmp_path, monkeypatch):  # noqa: F811
+def test_caption_batch_equals_single_calls(tiny_omni_model, tiny_text_model, tmp_path, monkeypatch):
     """Greedy decoding: N clips in one left-padded forward give the N captions of N single calls,
     for the Omni describer and for the text model; an unreadable clip gets its own reason."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

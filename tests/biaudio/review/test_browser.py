@@ -40,18 +40,6 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def mini_template(tmp_path_factory) -> Path:
-    return build_mini_out(tmp_path_factory.mktemp("mini") / "OUT", n=4)
-
-
-@pytest.fixture
-def mini_out(mini_template, tmp_path) -> Path:
-    out = tmp_path / "OUT"
-    shutil.copytree(mini_template, out)
-    return out
-
-
 def _serve(out: Path, **kw):
     return serve_in_thread(ReviewConfig(out_dir=out, port=0, reviewer=kw.pop("reviewer", "tester"), **kw))
 

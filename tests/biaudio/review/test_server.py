@@ -5,7 +5,6 @@ old schema, bad --where)."""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,16 +21,14 @@ from tests.biaudio.review.support import build_mini_out, manifest_rows, raw_requ
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    return build_mini_out(tmp_path_factory.mktemp("srv") / "OUT", n=4)
+@pytest.fixture
+def template(mini_template) -> Path:
+    return mini_template
 
 
 @pytest.fixture
-def out(template, tmp_path) -> Path:
-    dst = tmp_path / "OUT"
-    shutil.copytree(template, dst)
-    return dst
+def out(mini_out) -> Path:
+    return mini_out
 
 
 @pytest.fixture
