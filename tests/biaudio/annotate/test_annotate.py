@@ -26,10 +26,10 @@ from biaudio.annotate.engine import annotate, read_record, record_path
 from biaudio.errors import BiaudioError
 from biaudio.stages import caption as cap
 from biaudio.stages.caption import CaptionConfig, ClipRef
+from tests._support.scenes import small_demo_overrides
 
 REPO = Path(__file__).resolve().parents[3]
-DEMO_SET = ("sources.0.synth.scenes=4", "sources.0.synth.duration=8", "sources.0.synth.size=[480,240]",
-            "render.width=128", "render.height=72", "execution.workers=1")
+DEMO_SET = small_demo_overrides(4, 8, size=(480, 240), render=(128, 72))
 
 
 def make_av_towers(d: Path, seed: int = 0) -> Path:

@@ -14,9 +14,10 @@ from biaudio.clean.speech import SpeechConfig, speech_score
 from biaudio.clean.static import static_score
 from biaudio.ingest.analysis import analyze_file
 from biaudio.ingest.validate import ValidateConfig
+from tests._support.scenes import small_scene
 
 AMBIX_WEBM = ValidateConfig(declared_convention="ambix", declared_convention_formats=["webm"])
-SMALL = dict(duration=3.0, size=(256, 128), fps=10)
+SMALL = dict(duration=3.0, size=(256, 128), n_sources=None)  # make_scene draws the number of sources
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,9 @@ def test_real_ambience_and_music_are_not_speech(real):
 
 
 def test_silent_and_frozen_scenes_rejected(tmp_path):
-    from biaudio.synth import make_scene
-
-    silent = make_scene(tmp_path, "silent", 3, silent=True, **SMALL).video
-    frozen = make_scene(tmp_path, "frozen", 4, frozen=True, **SMALL).video
-    live = make_scene(tmp_path, "live", 5, **SMALL).video
+    silent = small_scene(tmp_path, "silent", 3, silent=True, **SMALL).video
+    frozen = small_scene(tmp_path, "frozen", 4, frozen=True, **SMALL).video
+    live = small_scene(tmp_path, "live", 5, **SMALL).video
     cfg = dict(speech_cfg=SpeechConfig(enabled=False))
     r = analyze_file(silent, **cfg)
     assert r.reject is not None and r.reject.reason == "silent" and r.reject.stage == "clean"
@@ -79,12 +78,10 @@ def test_silence_threshold_edges():
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_espeak_speech_in_360_scene_scores_high(tmp_path):
-    from biaudio.synth import make_scene
-
     wav = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "Please remember to switch off the lights when you leave the "
                     "room, and close every window before it starts to rain tonight."], check=True, timeout=60)
-    scene = make_scene(tmp_path, "talk", 7, duration=6.0, size=(256, 128), fps=10, n_sources=1, speech_wav=str(wav)).video
+    scene = small_scene(tmp_path, "talk", 7, duration=6.0, size=(256, 128), speech_wav=str(wav)).video
     r = analyze_file(scene, stop_on_reject=False)
     f = r.filters["speech"]
     assert f.score >= 0.5, f.detail

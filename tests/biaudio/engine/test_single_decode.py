@@ -12,6 +12,7 @@ import pytest
 
 from biaudio.engine.types import WorkItem
 from biaudio.recipe import Recipe
+from tests._support.scenes import small_scene
 
 LOG = logging.getLogger("test_build_single_decode")
 
@@ -52,13 +53,9 @@ def _run(video: Path, recipe: Recipe, out: Path, monkeypatch) -> tuple[object, d
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from biaudio.synth import make_scene
-
     d = tmp_path_factory.mktemp("single_decode")
-    plain = make_scene(d, "plain", seed=41, duration=6.5, size=(480, 240), fps=10, n_sources=1, ambience=True,
-                       static_source=(70.0, 0.0))
-    cut = make_scene(d, "cut", seed=42, duration=6.5, size=(480, 240), fps=10, n_sources=1, ambience=True,
-                     static_source=(-60.0, 0.0), cuts_s=[2.5])
+    plain = small_scene(d, "plain", seed=41, duration=6.5, static_source=(70.0, 0.0))
+    cut = small_scene(d, "cut", seed=42, duration=6.5, static_source=(-60.0, 0.0), cuts_s=[2.5])
     return {"plain": plain.video, "cut": cut.video}
 
 

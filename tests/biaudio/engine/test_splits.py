@@ -24,6 +24,7 @@ from biaudio.engine.upgrade import upgrade
 from biaudio.errors import BiaudioError, RecipeError
 from biaudio.ingest.sources import SourceItem, read_sources
 from biaudio.recipe import load_recipe, recipe_from_dict
+from tests._support.scenes import small_demo_overrides
 
 REPO = Path(__file__).resolve().parents[3]
 STANDIN = REPO / "tests" / "_support" / "standin.py"
@@ -394,8 +395,7 @@ def test_real_pipeline_times_are_in_the_source_video(tmp_path):
     (``<ytid>_30.mp4``) with ``timeline.offset_from_name``: same windows, times 30 s later."""
     from tests._support.build import run_demo_build
 
-    first = run_demo_build(tmp_path / "synth", ("sources.0.synth.scenes=1", "sources.0.synth.duration=6.0",
-                                                "execution.workers=1"))
+    first = run_demo_build(tmp_path / "synth", small_demo_overrides(1, 6.0))
     a = pd.read_parquet(first / "manifest.parquet").sort_values("start_s")
     assert len(a) >= 1 and a["section_start_s"].isna().all() and (a["group_id"] == "scene_0000").all()
     (scene,) = (first / "sources").glob("synth-*/scene_0000.mp4")

@@ -10,6 +10,7 @@ import pytest
 
 from biaudio.engine.types import WorkItem
 from biaudio.recipe import Recipe
+from tests._support.scenes import small_scene
 
 STAGE_COLUMNS = [  # manifest v2 minus the engine's columns (group_id, split, schema_version, recipe_hash, tool_versions)
     "clip_id", "source_id", "source_uri", "start_s", "end_s", "duration_s", "section_start_s", "video_path", "audio_path",
@@ -32,10 +33,7 @@ def _recipe(**traj) -> Recipe:
 
 
 def _scene(tmp: Path, name: str, az: float, seed: int):
-    from biaudio.synth import make_scene
-
-    return make_scene(tmp, name, seed=seed, duration=2.5, size=(480, 240), fps=10, n_sources=1, ambience=True,
-                      static_source=(az, 0.0))
+    return small_scene(tmp, name, seed=seed, duration=2.5, static_source=(az, 0.0))
 
 
 def _item(video: Path) -> WorkItem:
@@ -152,10 +150,7 @@ def test_filters_judge_each_clip_and_foa_is_decoded_once(tmp_path: Path):
     from biaudio.media.audio import AUDIO_DECODES, decode_audio
     from biaudio.media.video import mux_foa
     from biaudio.stages.item import process_item
-    from biaudio.synth import make_scene
-
-    scene = make_scene(tmp_path, "loud", 31, duration=16.4, size=(256, 128), fps=10, n_sources=1, ambience=True,
-                       static_source=(70.0, 0.0))
+    scene = small_scene(tmp_path, "loud", 31, duration=16.4, size=(256, 128), static_source=(70.0, 0.0))
     foa, sr = decode_audio(scene.video)
     foa[:, : int(8.2 * sr)] = 0.0
     video = mux_foa(scene.video, foa, sr, tmp_path / "half" / "half.mp4")

@@ -10,6 +10,7 @@ import pytest
 from biaudio.spatial.angles import world_to_camera_dir
 from biaudio.stages.render import RenderConfig, output_fps, render_clip, view_outline
 from biaudio.stages.trajectory import Trajectory, TrajectoryConfig, make_trajectory
+from tests._support.scenes import small_scene
 
 SRC_AZ, SRC_EL = 30.0, 10.0
 CFG = RenderConfig(width=192, height=108, preview_width=320)
@@ -19,11 +20,10 @@ CFG = RenderConfig(width=192, height=108, preview_width=320)
 def scene(tmp_path_factory):
     from biaudio.media.audio import decode_audio
     from biaudio.media.probe import probe
-    from biaudio.synth import load_truth, make_scene
+    from biaudio.synth import load_truth
 
     d = tmp_path_factory.mktemp("scene")
-    paths = make_scene(d, "s30", seed=3, duration=2.0, size=(480, 240), fps=10, n_sources=1, ambience=False,
-                       static_source=(SRC_AZ, SRC_EL))
+    paths = small_scene(d, "s30", seed=3, duration=2.0, ambience=False, static_source=(SRC_AZ, SRC_EL))
     foa, sr = decode_audio(paths.video, sr=48000)
     truth = load_truth(paths.truth_json)
     return paths.video, probe(paths.video), foa, sr, np.array(truth["sources"][0]["color"], float)
