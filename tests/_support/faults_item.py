@@ -4,7 +4,7 @@ disk is met where the pipeline meets it.
 
 Driven by ``BIAUDIO_FAULTS`` (JSON): ``writer`` ("flac" or "mp4") and ``big`` ({source_id:
 seconds of noise}); everything else comes from ``BIAUDIO_STANDIN`` (see
-``test_build_engine_standin.py``).
+``standin.py``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 actors, the manifest version chain, QA statuses and the recipe hash left alone.
 
 Models are real ``transformers`` models with random weights built on the spot (nothing downloaded):
-the caption fixtures of test_caption.py (tiny Qwen2.5-Omni thinker + tiny GPT-2) and tiny CLIP +
+the caption fixtures of tests/biaudio/conftest.py (tiny Qwen2.5-Omni thinker + tiny GPT-2) and tiny CLIP +
 CLAP towers for the audio-visual consistency score.
 """
 

@@ -3,7 +3,7 @@ list, completion records that name their input, an OUT that is refused when it i
 that delete only what the build wrote, a lock and a download archive that need neither ``flock``
 nor ``O_APPEND`` (network filesystems), and a real two-node Ray cluster.
 
-The fast stand-in for the stages (tests/test_build_engine_standin.py) does the per-item work; the
+The fast stand-in for the stages (tests/_support/standin.py) does the per-item work; the
 engine, the processes, the files and the parquet are real.
 """
 
