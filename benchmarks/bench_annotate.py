@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tiny-checkpoint builders of the tests
+sys.path.insert(0, str(REPO))  # the tiny-checkpoint builders of the tests (package tests._support)
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -48,15 +48,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from test_annotate import make_av_towers
-    from test_caption import make_tiny_omni_model, make_tiny_text_model
-
     from biaudio.annotate.config import AnnotateConfig, AVConsistencyConfig
     from biaudio.annotate.stages import AVConsistencyStage
     from biaudio.engine.run import build
     from biaudio.manifest import read_manifest
     from biaudio.recipe import load_recipe
     from biaudio.stages.caption import CaptionConfig, ClipRef, LocalModelCaptioner
+    from tests._support.tiny_models import make_tiny_omni_model, make_tiny_text_model
+    from tests.biaudio.annotate.test_annotate import make_av_towers
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-annotate-"))
     scenes = max(1, args.clips // 2)

@@ -1,7 +1,7 @@
 """Issue 6 sweep: does a model/loss/config variant learn the source side at the e2e test's budget?
 
-The e2e test (tests/test_visaudio_e2e.py) trains tiny for 300 steps at batch 8 (tests/
-fixtures_model.py TINY_OVERRIDES) on the demo build's train split, generates the test split with
+The e2e test (tests/e2e/test_build_train_generate.py) trains tiny for 300 steps at batch 8 (tests/
+_support/model.py TINY_OVERRIDES) on the demo build's train split, generates the test split with
 25 Euler steps at CFG 4.5, seed 0, and asks: is the per-frame ILD sign of the generated audio on
 the source's side (one-sided binomial p < 0.01) and corr(ILD, sin az_cam) > 0? This script runs
 that exact protocol for several variants x seeds in parallel processes on one GPU (fp32) and
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# the e2e fixture's overrides (tests/fixtures_model.py), fp32, one thread per process
+# the e2e fixture's overrides (tests/_support/model.py), fp32, one thread per process
 BASE = ["train.batch_size=8", "train.val_every=100000", "train.ckpt_every=100000", "train.warmup_steps=20",
         "train.lr=1e-3", "train.ema_decay=0.99", "train.num_threads=1", "train.bf16=false",
         "train.tensorboard=false"]
@@ -67,11 +67,9 @@ GEN = [("cfg4.5", 4.5, False), ("cfg1", 1.0, False), ("cfg4.5_flip", 4.5, True)]
 def pack(manifest: Path, out: Path) -> None:
     import pandas as pd
     import soundfile as sf
-
-    sys.path.insert(0, str(ROOT / "tests"))
     from gpu_train_demo import pack as pack_demo
-    from test_visaudio_e2e import camera_azimuth
 
+    from tests.e2e.test_build_train_generate import camera_azimuth
     from visaudio.eval.metrics import block_ild_db
 
     pack_demo(manifest, out, ["train"], "tiny", gen_split="test")

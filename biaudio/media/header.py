@@ -10,7 +10,7 @@ The dump is text meant for people, so this parser is deliberately strict: anythi
 recognise for certain (an unknown channel layout, a frame rate printed with lost precision, a
 colour description split over lines, a projection other than equirectangular, a second input)
 makes it return ``None`` and the caller runs ffprobe instead. What it returns is checked field by
-field against ffprobe in ``tests/test_media_header.py``. Known, documented differences: the format
+field against ffprobe in ``tests/biaudio/media/test_header.py``. Known, documented differences: the format
 duration is printed to 10 ms (ffprobe: 1 µs), and ``nb_frames`` is never printed (the frame count
 is then estimated from duration x fps, as ffprobe does for Matroska).
 """

@@ -109,7 +109,7 @@ def rotate_along(
 
     Frame ``k`` holds pose ``R[k]`` at ``frame_times[k]``; between two frames the output is
     ``(1-g) M_k x + g M_{k+1} x`` with ``g`` going linearly 0 -> 1 over the samples in between
-    (close to exact per-sample rotation, no clicks; tests/test_spatial_foa.py measures it). ``crossfade=False``
+    (close to exact per-sample rotation, no clicks; tests/biaudio/spatial/test_foa.py measures it). ``crossfade=False``
     switches matrices at frame boundaries (only for comparison: it clicks). Before the first
     and after the last frame time the end poses hold.
     """

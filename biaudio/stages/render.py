@@ -3,7 +3,7 @@
 Why one module for both: the dataset's value is that picture and sound agree. The video frames and
 the binaural rotation use the same per-frame poses at the same frame times (``traj.t``), so a source
 seen on the right of the image is heard louder in the right ear (docs/ARCHITECTURE.md, conventions §7;
-checked by tests/test_spatial_projection.py).
+checked by tests/biaudio/spatial/test_projection.py).
 
 Memory and speed: source frames are streamed once per clip, either from a branch of the source's
 analysis decode (:meth:`ClipRender.branch`, the build's default) or from a decode of the window alone
