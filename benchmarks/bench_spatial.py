@@ -35,9 +35,22 @@ def _build(out: Path, recipe: str) -> Path:
     return out
 
 
+def _trained_to(run: Path) -> int:
+    """The last logged step of a run with a checkpoint (0 if none)."""
+    log = run / "train_log.csv"
+    if not (run / "ckpt" / "last.pt").is_file() or not log.is_file():
+        return 0
+    rows = log.read_text().strip().splitlines()[1:]
+    return int(rows[-1].split(",")[0]) if rows else 0
+
+
 def _train(manifest: Path, run: Path, steps: int, overrides: list[str], threads: int) -> float:
     from visaudio.train import train
 
+    # A finished run is not resumed: resuming rewrites its config.yaml, which changes the
+    # checkpoint fingerprint the eval cache is keyed on, so every system would be generated again.
+    if _trained_to(run) >= steps:
+        return 0.0
     t0 = time.time()
     train(manifest, "tiny", run, max_steps=steps, overrides=TRAIN_OVERRIDES + [f"train.num_threads={threads}"] + overrides,
           progress=False)
