@@ -9,6 +9,9 @@ means of the key metrics and the paired differences against each two-stage basel
 Usage (the README's table):
   python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 100 \\
       --variant base= --variant motion=model.camera_motion=true
+Paper ablations: ``--variant nost=model.use_spacetime=false --variant shared=model.shared_branch=true``;
+no guidance: ``--cfg 1``; ``--mix DEMO_BUILD`` trains the binaural variants on the bench's and the
+demo's train splits together.
 Runs resume (training and the eval cache), so a second call only redoes what changed.
 """
 
@@ -35,13 +38,53 @@ def _build(out: Path, recipe: str) -> Path:
     return out
 
 
+def _trained_to(run: Path) -> int:
+    """The last logged step of a run with a checkpoint (0 if none)."""
+    log = run / "train_log.csv"
+    if not (run / "ckpt" / "last.pt").is_file() or not log.is_file():
+        return 0
+    rows = log.read_text().strip().splitlines()[1:]
+    return int(rows[-1].split(",")[0]) if rows else 0
+
+
 def _train(manifest: Path, run: Path, steps: int, overrides: list[str], threads: int) -> float:
     from visaudio.train import train
 
+    # A finished run is not resumed: resuming rewrites its config.yaml, which changes the
+    # checkpoint fingerprint the eval cache is keyed on, so every system would be generated again.
+    if _trained_to(run) >= steps:
+        return 0.0
     t0 = time.time()
     train(manifest, "tiny", run, max_steps=steps, overrides=TRAIN_OVERRIDES + [f"train.num_threads={threads}"] + overrides,
           progress=False)
     return time.time() - t0
+
+
+def _mix(work: Path, bench: Path, extra: Path) -> Path:
+    """A manifest folder whose train split is the bench's train split plus ``extra``'s (val and
+    test stay the bench's): both builds are linked in, the media paths point through the links."""
+    import pandas as pd
+
+    out = work / "mix"
+    if (out / "manifest.parquet").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for name, root, splits in (("bench", bench, None), ("extra", extra, ["train"])):
+        link = out / name
+        if not link.exists():
+            link.symlink_to(Path(root).resolve())
+        df = pd.read_parquet(Path(root) / "manifest.parquet")
+        if splits is not None:
+            df = df[df["split"].isin(splits)]
+        df = df.assign(clip_id=[f"{name}-{c}" for c in df["clip_id"]],
+                       video_path=[f"{name}/{v}" for v in df["video_path"]],
+                       audio_path=[f"{name}/{v}" for v in df["audio_path"]])
+        parts.append(df)
+    tmp = out / "manifest.tmp.parquet"
+    pd.concat(parts, ignore_index=True).to_parquet(tmp)
+    tmp.replace(out / "manifest.parquet")
+    return out
 
 
 def _compact(summary: dict) -> dict:
@@ -71,6 +114,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME=override,override (repeatable)")
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--gen-steps", type=int, default=25)
+    ap.add_argument("--mix", type=Path, default=None,
+                    help="a finished build (e.g. the demo) whose train split is added to the bench's for the binaural "
+                         "variants (the mono model and every evaluation stay on the bench alone)")
     a = ap.parse_args()
     from visaudio.eval import runner as R
 
@@ -82,15 +128,17 @@ def main() -> None:
     for dname, manifest in datasets.items():
         mono = a.work / f"{dname}-mono"
         t_mono = _train(manifest, mono, a.mono_steps, ["data.channels=mono"], a.threads)
+        train_on = _mix(a.work, manifest, a.mix) if (a.mix and dname == "bench") else manifest
         for name, ov in variants:
             run = a.work / f"{dname}-{name}"
-            t_train = _train(manifest, run, a.steps, [o for o in ov.split(",") if o], a.threads)
+            t_train = _train(train_on, run, a.steps, [o for o in ov.split(",") if o], a.threads)
             t0 = time.time()
             cfg = R.EvalConfig(manifest_dir=manifest, report_dir=a.work / f"report-{dname}-{name}-cfg{a.cfg:g}",
                                ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono), steps=a.gen_steps,
                                cfg=a.cfg, n_audio_clips=0)
             summary = R.run(cfg)
-            print(json.dumps({"dataset": dname, "variant": name, "overrides": ov, "steps": a.steps,
+            print(json.dumps({"dataset": dname, "variant": name, "overrides": ov, "mix": str(a.mix) if a.mix else None,
+                              "steps": a.steps,
                               "mono_steps": a.mono_steps, "train_s": round(t_train), "mono_train_s": round(t_mono),
                               "eval_s": round(time.time() - t0), "cfg": a.cfg, **_compact(summary)}), flush=True)
 

@@ -159,6 +159,11 @@ class ModelConfig(_Strict):
     # fed per branch (mirrored for R) into the spacetime condition: the cue that says how a
     # world-fixed sound, on- or off-screen, must move between the ears (visaudio/motion.py).
     camera_motion: bool = False
+    # single shared branch (the paper's "without dual branch" ablation): the N2 branch blocks, the
+    # final layer and the conditional skip are one set of weights applied to both channels, which
+    # then differ only through the channel embedding and their per-branch conditions (spacetime
+    # E^l / E^r, mirrored positions). Off (the paper's dual branch): separate weights per channel.
+    shared_branch: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -294,6 +299,8 @@ class Config(_Strict):
         model = dict(d["model"])
         if not model.get("camera_motion"):  # off: the same hash as before the switch existed
             model.pop("camera_motion", None)
+        if not model.get("shared_branch"):  # likewise
+            model.pop("shared_branch", None)
         if model["text_layer"] == -1:  # added later: absent from older checkpoints' arch
             model.pop("text_layer")
         codec = {k: v for k, v in d["codec"].items() if k not in ("melvae_path", "vocoder_path")} | {"vae_ckpt": None}

@@ -6,7 +6,8 @@ Layout (MMAudio style):
 * N1 **joint blocks**: one attention over [L tokens, R tokens, video tokens, text tokens] with
   per-stream weights (the audio weights are shared by L and R; a learned channel embedding tells
   them apart). Both channels seeing each other here is what keeps them coherent;
-* N2 **branch blocks** per channel (separate weights for L and R) over that channel's tokens;
+* N2 **branch blocks** per channel (separate weights for L and R; one shared set with
+  ``model.shared_branch``, the single-branch ablation) over that channel's tokens;
 * per-token adaLN condition = t-embedding + global (pooled video/text) + sync stream upsampled to
   the latent rate + the channel's **spacetime** feature (patch tokens + 2-D position encodings +
   learned ``E^l``/``E^r``, attention-pooled per frame so the pooling depends on *where* things
@@ -312,10 +313,13 @@ class ViSAudio(nn.Module):
         self.null_spacetime = nn.Parameter(torch.zeros(2, D))
         self.joint = nn.ModuleList(JointBlock(D, m.heads, m.mlp_ratio, 3, last=i == m.n_joint - 1)
                                    for i in range(m.n_joint))
+        # one set of branch weights per channel (dual branch), or one shared by both
+        # (model.shared_branch, the single-branch ablation): forward indexes them with _branch(ch)
+        n_sets = 1 if m.shared_branch else 2
         self.branches = nn.ModuleList(
-            nn.ModuleList(JointBlock(D, m.heads, m.mlp_ratio, 1) for _ in range(m.n_branch)) for _ in range(2)
+            nn.ModuleList(JointBlock(D, m.heads, m.mlp_ratio, 1) for _ in range(m.n_branch)) for _ in range(n_sets)
         )
-        self.final = nn.ModuleList(FinalLayer(D, latent_dim) for _ in range(2))
+        self.final = nn.ModuleList(FinalLayer(D, latent_dim) for _ in range(n_sets))
         # Skip path: v += (SKIP_MULT * skip_gain) * c(t) * x_t, with c(t) the optimal linear
         # predictor of x1 - x0 from x_t for a Gaussian dimension of variance s2 (normalised units):
         # c = (t s2 - (1 - t)) / (t^2 s2 + (1 - t)^2). Why: the latent (642-dim STFT frames in tiny)
@@ -335,7 +339,7 @@ class ViSAudio(nn.Module):
         # for CFG (the null spacetime is the same for both branches).
         self.skip_cond = None
         if m.cond_skip:
-            self.skip_cond = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(D, latent_dim)) for _ in range(2))
+            self.skip_cond = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(D, latent_dim)) for _ in range(n_sets))
             for sc in self.skip_cond:
                 nn.init.zeros_(sc[1].weight)
                 nn.init.zeros_(sc[1].bias)
@@ -469,11 +473,12 @@ class ViSAudio(nn.Module):
         for ch in range(C):
             y = a[:, ch]
             cc = ctok[:, ch]
-            for blk in self.branches[ch]:
+            k = ch % len(self.final)  # 0 for both channels with model.shared_branch
+            for blk in self.branches[k]:
                 (y,) = blk([y], [cc], [rope_a1])
-            o = self.final[ch](y, cc)
+            o = self.final[k](y, cc)
             if self.skip_cond is not None:
-                o = o + self.skip_cond[ch](cc) * x[:, ch]
+                o = o + self.skip_cond[k](cc) * x[:, ch]
             outs.append(o)
         tt = t.float()[:, None]
         s2 = self.latent_var[None]
