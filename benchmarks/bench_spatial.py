@@ -65,6 +65,8 @@ def _mix(work: Path, bench: Path, extra: Path) -> Path:
     test stay the bench's): both builds are linked in, the media paths point through the links."""
     import pandas as pd
 
+    from biaudio.manifest import read_manifest_frame, write_frame
+
     out = work / "mix"
     if (out / "manifest.parquet").is_file():
         return out
@@ -74,16 +76,14 @@ def _mix(work: Path, bench: Path, extra: Path) -> Path:
         link = out / name
         if not link.exists():
             link.symlink_to(Path(root).resolve())
-        df = pd.read_parquet(Path(root) / "manifest.parquet")
+        df = read_manifest_frame(root)
         if splits is not None:
             df = df[df["split"].isin(splits)]
         df = df.assign(clip_id=[f"{name}-{c}" for c in df["clip_id"]],
                        video_path=[f"{name}/{v}" for v in df["video_path"]],
                        audio_path=[f"{name}/{v}" for v in df["audio_path"]])
         parts.append(df)
-    tmp = out / "manifest.tmp.parquet"
-    pd.concat(parts, ignore_index=True).to_parquet(tmp)
-    tmp.replace(out / "manifest.parquet")
+    write_frame(pd.concat(parts, ignore_index=True), out / "manifest.parquet")
     return out
 
 

@@ -65,15 +65,15 @@ GEN = [("cfg4.5", 4.5, False), ("cfg1", 1.0, False), ("cfg4.5_flip", 4.5, True)]
 
 
 def pack(manifest: Path, out: Path) -> None:
-    import pandas as pd
     import soundfile as sf
     from gpu_train_demo import pack as pack_demo
 
+    from biaudio.manifest import read_manifest_frame
     from tests.e2e.test_build_train_generate import camera_azimuth
     from visaudio.eval.metrics import block_ild_db
 
     pack_demo(manifest, out, ["train"], "tiny", gen_split="test")
-    df = pd.read_parquet(manifest / "manifest.parquet")
+    df = read_manifest_frame(manifest)
     truth = {}
     for _, row in df[df.split == "test"].iterrows():
         ref, sr = sf.read(str(manifest / row["audio_path"]), always_2d=True)

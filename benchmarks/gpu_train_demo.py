@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,8 +78,13 @@ def pack(manifest: Path, out: Path, splits: list[str], config: str, gen_split: s
     cfg = _cfg(config, COMMON)
     out.mkdir(parents=True, exist_ok=True)
     (out / "clips").mkdir(exist_ok=True)
-    df = pd.read_parquet(manifest / "manifest.parquet")
-    df[df["split"].isin(splits)].to_parquet(out / "manifest.parquet")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from biaudio.manifest import read_manifest, write_table
+
+    table = read_manifest(manifest)
+    write_table(table.filter(pc.is_in(table["split"], pa.array(splits))), out / "manifest.parquet")
     n = 0
     for split in splits:
         ds = ManifestDataset(manifest, split, cfg)

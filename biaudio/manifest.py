@@ -210,6 +210,18 @@ def write_table(table: pa.Table, path: Path | str) -> Path:
     return path
 
 
+def write_frame(df, path: Path | str) -> Path:
+    """Write a side table (an eval report's ``per_clip``/``camera_truth``) as parquet the way
+    :func:`write_table` writes the manifest: same options, temp + fsync + rename, no index column."""
+    return write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def read_frame(path: Path | str):
+    """Any parquet file as a pandas DataFrame (source lists, report side tables); the manifest
+    itself goes through :func:`read_manifest_frame`, which checks its version."""
+    return pq.read_table(path).to_pandas()
+
+
 def next_version_path(out_dir: Path | str) -> Path:
     """``OUT/manifest_versions/manifest.v<N>.parquet`` with N one above the highest kept (1 at first)."""
     vdir = Path(out_dir) / VERSIONS_DIR

@@ -187,9 +187,9 @@ def _rows_from_table(path: Path) -> list[tuple[int, str, object, object, object]
     """(line_number, entry, start, end, group) rows from a CSV/TSV/parquet list."""
     rows: list[tuple[int, str, object, object, object]] = []
     if path.suffix.lower() == ".parquet":
-        import pandas as pd
+        from biaudio.manifest import read_frame
 
-        df = pd.read_parquet(path)
+        df = read_frame(path)
         cols = {c.lower(): c for c in df.columns}
         idc = next((cols[c] for c in ID_COLUMNS if c in cols), df.columns[0])
         sc = next((cols[c] for c in START_COLUMNS if c in cols), None)

@@ -204,3 +204,36 @@ def test_cliprow_names_the_clip_and_column_of_a_bad_row():
     assert part.qa_status is None and part.get("hfov_deg", 90.0) == 90.0
     with pytest.raises(BiaudioError, match="clip x: column hfov_deg is str"):
         m.ClipRow.from_dict({"clip_id": "x", "hfov_deg": "wide"}, strict=False)
+
+
+def test_parquet_is_read_and_written_only_by_the_manifest_module(tmp_path: Path) -> None:
+    """biaudio.manifest is the one parquet reader/writer (one set of options, temp + rename): no
+    other module of the packages or benchmarks calls pandas' or pyarrow's parquet functions, and
+    its side-table writer gives byte-identical files for equal frames, read back by pandas."""
+    import ast
+
+    import pandas as pd
+
+    from biaudio.manifest import read_frame, write_frame
+
+    repo = Path(__file__).resolve().parents[2]
+    banned = {"read_parquet", "to_parquet", "write_table", "read_table", "ParquetFile", "ParquetWriter"}
+    hits = []
+    for root in ("biaudio", "visaudio", "benchmarks"):
+        for f in sorted((repo / root).rglob("*.py")):
+            rel = f.relative_to(repo).as_posix()
+            if rel == "biaudio/manifest.py":
+                continue
+            for n in ast.walk(ast.parse(f.read_text())):
+                if isinstance(n, ast.Attribute) and n.attr in banned and isinstance(n.value, ast.Name) \
+                        and n.value.id in ("pd", "pq", "df", "pandas", "parquet") or \
+                        isinstance(n, ast.Attribute) and n.attr in ("read_parquet", "to_parquet"):
+                    hits.append(f"{rel}:{n.lineno}: {n.attr}")
+    assert not hits, "\n".join(hits)
+    df = pd.DataFrame({"clip_id": ["a", "b"], "x": [1.5, None], "tags": [["p"], []]})
+    a, b = write_frame(df, tmp_path / "a.parquet"), write_frame(df, tmp_path / "b.parquet")
+    assert a.read_bytes() == b.read_bytes()
+    assert not list(tmp_path.glob(".*"))  # no temporary left behind
+    back = pd.read_parquet(a)
+    assert back["clip_id"].tolist() == ["a", "b"] and back["tags"].map(list).tolist() == [["p"], []]
+    assert read_frame(a).equals(back)

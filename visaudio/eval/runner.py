@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biaudio.manifest import ClipRow
+from biaudio.manifest import ClipRow, write_frame
 from visaudio.eval import baselines as B
 from visaudio.eval import metrics as M
 
@@ -550,12 +550,12 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     if on_progress:
         on_progress("statistics", total, total)
     per_clip = pd.DataFrame(rows)
-    per_clip.to_parquet(report_dir / "per_clip.parquet", index=False)
+    write_frame(per_clip, report_dir / "per_clip.parquet")
     src_ids = _groups(per_clip.drop_duplicates("clip_id"))
     fd = {sys_: set_metric_ci(feats[sys_], feats["__ref__"], cfg.n_boot_set, cfg.seed, src_ids) for sys_ in cfg.systems}
     summary = summarise(per_clip, fd, cfg, src.notes)
     if cam_truth:
-        pd.concat(cam_truth, ignore_index=True).to_parquet(report_dir / "camera_truth.parquet", index=False)
+        write_frame(pd.concat(cam_truth, ignore_index=True), report_dir / "camera_truth.parquet")
         summary["camera_truth"] = "camera_truth.parquet"
     if "scene_type" in per_clip.columns:
         summary["by_scene_type"] = by_scene_type(per_clip, cfg, src.notes)
