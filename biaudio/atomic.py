@@ -70,6 +70,14 @@ def atomic_path(final: Path | str, *, mode: int | None = None, fsync: bool = Fal
         tmp.unlink(missing_ok=True)
 
 
+def file_mode() -> int:
+    """Mode for new files, 0666 & ~umask: what ``open()`` would give, for temporaries made by tools
+    that create them 0600 (``mkstemp``, ffmpeg's own temp handling)."""
+    um = os.umask(0)
+    os.umask(um)
+    return 0o666 & ~um
+
+
 def write_bytes(path: Path | str, data: bytes, *, fsync: bool = False) -> Path:
     """``path.write_bytes(data)`` through a temporary sibling and a rename."""
     path = Path(path)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biaudio import atomic
 from biaudio.spatial.angles import dir_to_vec, wrap_deg
 
 KINDS = ("tone", "noise", "clicks", "formant")
@@ -574,25 +575,6 @@ def truth_dict(spec: SceneSpec, sigs: list[np.ndarray], video_name: str) -> dict
     }
 
 
-def _file_mode() -> int:
-    um = os.umask(0)
-    os.umask(um)
-    return 0o666 & ~um
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def render_scene(
     spec: SceneSpec, out_dir: str | os.PathLike, keep_foa_wav: bool = False, threads: int = 1
 ) -> ScenePaths:
@@ -642,7 +624,7 @@ def render_scene(
         td = truth_dict(spec, sigs, video.name)
         if foa_path is not None:
             td["foa_wav"] = foa_path.name
-        _atomic_write_text(truth, json.dumps(td, indent=1, sort_keys=True) + "\n")
+        atomic.write_text(truth, json.dumps(td, indent=1, sort_keys=True) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ScenePaths(video=video, truth_json=truth, foa_wav=foa_path)

@@ -48,18 +48,15 @@ def atomic_save(obj: Any, path: Path, keep_prev: Path | None = None) -> None:
     """Write ``path`` through a temporary file (fsync'd, then renamed), so a crash or a full disk
     leaves the old file whole. With ``keep_prev`` the old file becomes that one first: two
     checkpoints exist, and one damaged file does not lose the run."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    from biaudio.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if keep_prev is not None and path.is_file():
-        os.replace(path, keep_prev)
-    os.replace(tmp, path)
+        if keep_prev is not None and path.is_file():
+            os.replace(path, keep_prev)
 
 
 def arch_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from biaudio.atomic import atomic_path
 from visaudio.config import Config
 
 log = logging.getLogger(__name__)
@@ -188,9 +189,8 @@ class FeatureCache:
         d = self.cfg.data
         a = load_audio(audio, d.sample_rate)
         fr = read_video_frames(video, d.sync_fps, d.width, d.height)
-        tmp = f.with_suffix(".tmp.npz")
-        np.savez(tmp, audio=a, frames=fr, stamp=np.array(stamp))
-        tmp.replace(f)
+        with atomic_path(f, keep_suffix=True) as tmp:  # numpy appends .npz to a name without it
+            np.savez(tmp, audio=a, frames=fr, stamp=np.array(stamp))
         self.built += 1
         return a, fr
 

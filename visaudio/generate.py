@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from biaudio.atomic import atomic_path
 from visaudio.checkpoint import (
     CKPT_NAME,
     CheckpointUnreadable,
@@ -203,11 +204,7 @@ def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Pat
     from biaudio.media.audio import limit_peak
 
     audio = limit_peak(audio, 1.0, target=0.99)  # keep the L/R ratio: scale both channels together, never clip
-    tmp = flac.with_name(f".{flac.stem}.tmp.flac")  # whole file or none, like the mp4
-    try:
+    with atomic_path(flac, keep_suffix=True) as tmp:  # whole file or none, like the mp4
         sf.write(str(tmp), audio.T, sr, subtype="PCM_24")
-        tmp.replace(flac)
-    finally:
-        tmp.unlink(missing_ok=True)
     mux_audio(video, flac, out)
     return {"flac": str(flac), "mp4": str(out), "seconds": secs, "duration_s": audio.shape[1] / sr, "sr": sr}

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from biaudio import atomic
 from visaudio.config import Config, load_config
 from visaudio.data import (
     DataError,
@@ -80,19 +81,6 @@ def store_settings(cfg: Config, parts: list[Any] | None = None) -> dict[str, Any
 
 def store_key(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _store_dtype(key: str, v: np.ndarray) -> np.ndarray:
@@ -198,10 +186,9 @@ def write_shard(out_dir: Path, split: str, shard: int, samples_in, failed: list[
     failed = [] if failed is None else failed
     name = f"shard-{shard:06d}"
     tar_path = out_dir / f"{name}.tar"
-    tmp = out_dir / f".{name}.tar.tmp-{os.getpid()}"
     samples: list[dict[str, Any]] = []
     t0 = time.time()
-    try:
+    with atomic.atomic_path(tar_path, fsync=True) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tf:
             for audio, frames, meta, feats in samples_in:
                 key = f"{len(samples):06d}"
@@ -220,17 +207,11 @@ def write_shard(out_dir: Path, split: str, shard: int, samples_in, failed: list[
                     header = tf.offset - start - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                     entry["members"][mname] = [int(start + header), len(data)]
                 samples.append(entry)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
         size = tmp.stat().st_size
-        os.replace(tmp, tar_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     side = {"shard": shard, "split": split, "n": len(samples), "bytes": size, "samples": samples,
             "failed": failed, "seconds": time.time() - t0,
             "clip_ids": clip_ids if clip_ids is not None else [e["clip_id"] for e in samples]}
-    _atomic_write_bytes(out_dir / f"{name}.json", json.dumps(side).encode())
+    atomic.write_bytes(out_dir / f"{name}.json", json.dumps(side).encode(), fsync=True)
     return {"shard": shard, "split": split, "n": len(samples), "failed": failed, "bytes": size}
 
 
@@ -273,7 +254,7 @@ def _plan_split(manifest_dir: str | Path, split: str, cfg: Config, kdir: Path, s
                 f"{old['shard_size']}; the manifest now gives {len(ids)} clips (shards of {shard_size}). "
                 "Prepare into a new --out folder (the existing store is left as it is)")
     else:
-        _atomic_write_bytes(plan_path, json.dumps(plan).encode())
+        atomic.write_bytes(plan_path, json.dumps(plan).encode(), fsync=True)
     n_shards = math.ceil(len(ids) / shard_size)
     records = df.to_dict("records")
     todo, done = [], 0
@@ -331,7 +312,7 @@ def prepare(manifest_dir: str | Path, config: str | Path | Config, out: str | Pa
             "manifest": str(Path(manifest_dir).resolve()),  # identical on every rank
             "rates": {k: r for p in parts for k, r in getattr(p, "rates", {}).items()}}
     if not meta_path.is_file():  # every rank may write it: same content, atomic rename
-        _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+        atomic.write_bytes(meta_path, json.dumps(meta, indent=1).encode(), fsync=True)
     jobs: list[_ShardJob] = []
     summary: dict[str, Any] = {"store": str(kdir), "key": key, "splits": {}, "rank": rank, "world": world}
     for split in splits:

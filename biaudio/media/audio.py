@@ -28,7 +28,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from biaudio.atomic import atomic_path
+from biaudio.atomic import atomic_path, file_mode
 from biaudio.errors import MediaError
 from biaudio.media.ffgraph import command, run, source
 from biaudio.media.probe import probe
@@ -136,12 +136,6 @@ def decode_audio(path: str | os.PathLike, sr: int | None = None, stream: int = 0
     return x, out_sr
 
 
-def _umask() -> int:
-    um = os.umask(0)
-    os.umask(um)
-    return um
-
-
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: str | None = None) -> Path:
     """Write ``(C, T)`` audio as wav or flac (by suffix) via a temp file + ``os.replace``.
 
@@ -171,7 +165,7 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, subtype: st
     # (libsndfile itself reports only "System error."), which the build treats as a write failure
     buf = io.BytesIO()
     sf.write(buf, x.T.astype(np.float32 if sub == "FLOAT" else np.float64), int(sr), format=fmt, subtype=sub)
-    with atomic_path(p, mode=0o666 & ~_umask()) as tmp, open(tmp, "wb") as f:
+    with atomic_path(p, mode=file_mode()) as tmp, open(tmp, "wb") as f:
         f.write(buf.getbuffer())
     return p
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from biaudio.atomic import atomic_path
+from biaudio.atomic import atomic_path, file_mode
 from biaudio.errors import MediaError
 from biaudio.media.ffgraph import chain, command, popen, run, source, stdin_source, url
 from biaudio.media.ffpath import write_failure
@@ -63,13 +63,6 @@ class _StderrDrain:
     def text(self) -> str:
         self._t.join(timeout=5)
         return b"".join(self.chunks).decode("utf-8", "replace")
-
-
-def file_mode() -> int:
-    """Mode for new files (mkstemp makes 0600; outputs are meant to be shared): 0666 & ~umask."""
-    um = os.umask(0)
-    os.umask(um)
-    return 0o666 & ~um
 
 
 def _read_into(stream, out: np.ndarray) -> int:
@@ -489,16 +482,14 @@ def mux_foa(
     op.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{op.stem}-", dir=op.parent))
     try:
-        wav = write_audio(work / "foa.wav", x, sr)
-        tmp = work / "out.mp4"
-        four = source(wav, guess_layout_max="0")["a:0"].filter("channelmap", map="0|1|2|3", channel_layout="4.0")
-        out = ffmpeg.output(source(video_path)["v:0"], four, url(tmp), **{"c:v": "copy"},
-                            **aac_args(bitrate, coder="twoloop"), threads="1", **BITEXACT, f="mp4")
-        _raise_encode_error(op, run(command(out, overwrite=True), capture_output=True))
-        if spatial_metadata:
-            inject_spatial_metadata(tmp, ambix=True, projection=True)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, op)
+        with atomic_path(op, mode=file_mode(), keep_suffix=True) as tmp:
+            wav = write_audio(work / "foa.wav", x, sr)
+            four = source(wav, guess_layout_max="0")["a:0"].filter("channelmap", map="0|1|2|3", channel_layout="4.0")
+            out = ffmpeg.output(source(video_path)["v:0"], four, url(tmp), **{"c:v": "copy"},
+                                **aac_args(bitrate, coder="twoloop"), threads="1", **BITEXACT, f="mp4")
+            _raise_encode_error(op, run(command(out, overwrite=True), capture_output=True))
+            if spatial_metadata:
+                inject_spatial_metadata(tmp, ambix=True, projection=True)
     finally:
         import shutil
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biaudio import atomic
+
 BAR_METRICS = [
     "lat_corr_ref", "lat_corr_az", "ild_sign_agreement", "motion_consistency",
     "ild_frame_error_db", "ild_error_db", "itd_error_us", "ipd_error_rad",
@@ -134,10 +136,7 @@ def write_report(report_dir: Path, summary: dict, series: dict, audio: dict) -> 
     parts.append(html.escape("\n".join(f"{k}: {v}" for k, v in summary["settings"].items())))
     parts.append("</pre></body></html>")
     out = report_dir / "index.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic.write_text(out, "".join(parts))
 
 
 def _page_head(summary: dict) -> list[str]:

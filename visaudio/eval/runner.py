@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from biaudio import atomic
+from biaudio.atomic import atomic_path
 from biaudio.manifest import ClipRow, write_frame
 from visaudio.eval import baselines as B
 from visaudio.eval import metrics as M
@@ -239,9 +241,8 @@ class SystemSource:
         if not np.isfinite(audio).all():
             raise EvalError(f"{which} generated non-finite audio for {row.clip_id}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.wav")
-        sf.write(str(tmp), audio.T, sr, subtype="FLOAT")
-        tmp.replace(path)
+        with atomic_path(path, keep_suffix=True) as tmp:  # soundfile picks the format by the suffix
+            sf.write(str(tmp), audio.T, sr, subtype="FLOAT")
         return audio, int(sr)
 
     def video_direction(self, row: ClipRow, duration_s: float) -> B.VideoDirection:
@@ -579,6 +580,4 @@ def _write_json(path: Path, obj) -> None:
             return clean(o.item())
         return o
 
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(clean(obj), indent=1))
-    tmp.replace(path)
+    atomic.write_text(path, json.dumps(clean(obj), indent=1))

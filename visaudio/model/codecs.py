@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from biaudio.atomic import atomic_path
 from visaudio.config import CodecConfig, ConfigError
 
 
@@ -475,10 +476,9 @@ def train_codec(manifest_dir, config, run_dir, steps: int = 2000, batch_size: in
                 "seconds": time.time() - t0, "mel_l1": float((rec - mel).abs().mean()),
                 "hint": f"point codec.melvae_path at {out}"}
     out = run / "codec.pt"
-    tmp = out.with_suffix(".pt.tmp")
-    torch.save({"codec": cfg.codec.model_dump(), "sample_rate": cfg.data.sample_rate,
-                "state_dict": codec.cpu().state_dict()}, tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        torch.save({"codec": cfg.codec.model_dump(), "sample_rate": cfg.data.sample_rate,
+                    "state_dict": codec.cpu().state_dict()}, tmp)
     # how much of the interaural cues survive per-channel coding, on one training clip
     codec.eval()
     a, _ = ds.media(0)
