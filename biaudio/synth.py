@@ -214,16 +214,12 @@ def _sound_formant(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
 
 def _sound_speech(path: str, n: int, sr: int) -> np.ndarray:
     """Speech from a wav (mono mix of its channels), resampled, looped to length ``n``."""
-    from math import gcd
-
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from biaudio.media.audio import resample
 
     y, fs = sf.read(path, dtype="float64", always_2d=True)
-    y = y.mean(axis=1)
-    if fs != sr:
-        g = gcd(int(fs), int(sr))
-        y = resample_poly(y, sr // g, int(fs) // g)
+    y = resample(y.mean(axis=1), fs, sr)
     if len(y) == 0:
         from biaudio.errors import MediaError
 

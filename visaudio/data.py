@@ -120,15 +120,15 @@ def read_video_frames(path: str | Path, fps: float, width: int, height: int, sta
 def load_audio(path: str | Path, sr: int) -> np.ndarray:
     """Binaural audio (2, T) float32 at ``sr`` (row 0 = left)."""
     import soundfile as sf
-    from scipy.signal import resample_poly
+
+    from biaudio.media.audio import resample
 
     x, fs = sf.read(str(path), dtype="float32", always_2d=True)
     x = x.T
     if x.shape[0] != 2:
         raise DataError(f"{path}: expected 2 channels (binaural), found {x.shape[0]}")
     if fs != sr:
-        g = np.gcd(int(fs), int(sr))
-        x = resample_poly(x, sr // g, fs // g, axis=1).astype(np.float32)
+        x = resample(x, fs, sr, axis=1).astype(np.float32)
     return np.ascontiguousarray(x)
 
 

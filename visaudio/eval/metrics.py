@@ -77,12 +77,10 @@ DEFAULT = EvalSettings()
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling along the last axis (exact ratio, no drift)."""
-    x = np.asarray(x, dtype=np.float64)
-    if sr_in == sr_out:
-        return x
-    g = np.gcd(int(sr_in), int(sr_out))
-    return signal.resample_poly(x, sr_out // g, sr_in // g, axis=-1)
+    """:func:`biaudio.media.audio.resample` (polyphase, exact ratio, no drift) in float64."""
+    from biaudio.media.audio import resample as resample_poly_exact
+
+    return resample_poly_exact(np.asarray(x, dtype=np.float64), sr_in, sr_out)
 
 
 def normalise(x: np.ndarray, target_rms: float = DEFAULT.target_rms) -> np.ndarray:
