@@ -145,17 +145,21 @@ def render_command(
     assume_equirect: bool = typer.Option(False, "--assume-equirect", help="Accept a video without spherical metadata that is not 2:1."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary line."),
 ) -> None:
-    """Render the perspective video and the binaural audio of one camera path, muxed into OUT."""
+    """Render the perspective video and the binaural audio of one camera path, muxed into OUT.
+
+    The whole file is one window of the build's own clip render (``biaudio.stages.render``, at the
+    source's fps and sample rate), so what this shows is exactly what ``biaudio build`` writes."""
+    import os
     import tempfile
 
     import numpy as np
 
     from biaudio.errors import BiaudioError, MediaError
-    from biaudio.media import VideoWriter, decode_foa, iter_frames, mux, probe
+    from biaudio.media import decode_foa, probe
     from biaudio.spatial import foa
-    from biaudio.spatial.binaural import render_binaural
     from biaudio.spatial.decoders import get_decoder
-    from biaudio.spatial.projection import Projector
+    from biaudio.stages.render import RenderConfig, render_clip
+    from biaudio.stages.trajectory import Trajectory, frame_times
 
     ow, oh = _parse_size(size)
     refuse_overwrite(out, {"input video": input, "trajectory": trajectory,
@@ -176,31 +180,27 @@ def render_command(
         x, sr = decode_foa(input)
         world = foa.to_ambix(x, conv, path=str(input))
         fps = float(info.fps or 30.0)
+        duration = float(info.duration_s or x.shape[1] / sr)
+        if info.n_frames and not info.n_frames_estimated:  # the video track, when the audio runs longer
+            duration = min(duration, info.n_frames / fps)
         points = load_trajectory(trajectory) if trajectory else [{"t": 0.0, "yaw": yaw, "pitch": pitch, "roll": roll}]
-        dec = get_decoder(hrtf, decoder, int(sr))
-        proj = Projector(ow, oh, fov, int(info.width), int(info.height), projection_pose=tuple(info.projection_pose))
+        dec = get_decoder(hrtf, decoder, int(sr))  # a bad HRTF fails here, before any decoding
+        cfg = RenderConfig(width=ow, height=oh, hfov_deg=fov, fps_cap=fps, sample_rate=int(sr), hrtf=hrtf,
+                           decoder=decoder)
+        ft = frame_times(duration, fps)
+        ys, ps, rs = sample_trajectory(points, ft)
+        traj = Trajectory(t=ft, yaw=np.asarray(ys, float), pitch=np.asarray(ps, float),
+                          roll=np.asarray(rs, float), mode="cli")
         out.parent.mkdir(parents=True, exist_ok=True)
-        n = 0
-        with tempfile.TemporaryDirectory(dir=out.parent) as td:
-            vid = Path(td) / "video.mp4"
-            with VideoWriter(vid, ow, oh, fps) as wr:
-                for frame in iter_frames(input):
-                    y, p, r = sample_trajectory(points, np.array([n / fps]))
-                    wr.write(proj.render(frame, float(y[0]), float(p[0]), float(r[0])))
-                    n += 1
-            ft = np.arange(n) / fps
-            ys, ps, rs = sample_trajectory(points, ft)
-            b = render_binaural(world, sr, ft, ys, ps, rs, dec)
-            from biaudio.media.audio import peak_gain
-
-            gain = peak_gain(b, 0.99)  # AAC would clip; never boost
-            mux(vid, b * gain, sr, out)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".render-") as td:
+            clip = render_clip(input, 0.0, duration, world, int(sr), traj, cfg, td, "view", info)
+            os.replace(clip.video_path, out)  # complete already: a rename within one folder
     except (BiaudioError, ValueError, OSError) as e:
         _fail(e, as_json)
         return
-    summary = {"out": str(out), "frames": n, "fps": fps, "size": [ow, oh], "hfov_deg": fov, "sample_rate": sr,
-               "convention": conv, "decoder": dec.name, "gain": round(gain, 4)}
-    typer.echo(json.dumps(summary) if as_json else f"wrote {out} ({n} frames, {dec.name})")
+    summary = {"out": str(out), "frames": clip.num_frames, "fps": clip.fps, "size": [ow, oh], "hfov_deg": fov,
+               "sample_rate": sr, "convention": conv, "decoder": dec.name, "gain": round(clip.gain, 4)}
+    typer.echo(json.dumps(summary) if as_json else f"wrote {out} ({clip.num_frames} frames, {dec.name})")
 
 
 def register(app: typer.Typer, qa_app: typer.Typer) -> None:

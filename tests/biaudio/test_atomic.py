@@ -34,6 +34,7 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 _OTHER_RENAMES = {
     "biaudio/media/video.py": "VideoWriter: the temporary lives across write() calls, renamed in close()",
     "biaudio/ingest/fetch.py": "moves yt-dlp's finished download out of its work folder",
+    "biaudio/cli/core.py": "moves `biaudio render`'s finished clip out of its work folder",
     "biaudio/engine/state.py": "moves a stale lock aside",
     "visaudio/checkpoint.py": "keeps the previous checkpoint / sets a damaged one aside",
     "visaudio/model/codecs.py": "swaps a whole codec folder",
