@@ -17,6 +17,9 @@ Layout (MMAudio style):
 * optional (``model.cond_skip``, on in tiny/paper): a per-branch, per-token gain on the branch's
   own x_t, predicted from its condition, so the side (an interaural *gain* on the content) can be
   expressed where the content flows (the skip path) - see ``ViSAudio.__init__``;
+* optional (``model.side_head``): a small head on the branch conditions regressing the target's
+  per-frame ILD (an auxiliary loss that trains the encoders on "which ear, how much" directly),
+  which ``generate.side_guidance`` follows by rescaling L and R of the sampled latents;
 * adaLN gates and the output layers are zero-initialised: the untrained model predicts zero
   velocity and every block starts as the identity;
 * learned **null conditions** for classifier-free guidance;
