@@ -164,6 +164,14 @@ class ModelConfig(_Strict):
     # then differ only through the channel embedding and their per-branch conditions (spacetime
     # E^l / E^r, mirrored positions). Off (the paper's dual branch): separate weights per channel.
     shared_branch: bool = False
+    # side head (issue 15): a small regression head on the branches' conditions (spacetime E^l /
+    # E^r features + the sync stream, at the latent rate) that predicts the target's interaural
+    # level difference per latent frame (log energy ratio of the denormalised L and R latents),
+    # trained jointly with an MSE term (train.side_head_weight). Why: the flow loss spends most of
+    # its gradient on the content, and at small budgets the interaural difference stays at chance;
+    # a direct regression of it trains the video/motion encoders on "which ear, how much" quickly.
+    # Used at generation by generate.side_guidance. Off: no head (the arch hash is unchanged).
+    side_head: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -192,6 +200,9 @@ class TrainConfig(_Strict):
     # loss; a weight > 1 spends more of the gradient on it. The logged training loss is this
     # weighted loss; the validation loss stays the plain L + R sum.
     side_loss_weight: float = 1.0
+    # weight of the side head's MSE (model.side_head) added to each sample's flow loss (the
+    # logged training loss includes it); ignored without the head
+    side_head_weight: float = 1.0
     t_mean: float = 0.0  # logit-normal timestep
     t_std: float = 1.0
     t_bins: int = 4
@@ -244,6 +255,17 @@ class TrainConfig(_Strict):
 class GenerateConfig(_Strict):
     steps: int = 25
     cfg: float = 4.5
+    # side guidance (needs model.side_head): after sampling, each latent frame's L and R are
+    # rescaled (their summed energy kept, the gains smoothed over frames) so that the output's
+    # per-frame level difference moves this fraction of the way to the side head's prediction
+    # (0: off, the sampler's output unchanged; 1: follow the head)
+    side_guidance: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        if not 0.0 <= self.side_guidance <= 1.0:
+            raise ValueError("generate.side_guidance must be in [0, 1]")
+        return self
 
 
 class Config(_Strict):
@@ -258,6 +280,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
+        if self.generate.side_guidance > 0 and not self.model.side_head:
+            raise ValueError("generate.side_guidance needs model.side_head: true (the head it follows)")
         n = self.data.clip_seconds * self.data.sample_rate
         if abs(n - round(n)) > 1e-6 or round(n) % self.codec.hop:
             raise ValueError(
@@ -301,6 +325,8 @@ class Config(_Strict):
             model.pop("camera_motion", None)
         if not model.get("shared_branch"):  # likewise
             model.pop("shared_branch", None)
+        if not model.get("side_head"):  # likewise
+            model.pop("side_head", None)
         if model["text_layer"] == -1:  # added later: absent from older checkpoints' arch
             model.pop("text_layer")
         codec = {k: v for k, v in d["codec"].items() if k not in ("melvae_path", "vocoder_path")} | {"vae_ckpt": None}

@@ -188,17 +188,28 @@ def lr_factor(step: int, tc) -> float:
 class FlowLoss(nn.Module):
     """Wraps the model so DDP sees condition encoding and the flow prediction in one forward."""
 
-    def __init__(self, model, side_weight: float = 1.0):
+    def __init__(self, model, side_weight: float = 1.0, side_head_weight: float = 1.0):
         super().__init__()
         self.model = model
         self.side_weight = float(side_weight)
+        self.side_head_weight = float(side_head_weight)
 
     def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t, features=None) -> torch.Tensor:
         m = self.model
         cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None, features=features)
+        # the side head (model.side_head) regresses the target's per-frame ILD from the full
+        # conditions: before the CFG dropout, which would leave it nothing to see
+        aux = None
+        if getattr(m, "side_head", None) is not None:
+            from visaudio.model.network import frame_ild
+
+            with torch.no_grad():
+                ild = frame_ild(m.denormalize(x1))
+            aux = (m.side_pred(cond).float() - ild).pow(2).mean(-1)
         cond = m.drop_conditions(cond, drop_v, drop_t)
         v = m(FM.interpolate(x0, x1, t), t, cond)
-        return FM.flow_loss(v, x0, x1, self.side_weight)
+        loss = FM.flow_loss(v, x0, x1, self.side_weight)
+        return loss if aux is None else loss + self.side_head_weight * aux
 
 
 def _rng_state() -> dict[str, Any]:
@@ -390,7 +401,7 @@ class Trainer:
         self.order = EpochOrder(self.train_ds.shard_sizes, cfg.seed, tc.shuffle_block)
         self.stream = BatchStream(StreamingDataset(self.train_ds, cfg.seed, self.rank, self.world, self.g0,
                                                    tc.shuffle_block), workers=tc.num_workers)
-        self.loss_mod: nn.Module = FlowLoss(self.model, tc.side_loss_weight)
+        self.loss_mod: nn.Module = FlowLoss(self.model, tc.side_loss_weight, tc.side_head_weight)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -17,6 +17,9 @@ Layout (MMAudio style):
 * optional (``model.cond_skip``, on in tiny/paper): a per-branch, per-token gain on the branch's
   own x_t, predicted from its condition, so the side (an interaural *gain* on the content) can be
   expressed where the content flows (the skip path) - see ``ViSAudio.__init__``;
+* optional (``model.side_head``): a small head on the branch conditions regressing the target's
+  per-frame ILD (an auxiliary loss that trains the encoders on "which ear, how much" directly),
+  which ``generate.side_guidance`` follows by rescaling L and R of the sampled latents;
 * adaLN gates and the output layers are zero-initialised: the untrained model predicts zero
   velocity and every block starts as the identity;
 * learned **null conditions** for classifier-free guidance;
@@ -47,6 +50,8 @@ from visaudio.model.encoders import (
 from visaudio.pretrained import PartSlot, part_dims
 
 SKIP_MULT = 50.0
+SIDE_SMOOTH = 5  # latent frames: the side guidance's gains and the head's prediction are smoothed over these
+SIDE_MAX_LOG_GAIN = 2.0  # side guidance: at most e^2 more / less energy on one ear per frame
 
 # ------------------------------------------------------------------------------------- rope
 
@@ -184,6 +189,65 @@ class TimestepEmbed(nn.Module):
         f = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         a = t.float()[:, None] * 1000.0 * f[None]
         return self.mlp(torch.cat([torch.cos(a), torch.sin(a)], dim=-1))
+
+
+# ------------------------------------------------------------------------------------- side head
+
+
+def frame_ild(z: torch.Tensor) -> torch.Tensor:
+    """Per-latent-frame interaural level difference proxy (B, N) of denormalised latents
+    (B, 2, N, Dz): log of the L / R energy ratio. For the STFT codec the latent is the compressed
+    spectrum |X|^c e^{j phi}, so this is c times the frame's broadband log power ratio: monotone in
+    the ILD. A floor of 1e-4 of the clip's mean energy keeps near-silent frames near 0."""
+    e = z.float().pow(2).mean(-1)  # (B, 2, N)
+    eps = 1e-4 * e.mean(dim=(1, 2))[:, None] + 1e-12  # (B, 1)
+    return (torch.log(e[:, 0] + eps) - torch.log(e[:, 1] + eps)).clamp(-4.0, 4.0)
+
+
+def _smooth(x: torch.Tensor, k: int = SIDE_SMOOTH) -> torch.Tensor:
+    """Moving average (B, N) over k frames (edge-replicated)."""
+    if k <= 1:
+        return x
+    xp = F.pad(x[:, None], ((k - 1) // 2, k // 2), mode="replicate")
+    return F.avg_pool1d(xp, k, stride=1)[:, 0]
+
+
+def apply_side_guidance(z: torch.Tensor, target: torch.Tensor, strength: float) -> torch.Tensor:
+    """Rescale L and R of each frame of denormalised latents z (B, 2, N, Dz) so that the frame
+    ILD (``frame_ild``) moves ``strength`` of the way to ``target`` (B, N), each frame's summed
+    L + R energy kept. The log gains are smoothed over frames (no frame-rate modulation) and
+    bounded, so a near-silent ear is not blown up."""
+    if strength <= 0:
+        return z
+    e = z.float().pow(2).mean(-1)  # (B, 2, N)
+    eps = 1e-4 * e.mean(dim=(1, 2))[:, None] + 1e-12  # (B, 1)
+    d = torch.log(e[:, 0] + eps) - torch.log(e[:, 1] + eps)
+    want = d + strength * (target.float() - d)
+    # new energies: eL' / eR' = exp(want) with eL' + eR' = eL + eR
+    tot = e[:, 0] + e[:, 1] + 2 * eps
+    wl = torch.sigmoid(want)  # exp(want) / (1 + exp(want))
+    gl = 0.5 * (torch.log(wl * tot) - torch.log(e[:, 0] + eps))
+    gr = 0.5 * (torch.log((1 - wl) * tot) - torch.log(e[:, 1] + eps))
+    g = torch.stack([_smooth(gl), _smooth(gr)], 1).clamp(-SIDE_MAX_LOG_GAIN / 2, SIDE_MAX_LOG_GAIN / 2)
+    return (z.float() * torch.exp(g)[..., None]).to(z.dtype)
+
+
+class SideHead(nn.Module):
+    """Per-latent-frame ILD from the branch conditions: p = f(E_L, E_R, sync) - f(E_R, E_L, sync),
+    so swapping the ears' conditions flips the prediction's sign (a source on the left is the
+    mirror of one on the right). f is two temporal convolutions (kernel 5 latent frames) so the
+    head sees the motion around each instant."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv1d(3 * dim, dim, 5, padding=2), nn.SiLU(), nn.Conv1d(dim, 1, 5, padding=2))
+
+    def forward(self, st: torch.Tensor, sync: torch.Tensor) -> torch.Tensor:  # (B,2,N,D), (B,N,D) -> (B,N)
+        N = st.shape[2]
+        sy = sync[:, :N]
+        a = torch.cat([st[:, 0], st[:, 1], sy], -1).transpose(1, 2)
+        b = torch.cat([st[:, 1], st[:, 0], sy], -1).transpose(1, 2)
+        return (self.f(a) - self.f(b))[:, 0]
 
 
 # ------------------------------------------------------------------------------------- conditions
@@ -343,6 +407,9 @@ class ViSAudio(nn.Module):
             for sc in self.skip_cond:
                 nn.init.zeros_(sc[1].weight)
                 nn.init.zeros_(sc[1].bias)
+        # side head (model.side_head): the target's per-frame ILD regressed from the branch
+        # conditions (train.side_head_weight), followed at generation (generate.side_guidance)
+        self.side_head = SideHead(D) if m.side_head else None
 
     # --------------------------------------------------------------------- latents
     def prior_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -506,7 +573,18 @@ class ViSAudio(nn.Module):
             null = self.null_conditions(B, dev)
             if cond.traj is not None:
                 null = replace(null, traj=cond.traj)
-        return FM.euler_sample(lambda x, t: self.velocity(x, t, cond, null, cfg), x, steps)
+        x = FM.euler_sample(lambda x, t: self.velocity(x, t, cond, null, cfg), x, steps)
+        sg = self.cfg.generate.side_guidance
+        if self.side_head is not None and sg > 0:
+            target = _smooth(self.side_pred(cond).float())
+            x = self.normalize(apply_side_guidance(self.denormalize(x), target, sg))
+        return x
+
+    def side_pred(self, c: Conditions) -> torch.Tensor:
+        """The side head's per-latent-frame ILD (B, N) for conditions c (model.side_head)."""
+        if self.side_head is None:
+            raise ValueError("side_pred needs model.side_head: true")
+        return self.side_head(c.spacetime, c.sync)
 
 
 def param_counts(model: ViSAudio) -> dict[str, int]:
