@@ -42,6 +42,7 @@ from visaudio.config import Config, load_config
 from visaudio.data import DataError, ManifestDataset, collate
 from visaudio.eval.metrics import block_ild_sign_agreement
 from visaudio.model import flow_matching as FM
+from visaudio.model.network import frame_ild
 
 RESUME_KEYS = ("model", "ema", "opt", "sched", "sampler", "rng")
 
@@ -200,9 +201,7 @@ class FlowLoss(nn.Module):
         # the side head (model.side_head) regresses the target's per-frame ILD from the full
         # conditions: before the CFG dropout, which would leave it nothing to see
         aux = None
-        if getattr(m, "side_head", None) is not None:
-            from visaudio.model.network import frame_ild
-
+        if m.side_head is not None:
             with torch.no_grad():
                 ild = frame_ild(m.denormalize(x1))
             aux = (m.side_pred(cond).float() - ild).pow(2).mean(-1)

@@ -194,14 +194,20 @@ class TimestepEmbed(nn.Module):
 # ------------------------------------------------------------------------------------- side head
 
 
+def _ear_energy(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-frame energies (B, 2, N) of denormalised latents (B, 2, N, Dz), their floor (B, 1) (1e-4
+    of the clip's mean energy, so near-silent frames sit near 0 dB) and the log L / R ratio (B, N)."""
+    e = z.float().pow(2).mean(-1)
+    eps = 1e-4 * e.mean(dim=(1, 2))[:, None] + 1e-12
+    return e, eps, torch.log(e[:, 0] + eps) - torch.log(e[:, 1] + eps)
+
+
 def frame_ild(z: torch.Tensor) -> torch.Tensor:
     """Per-latent-frame interaural level difference proxy (B, N) of denormalised latents
     (B, 2, N, Dz): log of the L / R energy ratio. For the STFT codec the latent is the compressed
     spectrum |X|^c e^{j phi}, so this is c times the frame's broadband log power ratio: monotone in
-    the ILD. A floor of 1e-4 of the clip's mean energy keeps near-silent frames near 0."""
-    e = z.float().pow(2).mean(-1)  # (B, 2, N)
-    eps = 1e-4 * e.mean(dim=(1, 2))[:, None] + 1e-12  # (B, 1)
-    return (torch.log(e[:, 0] + eps) - torch.log(e[:, 1] + eps)).clamp(-4.0, 4.0)
+    the ILD."""
+    return _ear_energy(z)[2].clamp(-4.0, 4.0)
 
 
 def _smooth(x: torch.Tensor, k: int = SIDE_SMOOTH) -> torch.Tensor:
@@ -219,9 +225,7 @@ def apply_side_guidance(z: torch.Tensor, target: torch.Tensor, strength: float) 
     bounded, so a near-silent ear is not blown up."""
     if strength <= 0:
         return z
-    e = z.float().pow(2).mean(-1)  # (B, 2, N)
-    eps = 1e-4 * e.mean(dim=(1, 2))[:, None] + 1e-12  # (B, 1)
-    d = torch.log(e[:, 0] + eps) - torch.log(e[:, 1] + eps)
+    e, eps, d = _ear_energy(z)
     want = d + strength * (target.float() - d)
     # new energies: eL' / eR' = exp(want) with eL' + eR' = eL + eR
     tot = e[:, 0] + e[:, 1] + 2 * eps
