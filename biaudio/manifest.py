@@ -338,8 +338,9 @@ def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
 
 # ------------------------------------------------------------------ typed rows
 
-_STAGE_OMITS = ("schema_version", "group_id", "split", "recipe_hash", "tool_versions")
-"""Engine columns a stage row (``ItemResult.rows``, completion records) does not carry yet."""
+_STAGE_OMITS = tuple(c for c in ENGINE_COLUMNS if not c.startswith("qa_"))
+"""Engine columns a stage row (``ItemResult.rows``, completion records) does not carry yet (it
+carries the QA columns' defaults)."""
 
 
 def _type_problem(typ: pa.DataType, v: Any) -> str | None:
