@@ -187,7 +187,7 @@ def _analyze(path: Path, source_id: str, section: tuple | None, recipe: Any, spe
     an = FileAnalyzer(path, source_id=source_id, validate_cfg=recipe.validate_, silence_cfg=recipe.clean.silence,
                       static_cfg=recipe.clean.static, speech_cfg=recipe.clean.speech, segment_cfg=recipe.segment,
                       section=section, threads=_threads(recipe),
-                      two_pass=bool(getattr(recipe.execution, "single_decode", True)))
+                      two_pass=recipe.execution.single_decode)
     if not an.open():
         return an.res
     if not an.two_pass:
