@@ -146,6 +146,35 @@ def test_paper_recipe_values():
     assert d.sources and hasattr(d.sources[0], "synth")  # the demo needs no network
 
 
+def test_build_help_lists_every_builtin_recipe():
+    """``biaudio build --help`` names the built-in recipes; a new file in pipelines/ must be named there."""
+    from biaudio.cli.build import BUILD_HELP
+
+    flat = " ".join(BUILD_HELP.split())
+    listed = flat.split("pipelines/: ", 1)[1].split(")", 1)[0]
+    assert {n.strip() for n in listed.split(",")} == set(builtin_recipes())
+
+
+def test_spatial_bench_train_is_the_same_world_drawn_apart():
+    """The training-only draw differs from the benchmark only in seed, size, split and output (same
+    world and stages), and none of its scenes is one of the benchmark's (per-scene seeds disjoint)."""
+    from biaudio.synth import scene_seed
+
+    bench, extra = load_recipe("spatial-bench"), load_recipe("spatial-bench-train")
+    b, e = bench.dump(), extra.dump()
+    bs, es = b.pop("sources")[0]["synth"], e.pop("sources")[0]["synth"]
+    for k in ("name", "description", "output"):
+        b.pop(k), e.pop(k)
+    bsplit, esplit = b.pop("split"), e.pop("split")
+    assert b == e  # every stage setting is the benchmark's
+    assert {k: v for k, v in bs.items() if k not in ("seed", "scenes")} == \
+        {k: v for k, v in es.items() if k not in ("seed", "scenes")}
+    assert esplit["val_fraction"] == esplit["test_fraction"] == 0.0 and bsplit["test_fraction"] > 0
+    assert es["scenes"] > bs["scenes"]
+    seeds_b = {scene_seed(bs["seed"], i) for i in range(bs["scenes"])}
+    assert not seeds_b & {scene_seed(es["seed"], i) for i in range(es["scenes"])}
+
+
 def test_cli_bad_recipe_exits_2(tmp_path):
     from biaudio.cli import app
 
