@@ -6,12 +6,17 @@ shipped) and one mono model, runs ``visaudio eval`` (all two-stage baselines, 95
 bootstrap) on the test split, and prints one JSON line per variant with the pooled and per-scene-type
 means of the key metrics and the paired differences against each two-stage baseline.
 
-Usage (the README's table):
-  python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 100 \\
-      --variant base= --variant motion=model.camera_motion=true
-Paper ablations: ``--variant nost=model.use_spacetime=false --variant shared=model.shared_branch=true``;
-no guidance: ``--cfg 1``; ``--mix DEMO_BUILD`` trains the binaural variants on the bench's and the
-demo's train splits together.
+Usage (the README's spatial-bench table: both routes trained on the bench's train split plus the
+world's 120-scene training-only draw, 4-s windows):
+  python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 300 \\
+      --mix spatial-bench-train --mono-set data.clip_seconds=4.0 \\
+      --variant base= --variant full=model.camera_motion=true,data.clip_seconds=4.0
+Paper ablations: add ``,model.use_spacetime=false`` or ``,model.shared_branch=true`` to a variant;
+no guidance: ``--cfg 1``; ``--mix BUILD`` trains the models on the bench's and BUILD's train splits
+together (BUILD: a finished build folder, or a built-in recipe name built into WORK/<name>, e.g.
+``--mix spatial-bench-train``, the world's 120-scene training-only draw). With ``--mix`` the mono
+model of the two-stage baselines trains on the same mixed train split (``--mono-steps`` steps), so
+both routes see the same clips; every evaluation stays on the bench's own test split.
 Runs resume (training and the eval cache), so a second call only redoes what changed.
 """
 
@@ -58,6 +63,18 @@ def _train(manifest: Path, run: Path, steps: int, overrides: list[str], threads:
     train(manifest, "tiny", run, max_steps=steps, overrides=TRAIN_OVERRIDES + [f"train.num_threads={threads}"] + overrides,
           progress=False)
     return time.time() - t0
+
+
+def _extra(work: Path, spec: str) -> Path:
+    """``--mix``'s build: a finished build folder, or a built-in recipe name built into WORK/<name>."""
+    from biaudio.recipe import builtin_recipes
+
+    p = Path(spec)
+    if (p / "manifest.parquet").is_file():
+        return p
+    if spec in builtin_recipes():
+        return _build(work / spec, spec)
+    raise SystemExit(f"--mix {spec}: neither a finished build folder nor a built-in recipe")
 
 
 def _mix(work: Path, bench: Path, extra: Path) -> Path:
@@ -112,11 +129,14 @@ def main() -> None:
     ap.add_argument("--mono-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", action="append", default=[], help="NAME=override,override (repeatable)")
+    ap.add_argument("--mono-set", default="", help="overrides for the mono model too (comma-separated), e.g. "
+                    "data.clip_seconds=4.0 when the variants use 4-s windows")
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--gen-steps", type=int, default=25)
-    ap.add_argument("--mix", type=Path, default=None,
-                    help="a finished build (e.g. the demo) whose train split is added to the bench's for the binaural "
-                         "variants (the mono model and every evaluation stay on the bench alone)")
+    ap.add_argument("--mix", default=None,
+                    help="a finished build folder or a built-in recipe name (spatial-bench-train) whose train split is "
+                         "added to the bench's for the binaural variants and the mono model (every evaluation stays on "
+                         "the bench's test split)")
     a = ap.parse_args()
     from visaudio.eval import runner as R
 
@@ -125,10 +145,12 @@ def main() -> None:
     if a.demo:
         datasets["demo"] = a.demo
     variants = [v.split("=", 1) for v in (a.variant or ["base="])]
+    extra = _extra(a.work, a.mix) if a.mix else None
     for dname, manifest in datasets.items():
-        mono = a.work / f"{dname}-mono"
-        t_mono = _train(manifest, mono, a.mono_steps, ["data.channels=mono"], a.threads)
-        train_on = _mix(a.work, manifest, a.mix) if (a.mix and dname == "bench") else manifest
+        train_on = _mix(a.work, manifest, extra) if (extra and dname == "bench") else manifest
+        mono = a.work / (f"{dname}-mono" if train_on == manifest else f"{dname}-mono-mix")
+        t_mono = _train(train_on, mono, a.mono_steps, ["data.channels=mono"] + [o for o in a.mono_set.split(",") if o],
+                        a.threads)
         for name, ov in variants:
             run = a.work / f"{dname}-{name}"
             t_train = _train(train_on, run, a.steps, [o for o in ov.split(",") if o], a.threads)
@@ -137,9 +159,9 @@ def main() -> None:
                                ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono), steps=a.gen_steps,
                                cfg=a.cfg, n_audio_clips=0)
             summary = R.run(cfg)
-            print(json.dumps({"dataset": dname, "variant": name, "overrides": ov, "mix": str(a.mix) if a.mix else None,
+            print(json.dumps({"dataset": dname, "variant": name, "overrides": ov, "mix": str(extra) if extra else None,
                               "steps": a.steps,
-                              "mono_steps": a.mono_steps, "train_s": round(t_train), "mono_train_s": round(t_mono),
+                              "mono_steps": a.mono_steps, "mono_set": a.mono_set, "train_s": round(t_train), "mono_train_s": round(t_mono),
                               "eval_s": round(time.time() - t0), "cfg": a.cfg, **_compact(summary)}), flush=True)
 
 

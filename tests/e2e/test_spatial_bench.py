@@ -193,8 +193,9 @@ WIN_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "[0.06, 0.35] vs two-stage (a 40-step mono model), +0.08 [-0.25, 0.25] vs two-stage-sync; motion consistency "
     "-0.03 [-0.33, 0.28] and -0.24 [-0.49, -0.09]; ILD sign agreement -0.15 [-0.25, -0.05] and -0.26 "
     "[-0.44, -0.07] (worse). At 200 + 60 steps: corr +0.11 [-0.20, 0.40] / +0.11 [-0.28, 0.40], motion -0.04 "
-    "[-0.28, 0.30] / -0.21 [-0.47, 0.17], sign -0.09 [-0.22, 0.00] / -0.24 [-0.57, -0.02]. The 24-scene "
-    "300- and 600-step benchmarks in the README are not won either."))
+    "[-0.28, 0.30] / -0.21 [-0.47, 0.17], sign -0.09 [-0.22, 0.00] / -0.24 [-0.57, -0.02]. This budget trains the shipped tiny config on about 6 train scenes; the "
+    "README's benchmark (72-scene bench + the 120-scene spatial-bench-train draw, camera_motion, 4-s windows) "
+    "wins on corr and sign but ties two-stage-sync on motion consistency, so it is not won there either."))
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +211,9 @@ def bench_win_report(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("bench-win")
     out = root / "bench"
-    s = build(load_recipe("spatial-bench", [f"sources.0.synth.scenes={WIN_SCENES}"]), out)
+    # the split the measured numbers below were taken with (the recipe's own is now half test)
+    s = build(load_recipe("spatial-bench", [f"sources.0.synth.scenes={WIN_SCENES}", "split.val_fraction=0.2",
+                                            "split.test_fraction=0.3"]), out)
     assert s.exit_code == 0, s.to_dict()
     threads = os.environ.get("VISAUDIO_TEST_THREADS", "1")
     ov = ["train.batch_size=8", "train.val_every=100000", "train.ckpt_every=100", "train.warmup_steps=20",
