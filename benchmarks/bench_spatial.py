@@ -84,7 +84,7 @@ def _mix(work: Path, bench: Path, extra: Path) -> Path:
 
     from biaudio.manifest import read_manifest_frame, write_frame
 
-    out = work / "mix"
+    out = work / f"mix-{extra.name}"  # one folder per added build: a finished mix is reused as it is
     if (out / "manifest.parquet").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,9 @@ def main() -> None:
     extra = _extra(a.work, a.mix) if a.mix else None
     for dname, manifest in datasets.items():
         train_on = _mix(a.work, manifest, extra) if (extra and dname == "bench") else manifest
-        mono = a.work / (f"{dname}-mono" if train_on == manifest else f"{dname}-mono-mix")
+        # the mono run's folder names what it was trained on: a finished run is never retrained
+        mono = a.work / "-".join([f"{dname}-mono"] + ([train_on.name] if train_on != manifest else [])
+                                 + ([a.mono_set.replace(",", "-")] if a.mono_set else []))
         t_mono = _train(train_on, mono, a.mono_steps, ["data.channels=mono"] + [o for o in a.mono_set.split(",") if o],
                         a.threads)
         for name, ov in variants:
