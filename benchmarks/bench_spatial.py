@@ -17,6 +17,11 @@ together (BUILD: a finished build folder, or a built-in recipe name built into W
 ``--mix spatial-bench-train``, the world's 120-scene training-only draw). With ``--mix`` the mono
 model of the two-stage baselines trains on the same mixed train split (``--mono-steps`` steps), so
 both routes see the same clips; every evaluation stays on the bench's own test split.
+``--confirm BUILD`` (a finished build folder or a built-in recipe name, e.g.
+``--confirm spatial-bench-confirm``, a third draw of the world with every clip in test) also
+evaluates each bench run and the same mono model on BUILD's test split (dataset ``confirm``, no
+training): settings are picked on the bench, and a picked one is judged once on scenes not looked at
+while picking.
 Runs resume (training and the eval cache), so a second call only redoes what changed.
 """
 
@@ -65,8 +70,9 @@ def _train(manifest: Path, run: Path, steps: int, overrides: list[str], threads:
     return time.time() - t0
 
 
-def _extra(work: Path, spec: str) -> Path:
-    """``--mix``'s build: a finished build folder, or a built-in recipe name built into WORK/<name>."""
+def _extra(work: Path, spec: str, flag: str = "--mix") -> Path:
+    """``--mix``'s (or ``--confirm``'s) build: a finished build folder, or a built-in recipe name
+    built into WORK/<name>."""
     from biaudio.recipe import builtin_recipes
 
     p = Path(spec)
@@ -74,7 +80,7 @@ def _extra(work: Path, spec: str) -> Path:
         return p
     if spec in builtin_recipes():
         return _build(work / spec, spec)
-    raise SystemExit(f"--mix {spec}: neither a finished build folder nor a built-in recipe")
+    raise SystemExit(f"{flag} {spec}: neither a finished build folder nor a built-in recipe")
 
 
 def _mix(work: Path, bench: Path, extra: Path) -> Path:
@@ -137,6 +143,9 @@ def main() -> None:
                     help="a finished build folder or a built-in recipe name (spatial-bench-train) whose train split is "
                          "added to the bench's for the binaural variants and the mono model (every evaluation stays on "
                          "the bench's test split)")
+    ap.add_argument("--confirm", default=None,
+                    help="a finished build folder or a built-in recipe name (spatial-bench-confirm) on whose test split "
+                         "every bench run is evaluated too, without training (dataset 'confirm')")
     a = ap.parse_args()
     from visaudio.eval import runner as R
 
@@ -146,6 +155,7 @@ def main() -> None:
         datasets["demo"] = a.demo
     variants = [v.split("=", 1) for v in (a.variant or ["base="])]
     extra = _extra(a.work, a.mix) if a.mix else None
+    confirm = _extra(a.work, a.confirm, "--confirm") if a.confirm else None
     for dname, manifest in datasets.items():
         train_on = _mix(a.work, manifest, extra) if (extra and dname == "bench") else manifest
         # the mono run's folder names what it was trained on: a finished run is never retrained
@@ -156,15 +166,17 @@ def main() -> None:
         for name, ov in variants:
             run = a.work / f"{dname}-{name}"
             t_train = _train(train_on, run, a.steps, [o for o in ov.split(",") if o], a.threads)
-            t0 = time.time()
-            cfg = R.EvalConfig(manifest_dir=manifest, report_dir=a.work / f"report-{dname}-{name}-cfg{a.cfg:g}",
-                               ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono), steps=a.gen_steps,
-                               cfg=a.cfg, n_audio_clips=0)
-            summary = R.run(cfg)
-            print(json.dumps({"dataset": dname, "variant": name, "overrides": ov, "mix": str(extra) if extra else None,
-                              "steps": a.steps,
-                              "mono_steps": a.mono_steps, "mono_set": a.mono_set, "train_s": round(t_train), "mono_train_s": round(t_mono),
-                              "eval_s": round(time.time() - t0), "cfg": a.cfg, **_compact(summary)}), flush=True)
+            evals = [(dname, manifest)] + ([("confirm", confirm)] if (confirm and dname == "bench") else [])
+            for ename, edir in evals:
+                t0 = time.time()
+                cfg = R.EvalConfig(manifest_dir=edir, report_dir=a.work / f"report-{ename}-{name}-cfg{a.cfg:g}",
+                                   ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono),
+                                   steps=a.gen_steps, cfg=a.cfg, n_audio_clips=0)
+                summary = R.run(cfg)
+                print(json.dumps({"dataset": ename, "variant": name, "overrides": ov,
+                                  "mix": str(extra) if extra else None, "steps": a.steps, "mono_steps": a.mono_steps,
+                                  "mono_set": a.mono_set, "train_s": round(t_train), "mono_train_s": round(t_mono),
+                                  "eval_s": round(time.time() - t0), "cfg": a.cfg, **_compact(summary)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -155,12 +155,17 @@ def test_build_help_lists_every_builtin_recipe():
     assert {n.strip() for n in listed.split(",")} == set(builtin_recipes())
 
 
-def test_spatial_bench_train_is_the_same_world_drawn_apart():
-    """The training-only draw differs from the benchmark only in seed, size, split and output (same
-    world and stages), and none of its scenes is one of the benchmark's (per-scene seeds disjoint)."""
+@pytest.mark.parametrize("other,split", [("spatial-bench-train", "train"), ("spatial-bench-confirm", "test")])
+def test_spatial_bench_draws_are_the_same_world_drawn_apart(other, split):
+    """The training draw and the confirmation draw differ from the benchmark only in seed, size, split
+    and output (same world and stages), each puts every clip in one split, and none of their scenes is
+    one of the benchmark's or of each other's (per-scene seeds disjoint)."""
     from biaudio.synth import scene_seed
 
-    bench, extra = load_recipe("spatial-bench"), load_recipe("spatial-bench-train")
+    def seeds(synth: dict) -> set[int]:
+        return {scene_seed(synth["seed"], i) for i in range(synth["scenes"])}
+
+    bench, extra = load_recipe("spatial-bench"), load_recipe(other)
     b, e = bench.dump(), extra.dump()
     bs, es = b.pop("sources")[0]["synth"], e.pop("sources")[0]["synth"]
     for k in ("name", "description", "output"):
@@ -169,10 +174,13 @@ def test_spatial_bench_train_is_the_same_world_drawn_apart():
     assert b == e  # every stage setting is the benchmark's
     assert {k: v for k, v in bs.items() if k not in ("seed", "scenes")} == \
         {k: v for k, v in es.items() if k not in ("seed", "scenes")}
-    assert esplit["val_fraction"] == esplit["test_fraction"] == 0.0 and bsplit["test_fraction"] > 0
-    assert es["scenes"] > bs["scenes"]
-    seeds_b = {scene_seed(bs["seed"], i) for i in range(bs["scenes"])}
-    assert not seeds_b & {scene_seed(es["seed"], i) for i in range(es["scenes"])}
+    fractions = {"val": esplit["val_fraction"], "test": esplit["test_fraction"]}
+    fractions["train"] = 1.0 - fractions["val"] - fractions["test"]
+    assert fractions[split] == 1.0 and bsplit["test_fraction"] > 0
+    assert es["scenes"] >= bs["scenes"]
+    assert not seeds(bs) & seeds(es)
+    third = load_recipe("spatial-bench-confirm" if other == "spatial-bench-train" else "spatial-bench-train")
+    assert not seeds(es) & seeds(third.dump()["sources"][0]["synth"])
 
 
 def test_cli_bad_recipe_exits_2(tmp_path):
