@@ -6,11 +6,12 @@ shipped) and one mono model, runs ``visaudio eval`` (all two-stage baselines, 95
 bootstrap) on the test split, and prints one JSON line per variant with the pooled and per-scene-type
 means of the key metrics and the paired differences against each two-stage baseline.
 
-Usage (the README's spatial-bench table: both routes trained on the bench's train split plus the
-world's 120-scene training-only draw, 4-s windows):
+Usage (the README's spatial-bench tables: both routes trained on the bench's train split plus the
+world's 120-scene training-only draw, 4-s windows; the spatial setting judged on the confirmation draw):
   python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 300 \\
-      --mix spatial-bench-train --mono-set data.clip_seconds=4.0 \\
-      --variant base= --variant full=model.camera_motion=true,data.clip_seconds=4.0
+      --mix spatial-bench-train --mono-set data.clip_seconds=4.0 --cfg 7 --confirm spatial-bench-confirm \\
+      --variant base= \\
+      --variant spatial=model.camera_motion=true,data.clip_seconds=4.0,model.spacetime_lateral=false
 Paper ablations: add ``,model.use_spacetime=false`` or ``,model.shared_branch=true`` to a variant;
 no guidance: ``--cfg 1``; ``--mix BUILD`` trains the models on the bench's and BUILD's train splits
 together (BUILD: a finished build folder, or a built-in recipe name built into WORK/<name>, e.g.
