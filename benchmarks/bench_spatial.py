@@ -23,7 +23,7 @@ both routes see the same clips; every evaluation stays on the bench's own test s
 evaluates each bench run and the same mono model on BUILD's test split (dataset ``confirm``, no
 training): settings are picked on the bench, and a picked one is judged once on scenes not looked at
 while picking.
-Runs resume (training and the eval cache), so a second call only redoes what changed.
+Runs resume (training and the eval cache, WORK/cache-<dataset>), so a second call only redoes what changed.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _train(manifest: Path, run: Path, steps: int, overrides: list[str], threads:
     return time.time() - t0
 
 
-def _extra(work: Path, spec: str, flag: str = "--mix") -> Path:
+def _finished_build(work: Path, spec: str, flag: str) -> Path:
     """``--mix``'s (or ``--confirm``'s) build: a finished build folder, or a built-in recipe name
     built into WORK/<name>."""
     from biaudio.recipe import builtin_recipes
@@ -155,8 +155,8 @@ def main() -> None:
     if a.demo:
         datasets["demo"] = a.demo
     variants = [v.split("=", 1) for v in (a.variant or ["base="])]
-    extra = _extra(a.work, a.mix) if a.mix else None
-    confirm = _extra(a.work, a.confirm, "--confirm") if a.confirm else None
+    extra = _finished_build(a.work, a.mix, "--mix") if a.mix else None
+    confirm = _finished_build(a.work, a.confirm, "--confirm") if a.confirm else None
     for dname, manifest in datasets.items():
         train_on = _mix(a.work, manifest, extra) if (extra and dname == "bench") else manifest
         # the mono run's folder names what it was trained on: a finished run is never retrained
@@ -170,9 +170,11 @@ def main() -> None:
             evals = [(dname, manifest)] + ([("confirm", confirm)] if (confirm and dname == "bench") else [])
             for ename, edir in evals:
                 t0 = time.time()
+                # one cache per evaluated build: the mono and two-stage audio every variant shares is
+                # generated once (cache keys name the checkpoint, steps and cfg)
                 cfg = R.EvalConfig(manifest_dir=edir, report_dir=a.work / f"report-{ename}-{name}-cfg{a.cfg:g}",
                                    ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono),
-                                   steps=a.gen_steps, cfg=a.cfg, n_audio_clips=0)
+                                   steps=a.gen_steps, cfg=a.cfg, n_audio_clips=0, cache_dir=a.work / f"cache-{ename}")
                 summary = R.run(cfg)
                 print(json.dumps({"dataset": ename, "variant": name, "overrides": ov,
                                   "mix": str(extra) if extra else None, "steps": a.steps, "mono_steps": a.mono_steps,

@@ -54,6 +54,11 @@ class EvalConfig:
     n_boot_set: int = 200
     n_audio_clips: int = 3
     settings: M.EvalSettings = field(default_factory=M.EvalSettings)
+    # Generated audio lives in REPORT/cache unless this names another folder. Reports of the same
+    # manifest may share one (keys name the checkpoint fingerprint, steps, cfg and seed), so
+    # baselines that several evaluations have in common are generated once. Not across manifests:
+    # files are named by clip id.
+    cache_dir: Path | None = None
 
 
 def default_systems(ckpt: Path | None, mono_ckpt: Path | None) -> list[str]:
@@ -195,7 +200,7 @@ class SystemSource:
 
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
-        self.cache = Path(cfg.report_dir) / "cache"
+        self.cache = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(cfg.report_dir) / "cache"
         self._synth: dict[str, object] = {}
         self._spatialiser: B.Spatialiser | None = None
         self.notes: dict[str, str] = {}

@@ -9,6 +9,7 @@ while those fixtures do not exist.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -203,6 +204,10 @@ def test_runner_end_to_end(mini_report, fake_generate) -> None:
     s2 = R.run(cfg)
     assert fake_generate.calls == 0
     assert s2["systems"]["visaudio"]["metrics"]["lat_corr_ref"] == s["systems"]["visaudio"]["metrics"]["lat_corr_ref"]
+    # another report of the same manifest sharing the first one's cache: still no generation
+    s3 = R.run(dataclasses.replace(cfg, report_dir=rep.parent / "other", cache_dir=rep / "cache"))
+    assert fake_generate.calls == 0
+    assert s3["systems"]["mono"]["metrics"]["lat_corr_ref"] == s["systems"]["mono"]["metrics"]["lat_corr_ref"]
 
 
 def test_cli(mini, fake_generate, tmp_path) -> None:
