@@ -203,6 +203,12 @@ class TrainConfig(_Strict):
     # weight of the side head's MSE (model.side_head) added to each sample's flow loss (the
     # logged training loss includes it); ignored without the head
     side_head_weight: float = 1.0
+    # camera-motion dropout (model.camera_motion): the probability that a training sample sees no
+    # camera-motion feature (its contribution zeroed, as before the module learnt anything), drawn
+    # per sample independently of the CFG dropout. Why: on a small set a clip's measured yaw curve
+    # is a fingerprint, and the model can learn each clip's interaural difference from it instead
+    # of from the picture; samples without it keep the picture's side cue trained. 0: off.
+    camera_motion_dropout: float = 0.0
     t_mean: float = 0.0  # logit-normal timestep
     t_std: float = 1.0
     t_bins: int = 4
@@ -245,6 +251,8 @@ class TrainConfig(_Strict):
             raise ValueError("train.num_workers must be >= 0 and train.shuffle_block >= 1")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError("train.min_lr_ratio must be in [0, 1]")
+        if not 0.0 <= self.camera_motion_dropout <= 1.0:
+            raise ValueError("train.camera_motion_dropout must be in [0, 1]")
         if any(not 0.0 < s < 0.5 for s in self.posthoc_sigma_rels) or not self.posthoc_sigma_rels:
             raise ValueError("train.posthoc_sigma_rels must be values in (0, 0.5)")
         if self.posthoc_every < 1:

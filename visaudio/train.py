@@ -195,9 +195,10 @@ class FlowLoss(nn.Module):
         self.side_weight = float(side_weight)
         self.side_head_weight = float(side_head_weight)
 
-    def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t, features=None) -> torch.Tensor:
+    def forward(self, x0, x1, t, frames, captions, traj, drop_v, drop_t, features=None, drop_c=None) -> torch.Tensor:
         m = self.model
-        cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None, features=features)
+        cond = m.encode_conditions(frames, captions, traj if m.traj_enc is not None else None, features=features,
+                                   drop_camera=drop_c)
         # the side head (model.side_head) regresses the target's per-frame ILD from the full
         # conditions: before the CFG dropout, which would leave it nothing to see
         aux = None
@@ -512,6 +513,9 @@ class Trainer:
             t = FM.sample_t(gens, tc.t_mean, tc.t_std).to(dev)
             dr = torch.stack([torch.rand(2, generator=g) for g in gens])
             drop_v, drop_t = (dr[:, 0] < tc.cond_dropout).to(dev), (dr[:, 1] < tc.cond_dropout).to(dev)
+            drop_c = None  # drawn after the others (and only when on): runs without it are unchanged
+            if tc.camera_motion_dropout > 0 and model.camera_motion is not None:
+                drop_c = torch.cat([torch.rand(1, generator=g) for g in gens]).lt(tc.camera_motion_dropout).to(dev)
             feats = batch.get("features") or {}
             cond_feats = {k: v.to(dev) for k, v in feats.items() if k in ("image", "motion", "text", "text_mask")}
             with torch.no_grad():  # a frozen codec's latents come from the store when it has them
@@ -523,7 +527,7 @@ class Trainer:
             with sync:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                     per = self.loss_mod(x0, x1, t, batch["frames"].to(dev), batch["caption"], batch["traj"].to(dev),
-                                        drop_v, drop_t, cond_feats or None)
+                                        drop_v, drop_t, cond_feats or None, drop_c)
                 (per.sum() / b_rank).backward()
             lsum += per.detach().double().sum().cpu()
             per_all.append(per.detach())

@@ -17,7 +17,7 @@ import torch
 
 from tests._support.model import make_toy_manifest
 from visaudio.checkpoint import CheckpointMismatch
-from visaudio.config import load_config
+from visaudio.config import ConfigError, load_config
 from visaudio.data import DataError, ManifestDataset, load_manifest_split, swap_caption
 from visaudio.train import Trainer, TrainingDiverged, train
 
@@ -268,3 +268,19 @@ def test_validation_metrics_and_tensorboard(toy_manifest, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "run" / "val_log.csv")))
     assert rows and "ild_sign_agreement" in rows[0]
     assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_camera_motion_dropout_withholds_the_feature(toy_manifest, tmp_path):
+    """``train.camera_motion_dropout``: a dropped sample's camera-motion feature contributes
+    nothing, so at 1.0 the feature's zero-initialised output layer never gets a gradient and stays
+    exactly zero, while at 0.0 the same three steps move it. Out of [0, 1] is refused."""
+    ov = FAST + ["model.camera_motion=true", "train.batch_size=4", "train.ckpt_every=1000", "train.lr=1e-2"]
+    w = {}
+    for p in (0.0, 1.0):
+        train(toy_manifest, "micro", tmp_path / f"p{p}", max_steps=3, overrides=ov + [f"train.camera_motion_dropout={p}"],
+              progress=False)
+        w[p] = torch.load(tmp_path / f"p{p}" / "ckpt" / "last.pt", weights_only=False)["model"]["camera_motion.mlp.2.weight"]
+    assert w[1.0].abs().max().item() == 0.0
+    assert w[0.0].abs().max().item() > 1e-4, w[0.0].abs().max()
+    with pytest.raises(ConfigError, match="camera_motion_dropout"):
+        load_config("micro", ["train.camera_motion_dropout=1.5"])

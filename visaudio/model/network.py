@@ -457,11 +457,13 @@ class ViSAudio(nn.Module):
 
     def encode_conditions(self, frames: torch.Tensor | None, captions: list[str | None],
                           traj: torch.Tensor | None = None,
-                          features: dict[str, torch.Tensor] | None = None) -> Conditions:
+                          features: dict[str, torch.Tensor] | None = None,
+                          drop_camera: torch.Tensor | None = None) -> Conditions:
         """frames: (B, Fs, H, W, 3) uint8 at sync_fps; the patch stream takes every k-th frame.
         ``features``: precomputed frozen-part features of the window (keys ``image``, ``motion``,
         ``text``, ``text_mask`` as in ``visaudio.pretrained``); missing ones are computed from
-        ``frames`` / ``captions``."""
+        ``frames`` / ``captions``. ``drop_camera`` (B,) bool: samples whose camera-motion feature
+        is zeroed (training only, ``train.camera_motion_dropout``)."""
         N = self.n_latents
         feats = dict(features or {})
         if (self.video_enc.pre is not None and "image" not in feats) or \
@@ -488,6 +490,8 @@ class ViSAudio(nn.Module):
             if frames is None:
                 raise ValueError("model.camera_motion measures the camera from the frames: the store must keep them")
             cm = self.camera_motion(frames)  # (B, 2, Fs, D) at sync_fps
+            if drop_camera is not None:
+                cm = cm * (~drop_camera).to(cm.dtype).view(-1, 1, 1, 1)
             st = st + _upsample(cm.reshape(B * 2, cm.shape[2], D), N, self.lps).reshape(B, 2, N, D)
         tr = self.traj_enc(traj) if (self.traj_enc is not None and traj is not None) else None
         return Conditions(video, text, sync, st, tr)
