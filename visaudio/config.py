@@ -159,6 +159,14 @@ class ModelConfig(_Strict):
     # fed per branch (mirrored for R) into the spacetime condition: the cue that says how a
     # world-fixed sound, on- or off-screen, must move between the ears (visaudio/motion.py).
     camera_motion: bool = False
+    # centred camera motion: the yaw (and its rate) measured relative to the window's mean instead
+    # of its first frame. Why: a world-fixed sound's interaural difference *changes* with the turn,
+    # but which side it is on is not told by the turn; the net turn of a window (which the
+    # start-referenced yaw carries as an offset) lets a model learn "turned left, so the sound is on
+    # the left" from whatever the training trajectories happened to do, which a new clip need not
+    # follow. Centred, the features keep how the view turns within the window and drop the net
+    # direction as a static offset. Needs model.camera_motion.
+    camera_motion_centered: bool = False
     # single shared branch (the paper's "without dual branch" ablation): the N2 branch blocks, the
     # final layer and the conditional skip are one set of weights applied to both channels, which
     # then differ only through the channel embedding and their per-branch conditions (spacetime
@@ -175,6 +183,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.camera_motion_centered and not self.camera_motion:
+            raise ValueError("model.camera_motion_centered needs model.camera_motion=true")
         if not 0.0 <= self.noise_lr_corr < 1.0:
             raise ValueError("model.noise_lr_corr must be in [0, 1)")
         if self.hidden % self.heads or (self.hidden // self.heads) % 2:
@@ -331,6 +341,8 @@ class Config(_Strict):
         model = dict(d["model"])
         if not model.get("camera_motion"):  # off: the same hash as before the switch existed
             model.pop("camera_motion", None)
+        if not model.get("camera_motion_centered"):  # likewise
+            model.pop("camera_motion_centered", None)
         if not model.get("shared_branch"):  # likewise
             model.pop("shared_branch", None)
         if not model.get("side_head"):  # likewise

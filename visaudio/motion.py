@@ -58,12 +58,19 @@ def horizontal_shifts(frames: torch.Tensor, max_frac: float = 0.125, max_chroma:
     return torch.cat([torch.zeros(B, 1, device=frames.device), dx], dim=1)
 
 
-def yaw_features(frames: torch.Tensor, hfov_deg: float = 90.0) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, T, 6) camera-motion features (yaw in radians, left = +)."""
+def yaw_features(frames: torch.Tensor, hfov_deg: float = 90.0, centered: bool = False) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, T, 6) camera-motion features (yaw in radians, left = +),
+    relative to the window's first frame, or with ``centered`` to the window's mean yaw (and the
+    rate less its window mean): how the view turns within the window, not its net direction."""
     W = frames.shape[3]
     f = (W / 2.0) / math.tan(math.radians(hfov_deg) / 2)
     step = torch.atan(horizontal_shifts(frames) / f)  # content right = camera turned left
     yaw = torch.cumsum(step, dim=1)
+    if centered:
+        yaw = yaw - yaw.mean(dim=1, keepdim=True)
+        if step.shape[1] > 1:  # the first frame has no step of its own: it takes the next one's
+            step = torch.cat([step[:, 1:2], step[:, 1:]], dim=1)
+        step = step - step.mean(dim=1, keepdim=True)
     return torch.stack([step * 10.0, yaw, torch.sin(yaw), torch.cos(yaw) - 1, torch.sin(2 * yaw),
                         torch.cos(2 * yaw) - 1], dim=-1)
 
@@ -71,14 +78,15 @@ def yaw_features(frames: torch.Tensor, hfov_deg: float = 90.0) -> torch.Tensor:
 class CameraMotion(nn.Module):
     """Measured camera yaw -> a per-branch feature (B, 2, T, D) at the frame rate."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, centered: bool = False):
         super().__init__()
+        self.centered = centered
         self.mlp = nn.Sequential(nn.Linear(6, dim), nn.SiLU(), nn.Linear(dim, dim))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            f = yaw_features(frames)
+            f = yaw_features(frames, centered=self.centered)
         mirror = torch.tensor([-1.0, -1.0, -1.0, 1.0, -1.0, 1.0], device=f.device)
         return torch.stack([self.mlp(f), self.mlp(f * mirror)], dim=1)

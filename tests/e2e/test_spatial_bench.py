@@ -244,6 +244,36 @@ def test_visaudio_wins_on_the_hard_split(bench_win_report) -> None:
         assert found[("ild_sign_agreement", base)]["paired_diff_ci"][1] > 0, (base, summary)
 
 
+def test_centred_camera_motion_keeps_the_turn_and_drops_its_net_direction() -> None:
+    """``model.camera_motion_centered``: for a steady pan the centred features keep the yaw ramp
+    (the same steps as the start-referenced yaw) but every odd feature (rate, yaw, sin yaw,
+    sin 2 yaw) averages to zero over the window, so the net turn is no static offset a model could
+    read a side from; a pan the other way gives the negated ramp. The switch needs camera motion
+    and changes the architecture hash."""
+    import torch
+    from scipy import ndimage
+
+    from visaudio.config import ConfigError, load_config
+    from visaudio.motion import yaw_features
+
+    g = ndimage.gaussian_filter(np.random.default_rng(1).random((48, 240)), 2)
+    g = np.repeat(((g - g.min()) / np.ptp(g) * 255)[..., None], 3, -1).astype(np.uint8)
+    left = torch.from_numpy(np.stack([g[:, 60 - k: 124 - k] for k in range(24)]))[None]  # content moves right
+    right = torch.from_numpy(np.stack([g[:, 60 + k: 124 + k] for k in range(24)]))[None]
+    start, cen = yaw_features(left)[0], yaw_features(left, centered=True)[0]
+    assert start[-1, 1] > 0.3  # a clear left turn, referenced to the first frame: a positive offset
+    assert torch.allclose(cen[:, 1] - cen[0, 1], start[:, 1] - start[0, 1], atol=1e-5)
+    odd = [0, 1, 2, 4]
+    assert cen[:, odd].mean(0).abs().max() < 1e-3, cen[:, odd].mean(0)
+    assert start[:, odd].mean(0).abs().min() > 0.05, start[:, odd].mean(0)
+    cr = yaw_features(right, centered=True)[0]
+    assert torch.allclose(cr[:, 1], -cen[:, 1], atol=0.01), (cr[:, 1], cen[:, 1])
+    with pytest.raises(ConfigError, match="camera_motion_centered"):
+        load_config("tiny", ["model.camera_motion_centered=true"])
+    on = ["model.camera_motion=true"]
+    assert load_config("tiny", on).arch_hash() != load_config("tiny", on + ["model.camera_motion_centered=true"]).arch_hash()
+
+
 def test_camera_yaw_estimate_follows_the_camera_not_the_demos_drifting_texture(demo_build: Path) -> None:
     """The demo's background texture turns by itself (4 px per frame of the 960-px equirect at 15 fps:
     90 degrees over a 4-s clip) while its grid, labels and discs stay fixed in the world. The

@@ -373,7 +373,7 @@ class ViSAudio(nn.Module):
         if m.camera_motion:  # measured camera yaw, one feature per branch (visaudio/motion.py)
             from visaudio.motion import CameraMotion
 
-            self.camera_motion = CameraMotion(D)
+            self.camera_motion = CameraMotion(D, centered=m.camera_motion_centered)
         self.global_proj = nn.Sequential(nn.Linear(2 * D, D), nn.SiLU(), nn.Linear(D, D))
         self.null_video = nn.Parameter(torch.randn(n_video, D) * 0.02)
         self.null_text = nn.Parameter(torch.randn(cfg.data.max_text_tokens, D) * 0.02)
