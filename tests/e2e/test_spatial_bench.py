@@ -17,6 +17,8 @@ from biaudio.synth import _disc_radii, render_foa_full, render_scene
 from biaudio.synth_bench import SCENE_TYPES, bench_scene_spec, scene_type_of
 from visaudio.eval import baselines as B
 
+REPO = Path(__file__).resolve().parents[2]
+
 SIZE = (240, 120)
 
 
@@ -324,3 +326,35 @@ def test_camera_motion_condition_measures_the_pan() -> None:
     a, b = on.encode_conditions(frames, [None]), off.encode_conditions(frames, [None])
     assert torch.equal(a.spacetime, b.spacetime)
     assert load_config("tiny").arch_hash() != load_config("tiny", ["model.camera_motion=true"]).arch_hash()
+
+
+def test_paired_seeds_averages_each_setting_over_its_seeds_before_pairing(tmp_path: Path) -> None:
+    """``benchmarks/paired_seeds.py``: per clip, each setting's metric is its mean over the seeds'
+    reports; the paired difference is the mean of those per-clip differences. Two seeds of A at
+    1.0 and 0.0 on one clip average to 0.5; B's single report sets the other side."""
+    import importlib.util
+
+    from biaudio.manifest import write_frame
+
+    spec = importlib.util.spec_from_file_location("paired_seeds", REPO / "benchmarks" / "paired_seeds.py")
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+
+    def report(name: str, sign: list[float]) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        n = len(sign)
+        write_frame(pd.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "system": "visaudio",
+                                  "source_id": [f"s{i // 2}" for i in range(n)], "ild_sign_agreement": sign,
+                                  "lat_corr_ref": [0.1] * n, "motion_consistency": [0.0] * n}), d / "per_clip.parquet")
+        return d
+
+    a0, a1 = report("a0", [1.0, 1.0, 1.0, 1.0]), report("a1", [0.0, 1.0, 1.0, 1.0])
+    b = report("b", [0.5, 0.5, 0.5, 0.5])
+    out = ps.main(["--a", str(a0), str(a1), "--b", str(b), "--n-boot", "200"])
+    assert out["n_clips"] == 4 and out["n_scenes"] == 2
+    assert out["a"]["ild_sign_agreement"] == 0.875 and [s["ild_sign_agreement"] for s in out["a"]["seeds"]] == [1.0, 0.75]
+    assert out["paired"]["ild_sign_agreement"]["diff"] == 0.375
+    lo, hi = out["paired"]["ild_sign_agreement"]["ci"]
+    assert 0.0 < lo <= 0.375 <= hi <= 0.5
+    assert out["paired"]["lat_corr_ref"]["diff"] == 0.0
