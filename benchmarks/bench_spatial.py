@@ -7,11 +7,14 @@ bootstrap) on the test split, and prints one JSON line per variant with the pool
 means of the key metrics and the paired differences against each two-stage baseline.
 
 Usage (the README's spatial-bench tables: both routes trained on the bench's train split plus the
-world's 120-scene training-only draw, 4-s windows; the spatial setting judged on the confirmation draw):
+world's 120-scene training-only draw, 4-s windows; the centred setting judged on the confirmation draw;
+``--variant NAME=...,seed=1`` for another training seed):
   python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 300 \\
       --mix spatial-bench-train --mono-set data.clip_seconds=4.0 --cfg 7 --confirm spatial-bench-confirm \\
       --variant base= \\
-      --variant spatial=model.camera_motion=true,data.clip_seconds=4.0,model.spacetime_lateral=false
+      --variant centred=model.camera_motion=true,model.camera_motion_centered=true,data.clip_seconds=4.0
+The demo comparison: ``--bench`` the demo build (no ``--mix``/``--confirm``), one variant per seed (one
+call per cfg: ``base`` at 4.5, ``centred`` at 7), then ``benchmarks/paired_seeds.py`` over the seeds' reports.
 Paper ablations: add ``,model.use_spacetime=false`` or ``,model.shared_branch=true`` to a variant;
 no guidance: ``--cfg 1``; ``--mix BUILD`` trains the models on the bench's and BUILD's train splits
 together (BUILD: a finished build folder, or a built-in recipe name built into WORK/<name>, e.g.
