@@ -289,11 +289,12 @@ def test_camera_yaw_estimate_follows_the_camera_not_the_demos_drifting_texture(d
     import torch
 
     from biaudio.media.video import iter_frames
+    from biaudio.spatial.angles import unwrap_deg
     from visaudio.motion import yaw_features
 
     est, est_sync, true, true_sync = [], [], [], []
     for r in pd.read_parquet(demo_build / "manifest.parquet").itertuples():
-        tr = np.degrees(np.unwrap(np.radians([p["yaw"] for p in r.trajectory])))
+        tr = unwrap_deg([p["yaw"] for p in r.trajectory])
         ts = [p["t"] for p in r.trajectory]
         fr = np.stack(list(iter_frames(demo_build / r.video_path, size=(64, 48), fps=16.0)))
         est.append(float(np.degrees(yaw_features(torch.from_numpy(fr)[None])[0, -1, 1])))
