@@ -155,6 +155,15 @@ class ModelConfig(_Strict):
     # cancels; a sounding object off-centre gives the two branches opposite features from the
     # first step, instead of after the attention scores have learnt to find it.
     spacetime_lateral: bool = False
+    # attended lateral pooling: the column ramp weights each patch by the attention pooling's
+    # weights (averaged over the two branches, times the patch count) instead of uniformly. At
+    # initialisation the attention is near uniform, so it starts as the fixed ramp (the early,
+    # signed side cue the small-data demo needs); as the scores learn where the sound comes from,
+    # the ramp follows them. Why: the fixed ramp pools every patch alike, so silent salient
+    # objects (the spatial-bench's pulsing distractors, a decoy that stays in view while the
+    # source leaves it) pull its "my side minus the other side" toward themselves. Needs
+    # model.spacetime_lateral.
+    spacetime_lateral_attended: bool = False
     # camera motion measured from the picture (phase correlation of consecutive frames -> yaw),
     # fed per branch (mirrored for R) into the spacetime condition: the cue that says how a
     # world-fixed sound, on- or off-screen, must move between the ears (visaudio/motion.py).
@@ -183,6 +192,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.spacetime_lateral_attended and not self.spacetime_lateral:
+            raise ValueError("model.spacetime_lateral_attended needs model.spacetime_lateral=true")
         if self.camera_motion_centered and not self.camera_motion:
             raise ValueError("model.camera_motion_centered needs model.camera_motion=true")
         if not 0.0 <= self.noise_lr_corr < 1.0:
@@ -343,6 +354,8 @@ class Config(_Strict):
             model.pop("camera_motion", None)
         if not model.get("camera_motion_centered"):  # likewise
             model.pop("camera_motion_centered", None)
+        if not model.get("spacetime_lateral_attended"):  # likewise
+            model.pop("spacetime_lateral_attended", None)
         if not model.get("shared_branch"):  # likewise
             model.pop("shared_branch", None)
         if not model.get("side_head"):  # likewise

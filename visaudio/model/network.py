@@ -301,9 +301,11 @@ class SpacetimeModule(nn.Module):
     a column ramp (+1 on the branch's own side, -1 on the other), so an off-centre object gives
     the two branches opposite features from the start (in the sweep of issue 6 the attention
     centroid did follow the markers, yet the side reached the output far more reliably with this
-    direct, signed path)."""
+    direct, signed path). ``attended`` (model.spacetime_lateral_attended) weights that ramp by the
+    attention weights (mean of the two branches, scaled so uniform attention gives the fixed ramp):
+    the signed path then looks where the attention looks, not at every salient object alike."""
 
-    def __init__(self, dim: int, lateral: bool = False):
+    def __init__(self, dim: int, lateral: bool = False, attended: bool = False):
         super().__init__()
         self.inp = nn.Linear(dim, dim)
         self.E = nn.Parameter(torch.randn(2, dim) * 0.02)
@@ -312,6 +314,7 @@ class SpacetimeModule(nn.Module):
         self.out = nn.Linear(dim, dim)
         # optional lateral pooling (model.spacetime_lateral): a fixed per-branch column ramp
         self.lat_out = nn.Linear(dim, dim) if lateral else None
+        self.attended = bool(attended and lateral)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:  # (B, F, gh, gw, D) -> (B, 2, F, D)
         B, Fn, gh, gw, D = patches.shape
@@ -332,6 +335,8 @@ class SpacetimeModule(nn.Module):
                 torch.zeros(1, device=patches.device, dtype=h.dtype)
             r = torch.stack([ramp, ramp.flip(0)])[:, None, :].expand(2, gh, gw)
             r = r.reshape(1, 2, 1, gh * gw, 1)
+            if self.attended:  # (B, 1, F, P, 1): uniform attention -> 1 everywhere (the fixed ramp)
+                r = r * (w.mean(1, keepdim=True) * (gh * gw))[..., None]
             y = y + self.lat_out((r * h).mean(-2))
         return y
 
@@ -367,7 +372,7 @@ class ViSAudio(nn.Module):
         self.text_enc = build_text_encoder(cfg, dims.get("text"))
         self._parts = PartSlot()  # frozen image/motion parts for on-the-fly features (not submodules)
         self.text_proj = nn.Linear(D, D)
-        self.spacetime = SpacetimeModule(D, m.spacetime_lateral) if m.use_spacetime else None
+        self.spacetime = SpacetimeModule(D, m.spacetime_lateral, m.spacetime_lateral_attended) if m.use_spacetime else None
         self.traj_enc = TrajectoryEncoder(cfg) if m.use_trajectory else None
         self.camera_motion = None
         if m.camera_motion:  # measured camera yaw, one feature per branch (visaudio/motion.py)
