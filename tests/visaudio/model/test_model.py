@@ -302,3 +302,45 @@ def test_side_head_switch_loss_and_guidance():
     assert err1 < 0.15 < err0, (err0, err1)
     e0, e1 = z0.pow(2).sum((1, 3)), z1.pow(2).sum((1, 3))
     assert float((e1 / e0 - 1).abs().max()) < 0.1
+
+
+def test_attended_lateral_pooling_starts_as_the_ramp_and_ignores_unattended_patches():
+    """``model.spacetime_lateral_attended``: with uniform attention the attended lateral pooling is
+    exactly the fixed column ramp (the small-data start is unchanged); once the attention looks at
+    one patch, a salient patch it does not look at (a silent distractor on the other side) no longer
+    moves the lateral feature, while it does move the fixed ramp's. The switch needs the lateral
+    pooling and changes the arch hash (off: no trace of it)."""
+    from visaudio.model.network import SpacetimeModule
+
+    torch.manual_seed(0)
+    fixed, att = SpacetimeModule(32, lateral=True), SpacetimeModule(32, lateral=True, attended=True)
+    att.load_state_dict(fixed.state_dict())
+    x = torch.randn(2, 3, 4, 6, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for m in (fixed, att):
+            m.score.weight.zero_()
+            m.score.bias.zero_()
+        assert torch.allclose(fixed(x), att(x), atol=1e-6)
+
+    class Look(torch.nn.Module):  # attention logits: everything on patch (row 1, column 4)
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            s = torch.zeros(*h.shape[:-1], 1)
+            s[..., 1 * 6 + 4, 0] = 30.0
+            return s
+
+    fixed.score, att.score = Look(), Look()
+    y = x.clone()
+    y[:, :, 2, 0] += 3.0  # a new salient object at the far left, row 2: never attended
+    z = x.clone()
+    z[:, :, 1, 4] += 3.0  # the attended patch itself changes
+    with torch.no_grad():
+        f_gap = float((fixed(y) - fixed(x)).abs().max())
+        a_gap = float((att(y) - att(x)).abs().max())
+        a_seen = float((att(z) - att(x)).abs().max())
+    assert a_gap < 1e-5 < 1e-2 < f_gap, (a_gap, f_gap)
+    assert a_seen > 1e-2, a_seen
+    with pytest.raises(ConfigError, match="spacetime_lateral_attended"):
+        load_config("micro", ["model.spacetime_lateral=false", "model.spacetime_lateral_attended=true"])
+    off = load_config("micro", ["model.spacetime_lateral=true"])
+    on = load_config("micro", ["model.spacetime_lateral=true", "model.spacetime_lateral_attended=true"])
+    assert "spacetime_lateral_attended" not in off.arch_dict()["model"] and off.arch_hash() != on.arch_hash()
