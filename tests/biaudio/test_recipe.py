@@ -155,11 +155,15 @@ def test_build_help_lists_every_builtin_recipe():
     assert {n.strip() for n in listed.split(",")} == set(builtin_recipes())
 
 
-@pytest.mark.parametrize("other,split", [("spatial-bench-train", "train"), ("spatial-bench-confirm", "test")])
+DRAWS = ("spatial-bench-train", "spatial-bench-confirm", "spatial-bench-fresh")
+
+
+@pytest.mark.parametrize("other,split", [("spatial-bench-train", "train"), ("spatial-bench-confirm", "test"),
+                                         ("spatial-bench-fresh", "test")])
 def test_spatial_bench_draws_are_the_same_world_drawn_apart(other, split):
-    """The training draw and the confirmation draw differ from the benchmark only in seed, size, split
+    """The training, confirmation and fresh draws differ from the benchmark only in seed, size, split
     and output (same world and stages), each puts every clip in one split, and none of their scenes is
-    one of the benchmark's or of each other's (per-scene seeds disjoint)."""
+    one of the benchmark's or of any other draw's (per-scene seeds disjoint)."""
     from biaudio.synth import scene_seed
 
     def seeds(synth: dict) -> set[int]:
@@ -179,8 +183,8 @@ def test_spatial_bench_draws_are_the_same_world_drawn_apart(other, split):
     assert fractions[split] == 1.0 and bsplit["test_fraction"] > 0
     assert es["scenes"] >= bs["scenes"]
     assert not seeds(bs) & seeds(es)
-    third = load_recipe("spatial-bench-confirm" if other == "spatial-bench-train" else "spatial-bench-train")
-    assert not seeds(es) & seeds(third.dump()["sources"][0]["synth"])
+    for third in set(DRAWS) - {other}:
+        assert not seeds(es) & seeds(load_recipe(third).dump()["sources"][0]["synth"]), (other, third)
 
 
 def test_cli_bad_recipe_exits_2(tmp_path):
