@@ -7,14 +7,18 @@ bootstrap) on the test split, and prints one JSON line per variant with the pool
 means of the key metrics and the paired differences against each two-stage baseline.
 
 Usage (the README's spatial-bench tables: both routes trained on the bench's train split plus the
-world's 120-scene training-only draw, 4-s windows; the centred setting judged on the confirmation draw;
+world's 120-scene training-only draw, 4-s windows; the centred and attended settings judged on the
+confirmation draw, the attended one also on the fresh draw (``--confirm spatial-bench-fresh``);
 ``--variant NAME=...,seed=1`` for another training seed):
   python benchmarks/bench_spatial.py --work /tmp/sb --steps 300 --mono-steps 300 \\
       --mix spatial-bench-train --mono-set data.clip_seconds=4.0 --cfg 7 --confirm spatial-bench-confirm \\
       --variant base= \\
-      --variant centred=model.camera_motion=true,model.camera_motion_centered=true,data.clip_seconds=4.0
+      --variant centred=model.camera_motion=true,model.camera_motion_centered=true,data.clip_seconds=4.0 \\
+      --variant attended=model.camera_motion=true,model.camera_motion_centered=true,\\
+model.spacetime_lateral_attended=true,data.clip_seconds=4.0
 The demo comparison: ``--bench`` the demo build (no ``--mix``/``--confirm``), one variant per seed (one
-call per cfg: ``base`` at 4.5, ``centred`` at 7), then ``benchmarks/paired_seeds.py`` over the seeds' reports.
+call per cfg: ``base`` at 4.5, ``centred`` and ``attended`` at 7), then ``benchmarks/paired_seeds.py`` over
+the seeds' reports.
 Paper ablations: add ``,model.use_spacetime=false`` or ``,model.shared_branch=true`` to a variant;
 no guidance: ``--cfg 1``; ``--mix BUILD`` trains the models on the bench's and BUILD's train splits
 together (BUILD: a finished build folder, or a built-in recipe name built into WORK/<name>, e.g.
@@ -23,8 +27,9 @@ model of the two-stage baselines trains on the same mixed train split (``--mono-
 both routes see the same clips; every evaluation stays on the bench's own test split.
 ``--confirm BUILD`` (a finished build folder or a built-in recipe name, e.g.
 ``--confirm spatial-bench-confirm``, a third draw of the world with every clip in test) also
-evaluates each bench run and the same mono model on BUILD's test split (dataset ``confirm``, no
-training): settings are picked on the bench, and a picked one is judged once on scenes not looked at
+evaluates each bench run and the same mono model on BUILD's test split, without training (dataset
+``confirm``; ``confirm-<folder>`` for any build but spatial-bench-confirm, since draws share clip
+ids): settings are picked on the bench, and a picked one is judged once on scenes not looked at
 while picking.
 Runs resume (training and the eval cache, WORK/cache-<dataset>), so a second call only redoes what changed.
 """
@@ -160,6 +165,9 @@ def main() -> None:
     variants = [v.split("=", 1) for v in (a.variant or ["base="])]
     extra = _finished_build(a.work, a.mix, "--mix") if a.mix else None
     confirm = _finished_build(a.work, a.confirm, "--confirm") if a.confirm else None
+    # the eval cache names files by clip id, and every draw of the world has the same ids
+    # (scene_0000_0, ...): each --confirm build gets its own dataset name, so its own cache and reports
+    confirm_name = "confirm" if confirm is None or confirm.name == "spatial-bench-confirm" else f"confirm-{confirm.name}"
     for dname, manifest in datasets.items():
         train_on = _mix(a.work, manifest, extra) if (extra and dname == "bench") else manifest
         # the mono run's folder names what it was trained on: a finished run is never retrained
@@ -170,7 +178,7 @@ def main() -> None:
         for name, ov in variants:
             run = a.work / f"{dname}-{name}"
             t_train = _train(train_on, run, a.steps, [o for o in ov.split(",") if o], a.threads)
-            evals = [(dname, manifest)] + ([("confirm", confirm)] if (confirm and dname == "bench") else [])
+            evals = [(dname, manifest)] + ([(confirm_name, confirm)] if (confirm and dname == "bench") else [])
             for ename, edir in evals:
                 t0 = time.time()
                 # one cache per evaluated build: the mono and two-stage audio every variant shares is
