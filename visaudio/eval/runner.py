@@ -56,8 +56,9 @@ class EvalConfig:
     settings: M.EvalSettings = field(default_factory=M.EvalSettings)
     # Generated audio lives in REPORT/cache unless this names another folder. Reports of the same
     # manifest may share one (keys name the checkpoint fingerprint, steps, cfg and seed), so
-    # baselines that several evaluations have in common are generated once. Not across manifests:
-    # files are named by clip id.
+    # baselines that several evaluations have in common are generated once. Not across builds:
+    # files are named by clip id, and ids repeat across builds (every synthetic draw has
+    # scene_0000_0), so a cache records which build each clip id came from and refuses another.
     cache_dir: Path | None = None
 
 
@@ -204,6 +205,25 @@ class SystemSource:
         self._synth: dict[str, object] = {}
         self._spatialiser: B.Spatialiser | None = None
         self.notes: dict[str, str] = {}
+
+    def claim(self, df: pd.DataFrame) -> None:
+        """Record, in CACHE/builds.json, the build (manifest ``recipe_hash``) of every clip id about
+        to be evaluated; refuse the run if the cache already holds that clip id from another build,
+        whose cached audio would otherwise be reused as this clip's. Manifests without recipe
+        hashes are not checked."""
+        if "recipe_hash" not in df.columns:
+            return
+        now = {str(c): str(h) for c, h in zip(df["clip_id"], df["recipe_hash"], strict=True) if isinstance(h, str) and h}
+        mark = self.cache / "builds.json"
+        held = json.loads(mark.read_text()) if mark.is_file() else {}
+        clash = sorted(c for c, h in now.items() if held.get(c, h) != h)
+        if clash:
+            raise EvalError(f"cache {self.cache} holds audio of clip {clash[0]} (and {len(clash) - 1} more) from "
+                            f"another build (recipe hash {held[clash[0]]}, this manifest's is {now[clash[0]]}); "
+                            "clip ids repeat across builds: give this build its own cache folder (EvalConfig.cache_dir)")
+        if now.keys() - held.keys():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(mark, json.dumps(held | now, indent=0, sort_keys=True))
 
     def _key(self, which: str) -> str:
         run = self.cfg.ckpt if which == "visaudio" else self.cfg.mono_ckpt
@@ -506,6 +526,7 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     if cfg.limit:
         df = df.head(cfg.limit)
     src = SystemSource(cfg)
+    src.claim(df)
     from visaudio.eval import truth as T
 
     cam_truth: list[pd.DataFrame] = []

@@ -316,3 +316,36 @@ def test_bootstrap_intervals() -> None:
     assert np.isnan(one[1]) and np.isnan(one[2]) and one[0] == pytest.approx(v[:5].mean())
     d_mean, d_lo, d_hi, _ = R.paired_diff_ci(v + 0.05, v, 500, 1)
     assert d_mean == pytest.approx(0.05) and d_lo == pytest.approx(0.05) and d_hi == pytest.approx(0.05)
+
+
+def test_a_shared_cache_refuses_the_same_clip_ids_from_another_build(mini, fake_generate, tmp_path) -> None:
+    """Cached audio is named by clip id, and ids repeat across builds (every synthetic draw has
+    scene_0000_0): a cache shared by two builds would hand one build's generated audio to the other's
+    clips. Two copies of one manifest that differ only in recipe hash: the second is refused with
+    the clip and both hashes named, nothing is generated for it, and the first build still reuses
+    its cache."""
+    import shutil
+
+    builds = {}
+    for h in ("aaaa1111", "bbbb2222"):
+        d = tmp_path / h
+        shutil.copytree(mini["manifest"], d)
+        df = pd.read_parquet(d / "manifest.parquet")
+        df["recipe_hash"] = h
+        df.to_parquet(d / "manifest.parquet")
+        builds[h] = d
+    cache = tmp_path / "cache"
+
+    def cfg(h: str) -> R.EvalConfig:
+        return R.EvalConfig(manifest_dir=builds[h], report_dir=tmp_path / f"rep-{h}", ckpt=mini["run"],
+                            mono_ckpt=mini["mono_run"], systems=["visaudio", "mono", "reference"], cache_dir=cache,
+                            n_boot=50, n_boot_set=10, n_audio_clips=0)
+
+    R.run(cfg("aaaa1111"))
+    made = fake_generate.calls
+    assert made == 6
+    with pytest.raises(R.EvalError, match=r"clip \S+ .*aaaa1111.*bbbb2222"):
+        R.run(cfg("bbbb2222"))
+    assert fake_generate.calls == made
+    R.run(cfg("aaaa1111"))  # the same build again: its cache is its own
+    assert fake_generate.calls == made
