@@ -16,6 +16,8 @@ confirmation draw, the attended one also on the fresh draw (``--confirm spatial-
       --variant centred=model.camera_motion=true,model.camera_motion_centered=true,data.clip_seconds=4.0 \\
       --variant attended=model.camera_motion=true,model.camera_motion_centered=true,\\
 model.spacetime_lateral_attended=true,data.clip_seconds=4.0
+The sampler setting judged last: the attended runs again with ``--side-noise 0`` (both ears start
+from the same noise; no retraining), also with ``--confirm spatial-bench-fresh2``, the fifth draw.
 The demo comparison: ``--bench`` the demo build (no ``--mix``/``--confirm``), one variant per seed (one
 call per cfg: ``base`` at 4.5, ``centred`` and ``attended`` at 7), then ``benchmarks/paired_seeds.py`` over
 the seeds' reports.
@@ -148,6 +150,9 @@ def main() -> None:
                     "data.clip_seconds=4.0 when the variants use 4-s windows")
     ap.add_argument("--cfg", type=float, default=4.5)
     ap.add_argument("--gen-steps", type=int, default=25)
+    ap.add_argument("--side-noise", type=float, default=None,
+                    help="ViSAudio's side-noise temperature at sampling (generate.side_noise, 0..1; default: the "
+                         "run's own, 1); reports get a -sn<value> suffix")
     ap.add_argument("--mix", default=None,
                     help="a finished build folder or a built-in recipe name (spatial-bench-train) whose train split is "
                          "added to the bench's for the binaural variants and the mono model (every evaluation stays on "
@@ -183,14 +188,17 @@ def main() -> None:
                 t0 = time.time()
                 # one cache per evaluated build: the mono and two-stage audio every variant shares is
                 # generated once (cache keys name the checkpoint, steps and cfg)
-                cfg = R.EvalConfig(manifest_dir=edir, report_dir=a.work / f"report-{ename}-{name}-cfg{a.cfg:g}",
+                sn = "" if a.side_noise is None else f"-sn{a.side_noise:g}"
+                cfg = R.EvalConfig(manifest_dir=edir, report_dir=a.work / f"report-{ename}-{name}-cfg{a.cfg:g}{sn}",
                                    ckpt=run, mono_ckpt=mono, systems=R.resolve_systems(None, run, mono),
-                                   steps=a.gen_steps, cfg=a.cfg, n_audio_clips=0, cache_dir=a.work / f"cache-{ename}")
+                                   steps=a.gen_steps, cfg=a.cfg, side_noise=a.side_noise, n_audio_clips=0,
+                                   cache_dir=a.work / f"cache-{ename}")
                 summary = R.run(cfg)
                 print(json.dumps({"dataset": ename, "variant": name, "overrides": ov,
                                   "mix": str(extra) if extra else None, "steps": a.steps, "mono_steps": a.mono_steps,
                                   "mono_set": a.mono_set, "train_s": round(t_train), "mono_train_s": round(t_mono),
-                                  "eval_s": round(time.time() - t0), "cfg": a.cfg, **_compact(summary)}), flush=True)
+                                  "eval_s": round(time.time() - t0), "cfg": a.cfg, "side_noise": a.side_noise,
+                                  **_compact(summary)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -289,11 +289,19 @@ class GenerateConfig(_Strict):
     # per-frame level difference moves this fraction of the way to the side head's prediction
     # (0: off, the sampler's output unchanged; 1: follow the head)
     side_guidance: float = 0.0
+    # side-noise temperature: the scale of the prior noise's interaural part (L - R) at sampling.
+    # 1: the noise the model was trained from; 0: both ears start from the same noise, so every
+    # interaural difference in the output is one the conditioned flow put there, none is left over
+    # from the random start (which, not tied to the picture, only blurs how the sound follows the
+    # camera). Lower-temperature sampling, for the side only: the mid (timbre) keeps its variety.
+    side_noise: float = 1.0
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
         if not 0.0 <= self.side_guidance <= 1.0:
             raise ValueError("generate.side_guidance must be in [0, 1]")
+        if not 0.0 <= self.side_noise <= 1.0:
+            raise ValueError("generate.side_noise must be in [0, 1]")
         return self
 
 

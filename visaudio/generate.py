@@ -33,14 +33,19 @@ class GenerationError(RuntimeError):
     """Generation cannot give usable audio (bad sampler settings, non-finite output)."""
 
 
-def check_sampler_args(steps: int, cfg: float) -> None:
+def check_sampler_args(steps: int, cfg: float, side_noise: float | None = None) -> None:
     """Refuse settings that would silently give noise: 0 Euler steps returns the prior noise
-    itself, and a NaN/inf guidance scale makes every sample NaN."""
+    itself, and a NaN/inf guidance scale makes every sample NaN; a side-noise temperature
+    outside [0, 1] is none the model knows."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise GenerationError(f"steps must be a whole number >= 1 (e.g. 25), got {steps!r}")
     if not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
         raise GenerationError(f"cfg (guidance scale) must be a finite number (e.g. 4.5; 1.0 = no guidance), "
                               f"got {cfg!r}")
+    if side_noise is not None and (isinstance(side_noise, bool) or not isinstance(side_noise, (int, float))
+                                   or not 0.0 <= side_noise <= 1.0):
+        raise GenerationError(f"side_noise (side-noise temperature) must be in [0, 1] (1 = as trained, "
+                              f"0 = both ears start from the same noise), got {side_noise!r}")
 
 
 def video_duration(path: str | Path) -> float:
@@ -98,19 +103,21 @@ class Synthesizer:
         return self.config.data.clip_seconds
 
     @torch.no_grad()
-    def _window(self, frames: np.ndarray, caption: str | None, steps: int, cfg: float, seed: int) -> np.ndarray:
+    def _window(self, frames: np.ndarray, caption: str | None, steps: int, cfg: float, seed: int,
+                side_noise: float | None = None) -> np.ndarray:
         m = self.model
         fr = torch.from_numpy(np.ascontiguousarray(frames))[None].to(self.device)
         cond = m.encode_conditions(fr, [caption])
-        x = m.sample(cond, steps=steps, cfg=cfg, seed=seed)
+        x = m.sample(cond, steps=steps, cfg=cfg, seed=seed, side_noise=side_noise)
         a = self.codec.decode(m.denormalize(x), self.config.window_samples)
         return a[0].float().cpu().numpy()
 
     def generate_frames(self, frames: np.ndarray, fps: float, caption: str | None = None, steps: int = 25,
-                        cfg: float = 4.5, seed: int = 0) -> tuple[np.ndarray, int]:
-        """Frames (F, H, W, 3) uint8 at ``fps`` -> binaural audio (2, round(F/fps*sr)) float32."""
+                        cfg: float = 4.5, seed: int = 0, side_noise: float | None = None) -> tuple[np.ndarray, int]:
+        """Frames (F, H, W, 3) uint8 at ``fps`` -> binaural audio (2, round(F/fps*sr)) float32.
+        ``side_noise``: the sampler's side-noise temperature (None: the run's generate.side_noise)."""
         d = self.config.data
-        check_sampler_args(steps, cfg)
+        check_sampler_args(steps, cfg, side_noise)
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape}")
@@ -125,9 +132,10 @@ class Synthesizer:
             import cv2
 
             sel = np.stack([cv2.resize(f, (d.width, d.height), interpolation=cv2.INTER_AREA) for f in sel])
-        return self._generate_sync_frames(sel, dur, caption, steps, cfg, seed)
+        return self._generate_sync_frames(sel, dur, caption, steps, cfg, seed, side_noise)
 
-    def _generate_sync_frames(self, sync: np.ndarray, dur: float, caption, steps, cfg, seed) -> tuple[np.ndarray, int]:
+    def _generate_sync_frames(self, sync: np.ndarray, dur: float, caption, steps, cfg, seed,
+                              side_noise: float | None = None) -> tuple[np.ndarray, int]:
         c = self.config
         total = int(round(dur * c.data.sample_rate))
         n_win = int(np.ceil(total / c.window_samples - 1e-9))
@@ -139,7 +147,7 @@ class Synthesizer:
             fr = sync[s : s + c.n_sync_frames]
             if fr.shape[0] < c.n_sync_frames:
                 fr = np.concatenate([fr, np.repeat(fr[-1:], c.n_sync_frames - fr.shape[0], 0)])
-            a = self._window(fr, caption, steps, cfg, seed + w)
+            a = self._window(fr, caption, steps, cfg, seed + w, side_noise)
             if w == n_win - 1 and n_win > 1:
                 keep = total - w * c.window_samples
                 a = a[:, c.window_samples - keep :] if keep < c.window_samples else a
@@ -150,10 +158,12 @@ class Synthesizer:
         return audio.astype(np.float32), c.data.sample_rate
 
     def generate(self, video_path: str | Path, caption: str | None = None, steps: int = 25, cfg: float = 4.5,
-                 seed: int = 0, start_s: float = 0.0, duration_s: float | None = None) -> tuple[np.ndarray, int]:
-        """Binaural audio (2, T) for the video from ``start_s`` to its end (or ``duration_s``)."""
+                 seed: int = 0, start_s: float = 0.0, duration_s: float | None = None,
+                 side_noise: float | None = None) -> tuple[np.ndarray, int]:
+        """Binaural audio (2, T) for the video from ``start_s`` to its end (or ``duration_s``);
+        ``side_noise`` as in :meth:`generate_frames`."""
         d = self.config.data
-        check_sampler_args(steps, cfg)
+        check_sampler_args(steps, cfg, side_noise)
         total = video_duration(video_path) - start_s
         if duration_s is not None:
             total = min(total, duration_s)
@@ -161,7 +171,7 @@ class Synthesizer:
             raise VideoTooShortError(f"{video_path}: {total:.2f} s from {start_s} s is shorter than the model "
                                      f"window {self.clip_seconds} s")
         sync = read_video_frames(video_path, d.sync_fps, d.width, d.height, start_s, total)
-        return self._generate_sync_frames(sync, total, caption, steps, cfg, seed)
+        return self._generate_sync_frames(sync, total, caption, steps, cfg, seed, side_noise)
 
 
 def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Path) -> Path:
@@ -177,13 +187,14 @@ def mux_audio(video_path: str | Path, audio_path: str | Path, out_path: str | Pa
 
 
 def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Path, caption: str | None = None,
-                      steps: int = 25, cfg: float = 4.5, seed: int = 0, device: str = "cpu") -> dict:
+                      steps: int = 25, cfg: float = 4.5, seed: int = 0, device: str = "cpu",
+                      side_noise: float | None = None) -> dict:
     """CLI body: writes OUT.flac (lossless, 24-bit) and OUT.mp4 (video + AAC)."""
     import time
 
     import soundfile as sf
 
-    check_sampler_args(steps, cfg)
+    check_sampler_args(steps, cfg, side_noise)
 
     from biaudio.media.ffpath import same_file
 
@@ -193,7 +204,7 @@ def generate_to_files(video: str | Path, run_dir: str | Path, out_mp4: str | Pat
             raise DataError(f"{o} is the input video; choose another --out (inputs are never overwritten)")
     syn = Synthesizer.from_run(run_dir, device=device)
     t0 = time.time()
-    audio, sr = syn.generate(video, caption=caption, steps=steps, cfg=cfg, seed=seed)
+    audio, sr = syn.generate(video, caption=caption, steps=steps, cfg=cfg, seed=seed, side_noise=side_noise)
     secs = time.time() - t0
     if not np.isfinite(audio).all():  # refuse before writing: a NaN FLAC plays as silence or clicks
         raise GenerationError(f"the model gave non-finite audio (NaN/inf) for {video}; the checkpoint "

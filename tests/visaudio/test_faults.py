@@ -255,7 +255,8 @@ def test_generate_refuses_nan_cfg_and_zero_steps_and_writes_nothing(run, video, 
     """--cfg nan made every sample NaN and left a broken .flac; --steps 0 wrote the prior noise
     with exit 0. Both are usage errors now (exit 2), and no file is written."""
     out = tmp_path / "o.mp4"
-    for args, needle in ((["--cfg", "nan"], "--cfg"), (["--cfg", "inf"], "--cfg"), (["--steps", "0"], "--steps")):
+    for args, needle in ((["--cfg", "nan"], "--cfg"), (["--cfg", "inf"], "--cfg"), (["--steps", "0"], "--steps"),
+                         (["--side-noise", "2"], "--side-noise")):
         r = _cli("generate", video, "--ckpt", run, "--out", out, *args)
         files = sorted(p.name for p in tmp_path.iterdir() if p.name != "run")
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, (args, r.exit_code, files,
@@ -267,6 +268,8 @@ def test_generate_refuses_nan_cfg_and_zero_steps_and_writes_nothing(run, video, 
         generate_to_files(video, run, out, steps=0)
     with pytest.raises(GenerationError, match="finite"):
         generate_to_files(video, run, out, steps=1, cfg=float("nan"))
+    with pytest.raises(GenerationError, match="side_noise"):
+        generate_to_files(video, run, out, steps=1, side_noise=1.5)
     syn = Synthesizer.from_run(run)
     with pytest.raises(GenerationError):
         syn.generate_frames(np.zeros((8, 24, 32, 3), np.uint8), fps=8.0, steps=0)

@@ -25,6 +25,10 @@ def eval_cmd(
     steps: int = typer.Option(25, "--steps", min=1, help="Euler steps for generation."),
     cfg: float = typer.Option(4.5, "--cfg", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Generation and bootstrap seed."),
+    side_noise: float | None = typer.Option(
+        None, "--side-noise", min=0.0, max=1.0,
+        help="ViSAudio's side-noise temperature in [0, 1] (1 = as trained, 0 = both ears start from the "
+             "same noise). Default: the run's generate.side_noise. The mono model is left as trained."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Evaluate only the first N clips."),
     device: str = typer.Option("cpu", "--device", help="Torch device for generation."),
     n_boot: int = typer.Option(2000, "--n-boot", min=10, help="Bootstrap resamples for the per-clip intervals (fd_logmel uses a tenth)."),
@@ -51,7 +55,7 @@ def eval_cmd(
     except EvalError as e:
         fail(str(e), 2)
     conf = EvalConfig(manifest_dir=manifest, report_dir=report, split=split, ckpt=ckpt, mono_ckpt=mono_ckpt,
-                      systems=systems, steps=steps, cfg=cfg, seed=seed, limit=limit, device=device,
+                      systems=systems, steps=steps, cfg=cfg, seed=seed, limit=limit, device=device, side_noise=side_noise,
                       n_boot=n_boot, n_boot_set=max(10, n_boot // 10))
     try:
         summary = _run_with_progress(conf, transient=as_json)

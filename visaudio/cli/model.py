@@ -82,6 +82,11 @@ def generate_cmd(
     cfg: float = typer.Option(4.5, "--cfg", help="guidance scale, a finite number (1.0 = no guidance)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
+    side_noise: float | None = typer.Option(
+        None, "--side-noise", min=0.0, max=1.0,
+        help="side-noise temperature in [0, 1]: how much of the starting noise's L - R the sampler keeps "
+             "(1 = as trained; 0 = both ears start alike, so every interaural difference comes from the "
+             "picture). Default: the run's generate.side_noise"),
 ) -> None:
     """Generate binaural audio for VIDEO; writes OUT.flac and OUT.mp4 (H.264 + AAC)."""
     import math
@@ -96,7 +101,8 @@ def generate_cmd(
     if not video.is_file():
         fail(f"video not found: {video}")
     try:
-        s = generate_to_files(video, ckpt, out, caption=caption, steps=steps, cfg=cfg, seed=seed, device=device)
+        s = generate_to_files(video, ckpt, out, caption=caption, steps=steps, cfg=cfg, seed=seed, device=device,
+                              side_noise=side_noise)
     except (DataError, ConfigError, CheckpointError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
     except OSError as e:

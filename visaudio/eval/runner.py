@@ -48,6 +48,9 @@ class EvalConfig:
     steps: int = 25
     cfg: float = 4.5
     seed: int = 0
+    # ViSAudio's side-noise temperature (generate.side_noise); None: the run's own. The mono
+    # model (two-stage baselines) always samples as trained.
+    side_noise: float | None = None
     limit: int | None = None
     device: str = "cpu"
     n_boot: int = 2000
@@ -228,7 +231,10 @@ class SystemSource:
     def _key(self, which: str) -> str:
         run = self.cfg.ckpt if which == "visaudio" else self.cfg.mono_ckpt
         fp = _ckpt_fingerprint(run)
-        return f"{which}-{fp}-s{self.cfg.steps}-c{self.cfg.cfg:g}-seed{self.cfg.seed}"
+        key = f"{which}-{fp}-s{self.cfg.steps}-c{self.cfg.cfg:g}-seed{self.cfg.seed}"
+        if which == "visaudio" and self.cfg.side_noise is not None:
+            key += f"-sn{self.cfg.side_noise:g}"
+        return key
 
     def _synthesizer(self, which: str):
         if which not in self._synth:
@@ -259,7 +265,8 @@ class SystemSource:
         video = Path(self.cfg.manifest_dir) / row.video_path
         caption = row.caption
         audio, sr = syn.generate(str(video), caption=caption, steps=self.cfg.steps, cfg=self.cfg.cfg,
-                                 seed=self.cfg.seed, start_s=0.0)
+                                 seed=self.cfg.seed, start_s=0.0,
+                                 side_noise=self.cfg.side_noise if which == "visaudio" else None)
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 2 or audio.shape[0] != 2:
             raise EvalError(f"{which} generated shape {audio.shape}, expected (2, T)")
@@ -420,7 +427,7 @@ def summarise(per_clip: pd.DataFrame, fd: dict[str, tuple], cfg: EvalConfig, not
         "clips": sorted(per_clip["clip_id"].unique().tolist()),
         "ckpt": str(cfg.ckpt) if cfg.ckpt else None,
         "mono_ckpt": str(cfg.mono_ckpt) if cfg.mono_ckpt else None,
-        "generation": {"steps": cfg.steps, "cfg": cfg.cfg, "seed": cfg.seed},
+        "generation": {"steps": cfg.steps, "cfg": cfg.cfg, "seed": cfg.seed, "side_noise": cfg.side_noise},
         "bootstrap": {"n": cfg.n_boot, "n_set_metrics": cfg.n_boot_set, "seed": cfg.seed, "level": 0.95,
                       "method": "percentile bootstrap of the mean, resampling source videos (group_id; cluster bootstrap)"},
         "settings": cfg.settings.to_dict(),
@@ -522,6 +529,8 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     report_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.systems:
         raise EvalError("no systems to evaluate")
+    if cfg.side_noise is not None and not 0.0 <= cfg.side_noise <= 1.0:
+        raise EvalError(f"side_noise must be in [0, 1] (1 = as trained), got {cfg.side_noise}")
     df = load_split(cfg.manifest_dir, cfg.split, need_model=bool(B.MODEL_SYSTEMS & set(cfg.systems)))
     if cfg.limit:
         df = df.head(cfg.limit)

@@ -50,6 +50,16 @@ def sample_t(gens: Sequence[torch.Generator], t_mean: float = 0.0, t_std: float 
     return torch.sigmoid(u * t_std + t_mean)
 
 
+def scale_side(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, 2, ...) L/R latents -> the same with the interaural part (L - R) / 2 scaled by
+    ``scale`` and the mid (L + R) / 2 kept."""
+    if scale == 1.0:
+        return x
+    mid = 0.5 * (x[:, 0] + x[:, 1])
+    side = 0.5 * (x[:, 0] - x[:, 1]) * scale
+    return torch.stack([mid + side, mid - side], dim=1)
+
+
 def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, cfg: float) -> torch.Tensor:
     """Classifier-free guidance: v_u + cfg (v_c - v_u); cfg == 1 gives the conditional one."""
     return v_uncond + cfg * (v_cond - v_uncond)

@@ -576,12 +576,16 @@ class ViSAudio(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: Conditions, steps: int = 25, cfg: float = 4.5, seed: int = 0,
-               null: Conditions | None = None) -> torch.Tensor:
-        """Euler integration of dx/dt = v from noise (t=0) to data (t=1); normalised latents."""
+               null: Conditions | None = None, side_noise: float | None = None) -> torch.Tensor:
+        """Euler integration of dx/dt = v from noise (t=0) to data (t=1); normalised latents.
+        ``side_noise``: the prior noise's L - R scale (None: ``generate.side_noise``)."""
         B = cond.batch
         dev = cond.video.device
         g = torch.Generator().manual_seed(int(seed))
-        x = self.prior_noise(B, g).to(dev)
+        sn = self.cfg.generate.side_noise if side_noise is None else float(side_noise)
+        if not 0.0 <= sn <= 1.0:
+            raise ValueError(f"side_noise must be in [0, 1], got {sn}")
+        x = FM.scale_side(self.prior_noise(B, g), sn).to(dev)
         if null is None and cfg != 1.0:
             null = self.null_conditions(B, dev)
             if cond.traj is not None:

@@ -90,6 +90,7 @@ class _FakeSynth:
     or its mid plus noise (mono run), so the expected ranking is known."""
 
     calls = 0
+    side_noises: list = []
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -100,10 +101,11 @@ class _FakeSynth:
     def from_run(cls, run_dir, device="cpu", use_ema=True):
         return cls((Path(run_dir) / "kind.txt").read_text().strip())
 
-    def generate(self, video_path, caption=None, steps=25, cfg=4.5, seed=0, start_s=0.0):
+    def generate(self, video_path, caption=None, steps=25, cfg=4.5, seed=0, start_s=0.0, side_noise=None):
         import soundfile as sf
 
         type(self).calls += 1
+        type(self).side_noises.append((self.kind, side_noise))
         x, sr = sf.read(str(Path(video_path).with_suffix(".flac")), dtype="float32", always_2d=True)
         x = x.T[:, : int(self.clip_seconds * sr)]
         rng = np.random.default_rng(seed)
@@ -131,6 +133,7 @@ def fake_generate(monkeypatch):
     mod.Synthesizer = _FakeSynth
     monkeypatch.setitem(sys.modules, "visaudio.generate", mod)
     _FakeSynth.calls = 0
+    _FakeSynth.side_noises = []
     return _FakeSynth
 
 
@@ -349,3 +352,30 @@ def test_a_shared_cache_refuses_the_same_clip_ids_from_another_build(mini, fake_
     assert fake_generate.calls == made
     R.run(cfg("aaaa1111"))  # the same build again: its cache is its own
     assert fake_generate.calls == made
+
+
+def test_side_noise_reaches_visaudio_only_and_keys_its_own_cache(mini, fake_generate, tmp_path) -> None:
+    """``side_noise`` (the sampler's side-noise temperature) is ViSAudio's: the mono model behind
+    the two-stage baselines samples as trained, so both routes are compared on the same baselines.
+    Audio generated with another temperature is cached under its own key (a cache shared across
+    temperatures would hand one setting's audio to the other); the summary records it; a value
+    outside [0, 1] is refused before anything is generated."""
+    def cfg(sn):
+        return R.EvalConfig(manifest_dir=mini["manifest"], report_dir=tmp_path / f"rep-{sn}", ckpt=mini["run"],
+                            mono_ckpt=mini["mono_run"], systems=["visaudio", "mono", "reference"],
+                            cache_dir=tmp_path / "cache", side_noise=sn, n_boot=50, n_boot_set=10, n_audio_clips=0)
+
+    R.run(cfg(None))
+    assert fake_generate.calls == 6 and set(fake_generate.side_noises) == {("binaural", None), ("mono", None)}
+    fake_generate.side_noises.clear()
+    s = R.run(cfg(0.0))
+    assert fake_generate.calls == 9, "only ViSAudio's 3 clips are generated again"
+    assert fake_generate.side_noises == [("binaural", 0.0)] * 3
+    assert s["generation"]["side_noise"] == 0.0
+    keys = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    assert sum(k.startswith("visaudio-") for k in keys) == 2 and any(k.endswith("-sn0") for k in keys), keys
+    R.run(cfg(0.0))  # cached now
+    assert fake_generate.calls == 9
+    with pytest.raises(R.EvalError, match="side_noise"):
+        R.run(cfg(1.5))
+    assert fake_generate.calls == 9

@@ -344,3 +344,42 @@ def test_attended_lateral_pooling_starts_as_the_ramp_and_ignores_unattended_patc
     off = load_config("micro", ["model.spacetime_lateral=true"])
     on = load_config("micro", ["model.spacetime_lateral=true", "model.spacetime_lateral_attended=true"])
     assert "spacetime_lateral_attended" not in off.arch_dict()["model"] and off.arch_hash() != on.arch_hash()
+
+
+def test_side_noise_scales_only_the_interaural_part_of_the_sampler_start():
+    """``generate.side_noise`` (issue 15): the prior noise's L - R part is scaled, its mid kept.
+    On the zero-initialised model (velocity 0, so the sample is its start) side_noise 0 gives
+    identical ears and 0.5 half the side; the config default is exactly the old sampler; a
+    trained-like (perturbed) model still puts an interaural difference of its own into a start
+    without one."""
+    from visaudio.model import flow_matching as FM
+
+    cfg, codec, m = _model()
+    frames, caps = _inputs(cfg)
+    c = m.encode_conditions(frames, caps)
+    full = m.sample(c, steps=3, cfg=2.0, seed=5)
+    assert torch.equal(full, m.sample(c, steps=3, cfg=2.0, seed=5, side_noise=1.0))
+    assert torch.equal(full, m.prior_noise(2, torch.Generator().manual_seed(5))), "zero init: sample = its start"
+    zero = m.sample(c, steps=3, cfg=2.0, seed=5, side_noise=0.0)
+    half = m.sample(c, steps=3, cfg=2.0, seed=5, side_noise=0.5)
+    assert torch.equal(zero[:, 0], zero[:, 1])
+    side = full[:, 0] - full[:, 1]
+    assert side.abs().mean() > 0.1
+    assert torch.allclose(half[:, 0] - half[:, 1], 0.5 * side, atol=1e-6)
+    assert torch.allclose(zero[:, 0] + zero[:, 1], full[:, 0] + full[:, 1], atol=1e-6)
+    assert torch.allclose(FM.scale_side(full, 0.25)[:, 0] - FM.scale_side(full, 0.25)[:, 1], 0.25 * side, atol=1e-6)
+    # the run's config sets the default
+    cfg0 = load_config("micro", ["generate.side_noise=0"])
+    m0 = ViSAudio(cfg0, codec.latent_dim).eval()
+    m0.load_state_dict(m.state_dict())
+    assert torch.equal(m0.sample(m0.encode_conditions(frames, caps), steps=3, cfg=2.0, seed=5), zero)
+    with pytest.raises(ConfigError, match="side_noise"):
+        load_config("micro", ["generate.side_noise=1.5"])
+    with pytest.raises(ValueError, match="side_noise"):
+        m.sample(c, steps=1, side_noise=-0.1)
+    # a model with weights: the flow itself makes the ears differ
+    cfg, codec, mp = _model(perturb=True)
+    c = mp.encode_conditions(frames, caps)
+    z = mp.sample(c, steps=4, cfg=2.0, seed=5, side_noise=0.0)
+    assert (z[:, 0] - z[:, 1]).abs().mean() > 1e-3
+    assert not torch.allclose(z, mp.sample(c, steps=4, cfg=2.0, seed=5), atol=1e-4)
