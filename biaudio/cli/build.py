@@ -17,7 +17,7 @@ BUILD_HELP = """Build (or resume) a binaural video dataset from a RECIPE.
 With no arguments it builds the built-in synthetic demo (no network, a couple of minutes on a
 laptop) into ./biaudio-out/demo. RECIPE is a YAML file or a built-in name (the files of
 pipelines/: demo, spatial-bench, spatial-bench-train, spatial-bench-confirm,
-spatial-bench-fresh, biaudio).
+spatial-bench-fresh, spatial-bench-fresh2, biaudio).
 
 Every item (one source video) is a unit of work with a completion record, so rerunning the same
 command resumes where a killed run stopped, and a finished build does nothing. Examples:
@@ -90,7 +90,8 @@ class _BuildProgress:
 
 def build_cmd(
     recipe: str = typer.Argument("demo", help="Recipe YAML path or built-in name (demo, spatial-bench, "
-                                 "spatial-bench-train, spatial-bench-confirm, spatial-bench-fresh, biaudio)."),
+                                 "spatial-bench-train, spatial-bench-confirm, spatial-bench-fresh, "
+                                 "spatial-bench-fresh2, biaudio)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: recipe 'output', else ./biaudio-out/<name>)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a recipe value: key.path=value (YAML value); repeatable."),
     workers: int | None = typer.Option(None, "--workers", "-j", min=1, help="Items processed in parallel (default: CPUs)."),

@@ -155,11 +155,11 @@ def test_build_help_lists_every_builtin_recipe():
     assert {n.strip() for n in listed.split(",")} == set(builtin_recipes())
 
 
-DRAWS = ("spatial-bench-train", "spatial-bench-confirm", "spatial-bench-fresh")
+DRAWS = ("spatial-bench-train", "spatial-bench-confirm", "spatial-bench-fresh", "spatial-bench-fresh2")
 
 
 @pytest.mark.parametrize("other,split", [("spatial-bench-train", "train"), ("spatial-bench-confirm", "test"),
-                                         ("spatial-bench-fresh", "test")])
+                                         ("spatial-bench-fresh", "test"), ("spatial-bench-fresh2", "test")])
 def test_spatial_bench_draws_are_the_same_world_drawn_apart(other, split):
     """The training, confirmation and fresh draws differ from the benchmark only in seed, size, split
     and output (same world and stages), each puts every clip in one split, and none of their scenes is
