@@ -200,8 +200,11 @@ WIN_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "72-scene bench's train split + the 120-scene spatial-bench-train draw; centred camera motion, attended "
     "lateral pooling, 4-s windows, cfg 7) meets every criterion with each of three seeds on the "
     "spatial-bench-confirm draw (motion consistency vs two-stage-sync +0.09 [0.02, 0.15], +0.14 [0.08, 0.21], "
-    "+0.10 [0.03, 0.16]) and is no worse than tiny as shipped on the demo over three seeds; that budget (two "
-    "builds, two 300-step trainings, 144 clips evaluated) does not fit the CI's 30 minutes."))
+    "+0.10 [0.03, 0.16]) and is no worse than tiny as shipped on the demo over three seeds. Sampled with side-noise "
+    "temperature 0 (generate.side_noise) and judged once on a fifth draw (spatial-bench-fresh2), it meets every "
+    "criterion for seeds 1 and 2 and for the three-seed mean; seed 0 ties two-stage-sync on motion consistency "
+    "(+0.04 [-0.02, 0.10]). That budget (two builds, two 300-step trainings, 144 clips evaluated) does not fit "
+    "the CI's 30 minutes."))
 
 
 @pytest.fixture(scope="module")
