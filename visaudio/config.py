@@ -281,6 +281,16 @@ class TrainConfig(_Strict):
         return self
 
 
+def check_side_noise(value: Any, name: str = "side_noise") -> float:
+    """The one range rule of the side-noise temperature (generate.side_noise), shared by the config,
+    the sampler, the Synthesizer and ``visaudio eval``; each turns the ValueError into its own
+    error type."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} (side-noise temperature) must be in [0, 1] (1 = as trained, 0 = both ears "
+                         f"start from the same noise), got {value!r}")
+    return float(value)
+
+
 class GenerateConfig(_Strict):
     steps: int = 25
     cfg: float = 4.5
@@ -300,8 +310,7 @@ class GenerateConfig(_Strict):
     def _check(self) -> GenerateConfig:
         if not 0.0 <= self.side_guidance <= 1.0:
             raise ValueError("generate.side_guidance must be in [0, 1]")
-        if not 0.0 <= self.side_noise <= 1.0:
-            raise ValueError("generate.side_noise must be in [0, 1]")
+        check_side_noise(self.side_noise, "generate.side_noise")
         return self
 
 

@@ -25,7 +25,7 @@ from visaudio.checkpoint import (
     load_weights,
     newest_checkpoint,
 )
-from visaudio.config import Config, load_config
+from visaudio.config import Config, check_side_noise, load_config
 from visaudio.data import DataError, VideoTooShortError, read_video_frames
 
 
@@ -42,10 +42,11 @@ def check_sampler_args(steps: int, cfg: float, side_noise: float | None = None) 
     if not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
         raise GenerationError(f"cfg (guidance scale) must be a finite number (e.g. 4.5; 1.0 = no guidance), "
                               f"got {cfg!r}")
-    if side_noise is not None and (isinstance(side_noise, bool) or not isinstance(side_noise, (int, float))
-                                   or not 0.0 <= side_noise <= 1.0):
-        raise GenerationError(f"side_noise (side-noise temperature) must be in [0, 1] (1 = as trained, "
-                              f"0 = both ears start from the same noise), got {side_noise!r}")
+    if side_noise is not None:
+        try:
+            check_side_noise(side_noise)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
 
 
 def video_duration(path: str | Path) -> float:

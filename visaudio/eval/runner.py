@@ -529,8 +529,13 @@ def run(cfg: EvalConfig, on_progress: Callable[[str, int, int], None] | None = N
     report_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.systems:
         raise EvalError("no systems to evaluate")
-    if cfg.side_noise is not None and not 0.0 <= cfg.side_noise <= 1.0:
-        raise EvalError(f"side_noise must be in [0, 1] (1 = as trained), got {cfg.side_noise}")
+    if cfg.side_noise is not None:  # refused before any clip is generated, not once per clip
+        from visaudio.config import check_side_noise
+
+        try:
+            check_side_noise(cfg.side_noise)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
     df = load_split(cfg.manifest_dir, cfg.split, need_model=bool(B.MODEL_SYSTEMS & set(cfg.systems)))
     if cfg.limit:
         df = df.head(cfg.limit)

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from visaudio.config import Config
+from visaudio.config import Config, check_side_noise
 from visaudio.model import flow_matching as FM
 from visaudio.model.encoders import (
     SyncEncoder,
@@ -582,9 +582,7 @@ class ViSAudio(nn.Module):
         B = cond.batch
         dev = cond.video.device
         g = torch.Generator().manual_seed(int(seed))
-        sn = self.cfg.generate.side_noise if side_noise is None else float(side_noise)
-        if not 0.0 <= sn <= 1.0:
-            raise ValueError(f"side_noise must be in [0, 1], got {sn}")
+        sn = check_side_noise(self.cfg.generate.side_noise if side_noise is None else side_noise)
         x = FM.scale_side(self.prior_noise(B, g), sn).to(dev)
         if null is None and cfg != 1.0:
             null = self.null_conditions(B, dev)
